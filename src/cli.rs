@@ -1,0 +1,177 @@
+//! Command-line definitions and help text.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes, shown in `--help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    every row done
+  1    finished, but some rows failed or were rejected (see the export or `status`)
+  2    invalid invocation, configuration or input file (nothing was sent)
+  3    stopped early: the provider rejected the credentials or the clock
+  130  interrupted (state kept: run the same command again to resume)";
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (state schema ",
+    env!("ORDERBATCH_SCHEMA_VERSION"),
+    ")"
+);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orderbatch",
+    version = VERSION,
+    about = "Push bulk order batches through PayNearMe safely, resumably, and exactly as fast as the provider allows.",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// No progress display (log lines still go to stderr; RUST_LOG sets the level).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an order for every CSV row, refresh its embedded JS URL and issue its smart token.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+    /// Check an order CSV without sending anything.
+    #[command(after_help = "Example:\n  orderbatch validate orders.csv")]
+    Validate(ValidateArgs),
+    /// Write a run's results (URLs, tokens, links, errors) to CSV.
+    #[command(after_help = "Example:\n  orderbatch export --db state.db --out links.csv")]
+    Export(ExportArgs),
+    /// Serve a local stand-in for the PayNearMe API (a TEST server; no real orders).
+    #[command(after_help = SANDBOX_HELP)]
+    Sandbox(SandboxArgs),
+    /// Rehearse the whole pipeline on the bundled sample against an in-process sandbox.
+    #[command(
+        after_help = "Example:\n  orderbatch demo            # writes ./orderbatch-demo/{state.db,export.csv}"
+    )]
+    Demo(DemoArgs),
+}
+
+const RUN_HELP: &str = "\
+Credentials come from the environment, never from the command line:
+  PNM_SITE_IDENTIFIER, PNM_SECRET_KEY (or PNM_SECRET_KEY_FILE, mode 600),
+  optional PNM_API_KEY_ID, and PNM_BASE_URL (or --base-url; no default).
+
+The CSV header names PayNearMe create_order parameters; order_amount,
+order_currency, site_customer_identifier, order_type and order_is_standing are
+required. Rows without site_order_identifier get a stable one derived from
+the file's fingerprint and row number.
+
+Run the same command again after a crash or Ctrl-C: it resumes, never
+creating an order twice.
+
+Example:
+  export PNM_SITE_IDENTIFIER=S1234 PNM_SECRET_KEY_FILE=~/.pnm-secret
+  orderbatch run orders.csv --db nightly.db --export links.csv \\
+      --base-url https://api.paynearme-sandbox.com --rate 20";
+
+const SANDBOX_HELP: &str = "\
+Accepts requests signed with PNM_SITE_IDENTIFIER / PNM_SECRET_KEY from the
+environment (defaults: S_SANDBOX / sandbox-secret). State is in memory;
+GET /__sandbox/state shows orders and counters.
+
+Example:
+  orderbatch sandbox --listen 127.0.0.1:8099
+  PNM_BASE_URL=http://127.0.0.1:8099 PNM_SITE_IDENTIFIER=S_SANDBOX \\
+    PNM_SECRET_KEY=sandbox-secret orderbatch run samples/orders.csv --db s.db";
+
+/// `--rate`: requests per second, or `unlimited`.
+fn parse_rate(s: &str) -> Result<Option<NonZeroU32>, String> {
+    if s == "unlimited" {
+        return Ok(None);
+    }
+    s.parse::<NonZeroU32>().map(Some).map_err(|_| {
+        format!("`{s}` is not a positive whole number of requests per second, or `unlimited`")
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Order CSV (header names PayNearMe parameters).
+    pub input: PathBuf,
+    /// State database; the same command with the same --db resumes.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Write the results to this CSV when the run ends.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Provider base URL, e.g. https://api.paynearme-sandbox.com [env: PNM_BASE_URL]
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Requests per second across all endpoints, or `unlimited`.
+    #[arg(long, default_value = "10", value_parser = parse_rate)]
+    pub rate: Option<NonZeroU32>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Tries per request for timeouts, dropped connections and 5xx answers.
+    #[arg(long, default_value_t = 8)]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds (doubles each retry, with jitter).
+    #[arg(long, default_value_t = 500, hide = true)]
+    pub retry_base_ms: u64,
+    /// Extra columns sent verbatim (your site's own parameters), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub pass_through: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Order CSV to check.
+    pub input: PathBuf,
+    /// Extra columns accepted as-is, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub pass_through: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// State database of the run.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// CSV to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Run to export (default: the newest).
+    #[arg(long)]
+    pub run: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8099")]
+    pub listen: std::net::SocketAddr,
+    /// Allow listening on a non-loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Each request takes a random time in MIN,MAX milliseconds.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    pub latency_ms: Vec<u64>,
+    /// Answer 409 customer_busy to overlapping requests for one customer.
+    #[arg(long)]
+    pub strict_serial: bool,
+    /// Seed for the sandbox's randomness.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's state database, input copy and export.
+    #[arg(long, default_value = "orderbatch-demo")]
+    pub dir: PathBuf,
+}

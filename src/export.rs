@@ -1,0 +1,110 @@
+//! CSV export of a run's results, safe to open in a spreadsheet.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::store::{RowState, Store, StoreError, StoredRow};
+
+/// Export columns, in order.
+pub const COLUMNS: [&str; 11] = [
+    "row_number",
+    "site_customer_identifier",
+    "site_order_identifier",
+    "pnm_order_identifier",
+    "pnm_customer_identifier",
+    "embedded_js_url",
+    "embedded_js_url_expires_at",
+    "secure_smart_token",
+    "secure_smart_link",
+    "status",
+    "error",
+];
+
+/// Why an export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {detail}")]
+    Write { path: String, detail: String },
+}
+
+/// Neutralises a cell a spreadsheet would run as a formula (OWASP CSV
+/// injection guidance): a leading `=`, `+`, `-`, `@`, tab or carriage return
+/// gets a `'` in front. Only exports are changed; requests and the state
+/// database keep the original value.
+pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+fn record(row: &StoredRow) -> [String; 11] {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let error = if row.state == RowState::Done.as_str() {
+        String::new()
+    } else {
+        opt(&row.last_error)
+    };
+    [
+        row.row_number.to_string(),
+        opt(&row.site_customer_identifier),
+        opt(&row.site_order_identifier),
+        opt(&row.pnm_order_identifier),
+        opt(&row.pnm_customer_identifier),
+        opt(&row.embedded_js_url),
+        opt(&row.embedded_js_url_expires_at),
+        opt(&row.secure_smart_token),
+        opt(&row.secure_smart_link),
+        row.state.clone(),
+        error,
+    ]
+}
+
+/// Writes every row of `run_id` to `out` (mode 0600); returns the row count.
+pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError> {
+    let write_err = |e: &dyn std::fmt::Display| ExportError::Write {
+        path: out.display().to_string(),
+        detail: e.to_string(),
+    };
+    let file = crate::files::write_private(out).map_err(|e| write_err(&e))?;
+    let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    writer.write_record(COLUMNS).map_err(|e| write_err(&e))?;
+    let mut count = 0u64;
+    let mut failure = None;
+    store.all_rows(run_id, |row| {
+        let cells = record(&row);
+        match writer.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned())) {
+            Ok(()) => {
+                count += 1;
+                true
+            }
+            Err(e) => {
+                failure = Some(write_err(&e));
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut inner = writer.into_inner().map_err(|e| write_err(&e))?;
+    inner.flush().map_err(|e| write_err(&e))?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralised_and_others_kept() {
+        for cell in ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_safe(cell), format!("'{cell}"));
+        }
+        for cell in ["", "abc", "https://x", "12.50", "José"] {
+            assert_eq!(spreadsheet_safe(cell), cell);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Streams an order CSV row by row; never loads the whole file.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::provider::paynearme::params::{self, Param};
+
+/// A file-level problem: the whole file is refused before any request.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{path}: cannot read the input file: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: the file is empty; the first line must name the columns, e.g. `{example}`")]
+    Empty { path: PathBuf, example: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        path: PathBuf,
+        line: u64,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The header line: column names and what the tool knows of each.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub names: Vec<String>,
+    /// The known parameter for each column; `None` for pass-through columns.
+    pub params: Vec<Option<&'static Param>>,
+}
+
+impl Header {
+    /// The column index of `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+}
+
+/// One data row: its 1-based number, the physical line it starts on, and its
+/// raw fields (checked for UTF-8 by validation, not here).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub number: u64,
+    pub line: u64,
+    pub record: csv::ByteRecord,
+}
+
+impl Row {
+    /// The field in column `index` as text, if it is present and UTF-8.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.record
+            .get(index)
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The non-empty fields as `(column name, value)` pairs, in column order.
+    /// Call only for rows that passed validation (all fields UTF-8).
+    pub fn params<'a>(&'a self, header: &'a Header) -> Vec<(&'a str, &'a str)> {
+        header
+            .names
+            .iter()
+            .zip(self.record.iter())
+            .filter_map(|(name, value)| {
+                let value = std::str::from_utf8(value).ok()?;
+                (!value.is_empty()).then_some((name.as_str(), value))
+            })
+            .collect()
+    }
+}
+
+/// What the reader requires of the header.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema<'a> {
+    /// Endpoint flags (`params::ep`) whose parameters are accepted as columns.
+    pub endpoints: u8,
+    /// Columns that must be present.
+    pub required: &'a [&'a str],
+    /// Extra column names sent verbatim (a site's own parameters).
+    pub pass_through: &'a [String],
+}
+
+/// A streaming reader of order rows.
+pub struct OrderReader {
+    path: PathBuf,
+    header: Header,
+    reader: csv::Reader<BufReader<File>>,
+    record: csv::ByteRecord,
+    rows: u64,
+}
+
+impl OrderReader {
+    /// Opens `path` and checks its header against `schema`.
+    pub fn open(path: &Path, schema: Schema<'_>) -> Result<Self, InputError> {
+        let io_err = |source| InputError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        if file.metadata().map_err(io_err)?.len() == 0 {
+            return Err(InputError::Empty {
+                path: path.to_path_buf(),
+                example: schema.required.join(","),
+            });
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(BufReader::with_capacity(1 << 16, file));
+        let raw = reader
+            .byte_headers()
+            .map_err(|e| csv_error(path, e))?
+            .clone();
+        let header = check_header(path, &raw, schema)?;
+        Ok(OrderReader {
+            path: path.to_path_buf(),
+            header,
+            reader,
+            record: csv::ByteRecord::new(),
+            rows: 0,
+        })
+    }
+
+    /// The checked header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next row, or `None` at the end of the file.
+    pub fn next_row(&mut self) -> Option<Result<Row, InputError>> {
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => None,
+            Err(e) => Some(Err(csv_error(&self.path, e))),
+            Ok(true) => {
+                self.rows += 1;
+                let line = self.record.position().map_or(0, |p| p.line());
+                Some(Ok(Row {
+                    number: self.rows,
+                    line,
+                    record: self.record.clone(),
+                }))
+            }
+        }
+    }
+}
+
+impl Iterator for OrderReader {
+    type Item = Result<Row, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_row()
+    }
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> InputError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => InputError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => InputError::At {
+            path: path.to_path_buf(),
+            line,
+            column: 1,
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+fn check_header(
+    path: &Path,
+    raw: &csv::ByteRecord,
+    schema: Schema<'_>,
+) -> Result<Header, InputError> {
+    let at = |column: usize, message: String| InputError::At {
+        path: path.to_path_buf(),
+        line: 1,
+        column,
+        message,
+    };
+    let mut names = Vec::with_capacity(raw.len());
+    let mut known = Vec::with_capacity(raw.len());
+    for (i, field) in raw.iter().enumerate() {
+        let column = i + 1;
+        let name = std::str::from_utf8(field)
+            .map_err(|_| at(column, "column name is not valid UTF-8".into()))?
+            .trim()
+            .to_string();
+        if name.is_empty() {
+            return Err(at(column, "column name is empty".into()));
+        }
+        if let Some(first) = names.iter().position(|n| n == &name) {
+            return Err(at(
+                column,
+                format!(
+                    "column `{name}` appears twice (columns {} and {column}); remove one",
+                    first + 1
+                ),
+            ));
+        }
+        let param = params::find(&name).filter(|p| p.endpoints & schema.endpoints != 0);
+        if param.is_none() && !schema.pass_through.contains(&name) {
+            let hint = match params::suggest(&name, schema.endpoints) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None => String::new(),
+            };
+            return Err(at(
+                column,
+                format!(
+                    "unknown column `{name}`{hint} (a parameter of your own site can be sent as-is with --pass-through {name})"
+                ),
+            ));
+        }
+        known.push(param);
+        names.push(name);
+    }
+    for required in schema.required {
+        if !names.iter().any(|n| n == required) {
+            return Err(at(
+                1,
+                format!(
+                    "required column `{required}` is missing; the header must name {}",
+                    schema.required.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(Header {
+        names,
+        params: known,
+    })
+}

@@ -1,0 +1,301 @@
+//! Row checks: every field is checked against the parameter table before any
+//! request, so a bad row never reaches the provider.
+
+use chrono::{NaiveDate, NaiveDateTime};
+
+use super::reader::{Header, Row};
+use crate::money::Amount;
+use crate::provider::paynearme::params::Rule;
+
+/// Why a row was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The column at fault, when one is.
+    pub column: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "{c}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+fn reject(column: &str, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        column: Some(column.to_string()),
+        reason: reason.into(),
+    }
+}
+
+/// Checks one row: field count, UTF-8, required fields, each known field's
+/// rule, and the rules that span fields.
+pub fn check_row(header: &Header, row: &Row, required: &[&str]) -> Result<(), Rejection> {
+    if row.record.len() != header.names.len() {
+        return Err(Rejection {
+            column: None,
+            reason: format!(
+                "row has {} fields but the header has {} columns (a missing or extra comma, or an unquoted comma inside a value?)",
+                row.record.len(),
+                header.names.len()
+            ),
+        });
+    }
+    for (i, raw) in row.record.iter().enumerate() {
+        let name = &header.names[i];
+        let Ok(value) = std::str::from_utf8(raw) else {
+            return Err(reject(
+                name,
+                "is not valid UTF-8 (save the file as UTF-8, not Latin-1 or Windows-1252)",
+            ));
+        };
+        if value.is_empty() {
+            if required.contains(&name.as_str()) {
+                return Err(reject(name, "is required but empty"));
+            }
+            continue;
+        }
+        if let Some(param) = header.params[i] {
+            check_value(param.rule, value).map_err(|reason| reject(name, reason))?;
+        }
+    }
+    check_cross_fields(header, row)
+}
+
+fn check_cross_fields(header: &Header, row: &Row) -> Result<(), Rejection> {
+    let field = |name: &str| {
+        header
+            .index(name)
+            .and_then(|i| row.get(i))
+            .filter(|v| !v.is_empty())
+    };
+    if let (Some(min), Some(amount)) = (field("minimum_payment_amount"), field("order_amount")) {
+        if let (Ok(min), Ok(amount)) = (min.parse::<Amount>(), amount.parse::<Amount>()) {
+            if min > amount {
+                return Err(reject(
+                    "minimum_payment_amount",
+                    format!("{min} is more than order_amount {amount}"),
+                ));
+            }
+        }
+    }
+    for (start, end) in [
+        ("auto_pay_start_date", "auto_pay_end_date"),
+        ("reminder_start_date", "reminder_end_date"),
+    ] {
+        if let (Some(s), Some(e)) = (field(start), field(end)) {
+            if let (Ok(s), Ok(e)) = (us_date(s), us_date(e)) {
+                if e < s {
+                    return Err(reject(end, format!("is before {start}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn us_date(value: &str) -> Result<NaiveDate, String> {
+    let ok_shape = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| {
+            if i == 2 || i == 5 {
+                b == b'/'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !ok_shape {
+        return Err(format!("`{value}` is not a date in MM/DD/YYYY format"));
+    }
+    NaiveDate::parse_from_str(value, "%m/%d/%Y")
+        .map_err(|_| format!("`{value}` is not a real calendar date (MM/DD/YYYY)"))
+}
+
+fn digits_shape(value: &str, shape: &str) -> bool {
+    value.len() == shape.len()
+        && value.bytes().zip(shape.bytes()).all(|(v, s)| {
+            if s == b'9' {
+                v.is_ascii_digit()
+            } else {
+                v == s
+            }
+        })
+}
+
+/// Checks one value against its rule; the error says what is wrong.
+pub fn check_value(rule: Rule, value: &str) -> Result<(), String> {
+    match rule {
+        Rule::Text => Ok(()),
+        Rule::Amount => value
+            .parse::<Amount>()
+            .map(|_| ())
+            .map_err(|e| format!("`{value}` {e}")),
+        Rule::Currency => one_of(value, &["USD"]),
+        Rule::Bool => one_of(value, &["true", "false"]),
+        Rule::OrderType => one_of(value, &["exact", "up-to", "any"]),
+        Rule::OneOf(allowed) => one_of(value, allowed),
+        Rule::PositiveInt => match value.parse::<u64>() {
+            Ok(n) if n > 0 && value.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            _ => Err(format!("`{value}` is not a positive whole number")),
+        },
+        Rule::Count => match value.parse::<u64>() {
+            Ok(_) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            _ => Err(format!("`{value}` is not a whole number")),
+        },
+        Rule::DateTimeTz => {
+            let shape_ok = value.len() == 22 && digits_shape(&value[..19], "9999-99-99 99:99:99");
+            let tz = value.get(19..).unwrap_or("");
+            if !shape_ok || ![" ET", " CT", " MT", " PT"].contains(&tz) {
+                return Err(format!(
+                    "`{value}` is not `YYYY-MM-DD HH:MM:SS TZ` with TZ one of ET, CT, MT, PT"
+                ));
+            }
+            NaiveDateTime::parse_from_str(&value[..19], "%Y-%m-%d %H:%M:%S")
+                .map(|_| ())
+                .map_err(|_| format!("`{value}` is not a real date and time"))
+        }
+        Rule::UsDate => us_date(value).map(|_| ()),
+        Rule::IsoDate => {
+            if !digits_shape(value, "9999-99-99") {
+                return Err(format!("`{value}` is not a date in YYYY-MM-DD format"));
+            }
+            NaiveDate::parse_from_str(value, "%Y-%m-%d")
+                .map(|_| ())
+                .map_err(|_| format!("`{value}` is not a real calendar date"))
+        }
+        Rule::State => {
+            if value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{value}` is not a two-letter state abbreviation like TX"
+                ))
+            }
+        }
+        Rule::Year => match value.parse::<u32>() {
+            Ok(y) if value.len() == 4 && (1900..=2025).contains(&y) => Ok(()),
+            _ => Err(format!(
+                "`{value}` is not a four-digit year of birth between 1900 and 2025"
+            )),
+        },
+        Rule::Email => {
+            let plausible = value.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@')
+            }) && !value.chars().any(char::is_whitespace);
+            if plausible {
+                Ok(())
+            } else {
+                Err(format!("`{value}` is not a plausible e-mail address"))
+            }
+        }
+        Rule::Phone => {
+            let allowed = value
+                .chars()
+                .all(|c| c.is_ascii_digit() || "+-(). ".contains(c));
+            let digits = value.chars().filter(char::is_ascii_digit).count();
+            if allowed && (10..=15).contains(&digits) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{value}` is not a plausible phone number (10 to 15 digits)"
+                ))
+            }
+        }
+    }
+}
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    let hint = allowed
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(value.trim()))
+        .map(|a| format!("; did you mean `{a}`?"))
+        .unwrap_or_default();
+    Err(format!(
+        "`{value}` is not one of {}{hint}",
+        allowed
+            .iter()
+            .map(|a| format!("`{a}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(rule: Rule, values: &[&str]) {
+        for v in values {
+            assert_eq!(check_value(rule, v), Ok(()), "{rule:?} should accept {v:?}");
+        }
+    }
+
+    fn bad(rule: Rule, values: &[&str]) {
+        for v in values {
+            assert!(
+                check_value(rule, v).is_err(),
+                "{rule:?} should reject {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn amounts() {
+        ok(Rule::Amount, &["8", "8.5", "8.50", "0"]);
+        bad(Rule::Amount, &["12.345", "abc", "-5", "1e3"]);
+    }
+
+    #[test]
+    fn enums_are_exact_and_suggest_case_fixes() {
+        ok(Rule::OrderType, &["exact", "up-to", "any"]);
+        bad(Rule::OrderType, &["EXACT", "upto", ""]);
+        let err = check_value(Rule::OrderType, "EXACT").unwrap_err();
+        assert!(err.contains("did you mean `exact`?"), "{err}");
+        ok(Rule::Bool, &["true", "false"]);
+        bad(Rule::Bool, &["True", "1", "yes"]);
+        ok(Rule::Currency, &["USD"]);
+        bad(Rule::Currency, &["usd", "EUR"]);
+    }
+
+    #[test]
+    fn dates_and_times() {
+        ok(
+            Rule::DateTimeTz,
+            &["2026-12-31 23:59:59 PT", "2024-02-29 00:00:00 ET"],
+        );
+        bad(
+            Rule::DateTimeTz,
+            &[
+                "2026-02-30 10:00:00 ET",
+                "2026-12-31 24:00:00 ET",
+                "2026-12-31 10:00:00 UTC",
+                "2026-12-31T10:00:00 ET",
+            ],
+        );
+        ok(Rule::UsDate, &["01/31/2026", "02/29/2024"]);
+        bad(Rule::UsDate, &["2026-01-31", "1/31/2026", "02/30/2026"]);
+    }
+
+    #[test]
+    fn numbers_states_years_contacts() {
+        ok(Rule::PositiveInt, &["1", "30"]);
+        bad(Rule::PositiveInt, &["0", "-1", "1.5", "+3"]);
+        ok(Rule::State, &["TX", "NY"]);
+        bad(Rule::State, &["Texas", "tx", "T"]);
+        ok(Rule::Year, &["1980"]);
+        bad(Rule::Year, &["80", "1800", "3000"]);
+        ok(Rule::Email, &["ana@example.com"]);
+        bad(Rule::Email, &["ana", "ana@example", "a b@example.com"]);
+        ok(Rule::Phone, &["+1 (555) 123-4567", "5551234567"]);
+        bad(Rule::Phone, &["123", "555-CALL-NOW"]);
+    }
+}

@@ -1,0 +1,16 @@
+//! orderbatch: bulk orders through PayNearMe, resumable and rate-limited.
+//!
+//! See `ARCHITECTURE.md` in the shared docs for the data flow. The binary in
+//! `main.rs` is a thin shell over these modules.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod export;
+pub mod files;
+pub mod input;
+pub mod money;
+pub mod pipeline;
+pub mod provider;
+pub mod sandbox;
+pub mod store;

@@ -1,0 +1,145 @@
+//! What every worker of a run shares: the client, the rate limiter, the 429
+//! gate, the writer, the stop signal and the retry settings.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
+
+use super::retry::{Attempts, Gate, Next};
+use super::shutdown::{Shutdown, Stop};
+use crate::provider::paynearme::{Endpoint, PnmClient};
+use crate::provider::ProviderError;
+use crate::store::writer::Write;
+
+/// How one request ended after all its retries.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Done(T),
+    /// The rows it was for fail with this error.
+    Failed(ProviderError),
+    /// The run is stopping; the rows stay as they are, to resume later.
+    Stopped,
+}
+
+/// Shared by all workers of a run.
+pub struct Ctx {
+    pub client: PnmClient,
+    limiter: Option<DefaultDirectRateLimiter>,
+    gate: Gate,
+    writes: mpsc::Sender<Write>,
+    pub shutdown: Shutdown,
+    max_attempts: u32,
+    retry_base: Duration,
+}
+
+impl Ctx {
+    pub fn new(
+        client: PnmClient,
+        rate: Option<NonZeroU32>,
+        writes: mpsc::Sender<Write>,
+        shutdown: Shutdown,
+        max_attempts: u32,
+        retry_base: Duration,
+    ) -> Self {
+        // A burst of one spaces requests evenly: no second ever sees more
+        // than `rate` of them.
+        let limiter =
+            rate.map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+        Ctx {
+            client,
+            limiter,
+            gate: Gate::default(),
+            writes,
+            shutdown,
+            max_attempts,
+            retry_base,
+        }
+    }
+
+    /// Records a change; if the writer is gone the run cannot go on safely.
+    pub async fn write(&self, op: Write) {
+        if self.writes.send(op).await.is_err() {
+            self.shutdown
+                .stop(Stop::Aborted("the state database writer stopped".into()));
+        }
+    }
+
+    /// Records intent before a side effect and waits until it is committed.
+    /// Returns false if it could not be recorded (the request must not leave).
+    pub async fn intent(&self, row: u64) -> bool {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.write(Write::Intent { row, ack }).await;
+        done.await.is_ok()
+    }
+
+    /// Waits until a request to `endpoint` may leave (429 gate, then rate
+    /// limit) and counts it.
+    pub async fn permit(&self, endpoint: Endpoint) {
+        self.gate.wait().await;
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        self.write(Write::Request {
+            endpoint: endpoint.as_str(),
+        })
+        .await;
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the run stops.
+    /// Every failed attempt is recorded against `rows`.
+    pub async fn request<T, F>(&self, rows: &[u64], mut attempt: impl FnMut() -> F) -> Outcome<T>
+    where
+        F: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut attempts = Attempts::new(self.max_attempts, self.retry_base);
+        loop {
+            if self.shutdown.is_stopping() {
+                return Outcome::Stopped;
+            }
+            let started = Instant::now();
+            let error = match attempt().await {
+                Ok(value) => return Outcome::Done(value),
+                Err(e) => e,
+            };
+            let latency_ms = started.elapsed().as_millis() as u64;
+            tracing::debug!(?rows, code = %error.code(), "attempt failed: {error}");
+            for &row in rows {
+                self.write(Write::Attempt {
+                    row,
+                    endpoint: endpoint_of(&error),
+                    code: error.code(),
+                    message: error.to_string(),
+                    latency_ms,
+                })
+                .await;
+            }
+            match attempts.after(error, &self.gate) {
+                Next::Retry(delay) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.stopped() => return Outcome::Stopped,
+                    }
+                }
+                Next::Fail(error) => return Outcome::Failed(error),
+                Next::Abort(error) => {
+                    self.shutdown.stop(Stop::Aborted(format!(
+                        "{error}. The provider rejected our credentials or clock: check PNM_SITE_IDENTIFIER, \
+                         the secret key and PNM_BASE_URL, and that this machine's clock is right"
+                    )));
+                    return Outcome::Stopped;
+                }
+            }
+        }
+    }
+}
+
+fn endpoint_of(error: &ProviderError) -> &'static str {
+    match error {
+        ProviderError::Transport { endpoint, .. }
+        | ProviderError::RateLimited { endpoint, .. }
+        | ProviderError::Api { endpoint, .. }
+        | ProviderError::UnexpectedBody { endpoint, .. } => endpoint,
+    }
+}

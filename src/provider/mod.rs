@@ -1,0 +1,183 @@
+//! Provider clients and the error type they share with the pipeline.
+
+pub mod paynearme;
+
+use std::time::Duration;
+
+/// How a request failed, as far as the pipeline needs to know.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The request did not get an answer.
+    #[error("{kind} calling {endpoint}: {detail}")]
+    Transport {
+        endpoint: &'static str,
+        kind: TransportKind,
+        detail: String,
+    },
+    /// HTTP 429: the provider asks us to slow down.
+    #[error("rate limited by the provider calling {endpoint} (retry after {retry_after:?})")]
+    RateLimited {
+        endpoint: &'static str,
+        retry_after: Option<Duration>,
+    },
+    /// The provider answered with an error.
+    #[error("{endpoint} answered HTTP {status} {code}: {description}")]
+    Api {
+        endpoint: &'static str,
+        status: u16,
+        code: String,
+        description: String,
+    },
+    /// The provider answered something we cannot read.
+    #[error("{endpoint} answered HTTP {status} with an unreadable body: {snippet}")]
+    UnexpectedBody {
+        endpoint: &'static str,
+        status: u16,
+        snippet: String,
+    },
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Could not connect: the request was certainly not sent.
+    Connect,
+    /// No answer in time: the request may have been processed.
+    Timeout,
+    /// The connection closed without an answer: the request may have been processed.
+    Closed,
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Connect => "connection failed",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Closed => "connection closed without an answer",
+        })
+    }
+}
+
+/// What the pipeline does with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Try again after a backoff. `maybe_applied` says the provider may have
+    /// acted on the request, so a create must be reconciled before it is resent.
+    Transient { maybe_applied: bool },
+    /// Wait as the provider says, then try again; does not use up attempts.
+    RateLimited(Option<Duration>),
+    /// This row cannot succeed as it is.
+    Permanent,
+    /// Credentials or clock are wrong: no request can succeed; stop the run.
+    Auth,
+}
+
+/// Provider error codes that mean the credentials or the clock are wrong.
+pub const AUTH_CODES: &[&str] = &["invalid_signature", "unknown_site", "stale_timestamp"];
+
+impl ProviderError {
+    /// Sorts the error into what the pipeline should do next.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProviderError::Transport { kind, .. } => ErrorClass::Transient {
+                maybe_applied: *kind != TransportKind::Connect,
+            },
+            ProviderError::RateLimited { retry_after, .. } => ErrorClass::RateLimited(*retry_after),
+            ProviderError::Api { status, code, .. } => {
+                if AUTH_CODES.contains(&code.as_str()) || *status == 401 {
+                    ErrorClass::Auth
+                } else if *status >= 500 || code == "customer_busy" {
+                    ErrorClass::Transient {
+                        maybe_applied: *status >= 500,
+                    }
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+            ProviderError::UnexpectedBody { status, .. } => {
+                if *status >= 500 {
+                    ErrorClass::Transient {
+                        maybe_applied: true,
+                    }
+                } else {
+                    ErrorClass::Permanent
+                }
+            }
+        }
+    }
+
+    /// A short machine-readable code recorded in the state database.
+    pub fn code(&self) -> String {
+        match self {
+            ProviderError::Transport { kind, .. } => match kind {
+                TransportKind::Connect => "connect_failed",
+                TransportKind::Timeout => "timeout",
+                TransportKind::Closed => "connection_closed",
+            }
+            .to_string(),
+            ProviderError::RateLimited { .. } => "rate_limited".to_string(),
+            ProviderError::Api { code, .. } => code.clone(),
+            ProviderError::UnexpectedBody { .. } => "unexpected_body".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> ProviderError {
+        ProviderError::Api {
+            endpoint: "create_order",
+            status,
+            code: code.into(),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let transport = |kind| ProviderError::Transport {
+            endpoint: "create_order",
+            kind,
+            detail: String::new(),
+        };
+        assert_eq!(
+            transport(TransportKind::Connect).class(),
+            ErrorClass::Transient {
+                maybe_applied: false
+            }
+        );
+        assert_eq!(
+            transport(TransportKind::Timeout).class(),
+            ErrorClass::Transient {
+                maybe_applied: true
+            }
+        );
+        assert_eq!(
+            api(503, "http_503").class(),
+            ErrorClass::Transient {
+                maybe_applied: true
+            }
+        );
+        assert_eq!(
+            api(409, "customer_busy").class(),
+            ErrorClass::Transient {
+                maybe_applied: false
+            }
+        );
+        assert_eq!(api(400, "invalid_parameter").class(), ErrorClass::Permanent);
+        assert_eq!(api(404, "order_not_found").class(), ErrorClass::Permanent);
+        for code in AUTH_CODES {
+            assert_eq!(api(401, code).class(), ErrorClass::Auth);
+        }
+        let limited = ProviderError::RateLimited {
+            endpoint: "create_order",
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(
+            limited.class(),
+            ErrorClass::RateLimited(Some(Duration::from_secs(2)))
+        );
+    }
+}

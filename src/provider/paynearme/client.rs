@@ -1,0 +1,289 @@
+//! The PayNearMe HTTP client: form-encoded, signed, liberal in what it reads.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use super::sign::sign;
+use super::types::{self, PnmOrder};
+use crate::provider::{ProviderError, TransportKind};
+
+/// API version sent with every request.
+pub const API_VERSION: &str = "3.0";
+
+/// Who we are to PayNearMe and where it lives.
+#[derive(Debug, Clone)]
+pub struct PnmCredentials {
+    /// e.g. `https://api.paynearme-sandbox.com`, without `/json-api`.
+    pub base_url: String,
+    pub site_identifier: String,
+    pub secret: SecretString,
+    pub api_key_id: Option<String>,
+}
+
+/// The PayNearMe endpoints the tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    CreateOrder,
+    FindOrders,
+    RefreshEmbeddedJsUrls,
+    GetSmartToken,
+    ChangeOrder,
+}
+
+impl Endpoint {
+    /// All endpoints, in pipeline order.
+    pub const ALL: [Endpoint; 5] = [
+        Endpoint::CreateOrder,
+        Endpoint::FindOrders,
+        Endpoint::RefreshEmbeddedJsUrls,
+        Endpoint::GetSmartToken,
+        Endpoint::ChangeOrder,
+    ];
+
+    /// The path segment and the name used in counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::CreateOrder => "create_order",
+            Endpoint::FindOrders => "find_orders",
+            Endpoint::RefreshEmbeddedJsUrls => "refresh_embedded_js_urls",
+            Endpoint::GetSmartToken => "get_smart_token",
+            Endpoint::ChangeOrder => "change_order",
+        }
+    }
+}
+
+/// A PayNearMe client; cheap to clone, reuses connections.
+#[derive(Debug, Clone)]
+pub struct PnmClient {
+    http: reqwest::Client,
+    url_prefix: String,
+    credentials: PnmCredentials,
+}
+
+impl PnmClient {
+    /// Builds a client with the given per-request timeout.
+    pub fn new(credentials: PnmCredentials, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("orderbatch/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let url_prefix = format!("{}/json-api/", credentials.base_url.trim_end_matches('/'));
+        Ok(PnmClient {
+            http,
+            url_prefix,
+            credentials,
+        })
+    }
+
+    /// Signs and sends one request; returns the answer body when it says `ok`.
+    #[tracing::instrument(level = "debug", skip_all, fields(endpoint = endpoint.as_str()))]
+    pub async fn call(
+        &self,
+        endpoint: Endpoint,
+        params: &[(&str, &str)],
+    ) -> Result<Map<String, Value>, ProviderError> {
+        let name = endpoint.as_str();
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
+        let mut signed: Vec<(&str, &str)> = Vec::with_capacity(params.len() + 5);
+        signed.extend(params.iter().filter(|(_, v)| !v.is_empty()).copied());
+        signed.push(("site_identifier", &self.credentials.site_identifier));
+        signed.push(("timestamp", &timestamp));
+        signed.push(("version", API_VERSION));
+        if let Some(key_id) = &self.credentials.api_key_id {
+            signed.push(("api_key_id", key_id));
+        }
+        let signature = sign(&signed, &self.credentials.secret);
+        tracing::trace!(
+            params = ?signed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            "sending (values and signature not logged)"
+        );
+        signed.push(("signature", &signature));
+
+        let response = self
+            .http
+            .post(format!("{}{name}", self.url_prefix))
+            .form(&signed)
+            .send()
+            .await
+            .map_err(|e| transport_error(name, &e))?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            return Err(ProviderError::RateLimited {
+                endpoint: name,
+                retry_after,
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(name, &e))?;
+        read_answer(name, status, &bytes)
+    }
+
+    /// `create_order` with the row's parameters.
+    pub async fn create_order(&self, params: &[(&str, &str)]) -> Result<PnmOrder, ProviderError> {
+        let body = self.call(Endpoint::CreateOrder, params).await?;
+        types::orders(&body)
+            .into_iter()
+            .next()
+            .ok_or_else(|| missing_order(Endpoint::CreateOrder, &body))
+    }
+
+    /// `find_orders` by one identifier.
+    pub async fn find_orders(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        let body = self.call(Endpoint::FindOrders, &[(key, value)]).await?;
+        Ok(types::orders(&body))
+    }
+
+    /// `refresh_embedded_js_urls` with the given selector and paging.
+    pub async fn refresh_urls(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        let body = self.call(Endpoint::RefreshEmbeddedJsUrls, params).await?;
+        Ok(types::orders(&body))
+    }
+
+    /// `get_smart_token` with the given selector and options.
+    pub async fn smart_token(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        let body = self.call(Endpoint::GetSmartToken, params).await?;
+        Ok(types::orders(&body))
+    }
+}
+
+fn missing_order(endpoint: Endpoint, body: &Map<String, Value>) -> ProviderError {
+    ProviderError::UnexpectedBody {
+        endpoint: endpoint.as_str(),
+        status: 200,
+        snippet: snippet(Value::Object(body.clone()).to_string().as_bytes()),
+    }
+}
+
+fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ProviderError {
+    let kind = if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Closed
+    };
+    // reqwest's message names the URL, never the form body.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    ProviderError::Transport {
+        endpoint,
+        kind,
+        detail,
+    }
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.chars().take(200).collect()
+}
+
+/// Turns an HTTP answer into the body or a typed error.
+fn read_answer(
+    endpoint: &'static str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<Map<String, Value>, ProviderError> {
+    let body = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => map,
+        _ if status >= 500 => {
+            return Err(ProviderError::Api {
+                endpoint,
+                status,
+                code: format!("http_{status}"),
+                description: snippet(bytes),
+            })
+        }
+        _ => {
+            return Err(ProviderError::UnexpectedBody {
+                endpoint,
+                status,
+                snippet: snippet(bytes),
+            })
+        }
+    };
+    if types::is_ok(&body) && status < 300 {
+        return Ok(body);
+    }
+    let (code, description) = types::first_error(&body).unwrap_or((None, String::new()));
+    Err(ProviderError::Api {
+        endpoint,
+        status,
+        code: code.unwrap_or_else(|| format!("http_{status}")),
+        description,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_answer_is_the_body() {
+        let body = read_answer("create_order", 200, br#"{"status":"ok","order":{}}"#).unwrap();
+        assert!(body.contains_key("order"));
+    }
+
+    #[test]
+    fn error_status_is_an_error_whatever_the_http_code() {
+        let err = read_answer(
+            "create_order",
+            200,
+            br#"{"status":"error","errors":[{"code":"invalid_parameter","description":"order_type"}]}"#,
+        )
+        .unwrap_err();
+        match err {
+            ProviderError::Api {
+                status,
+                code,
+                description,
+                ..
+            } => {
+                assert_eq!(
+                    (status, code.as_str(), description.as_str()),
+                    (200, "invalid_parameter", "order_type")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn html_5xx_is_a_transient_api_error_and_html_200_is_unexpected() {
+        let err = read_answer("create_order", 502, b"<html>bad gateway</html>").unwrap_err();
+        assert_eq!(err.code(), "http_502");
+        let err = read_answer("create_order", 200, b"<html>").unwrap_err();
+        assert!(matches!(err, ProviderError::UnexpectedBody { .. }));
+    }
+}

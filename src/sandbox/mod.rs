@@ -1,0 +1,124 @@
+//! A local stand-in for the provider API, for rehearsals and tests.
+//!
+//! It is a real HTTP server (axum) with in-memory state; tests start it on
+//! `127.0.0.1:0` and read its state back through [`SandboxHandle::state`] or
+//! `GET /__sandbox/state`.
+
+mod paynearme;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::routing::{get, post};
+use axum::Router;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub use paynearme::PnmState;
+
+/// How the sandbox behaves.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub site_identifier: String,
+    pub secret: SecretString,
+    /// Each request waits a random time in this range (milliseconds) while it
+    /// holds its customer, so overlapping requests can be seen.
+    pub latency_ms: Option<(u64, u64)>,
+    /// Answer `409 customer_busy` to a request for a customer that already has
+    /// one in flight (overlaps are counted either way).
+    pub strict_serial: bool,
+    /// Seed for everything random the sandbox does.
+    pub seed: u64,
+}
+
+impl SandboxConfig {
+    /// A sandbox that accepts these credentials and injects nothing.
+    pub fn new(site_identifier: impl Into<String>, secret: SecretString) -> Self {
+        SandboxConfig {
+            site_identifier: site_identifier.into(),
+            secret,
+            latency_ms: None,
+            strict_serial: false,
+            seed: 0,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub(crate) struct Shared {
+    pub config: SandboxConfig,
+    pub pnm: Mutex<PnmState>,
+    pub rng: Mutex<StdRng>,
+}
+
+/// A running sandbox.
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SandboxHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give the client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its state as JSON, the same document `GET /__sandbox/state` returns.
+    pub fn state(&self) -> serde_json::Value {
+        paynearme::state_json(&self.shared)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Serves until the process is stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` and starts serving in the background.
+pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<SandboxHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+        config,
+        pnm: Mutex::new(PnmState::default()),
+    });
+    let app = Router::new()
+        .route("/json-api/{endpoint}", post(paynearme::handle))
+        .route("/__sandbox/state", get(paynearme::state_handler))
+        .route("/__sandbox/age", post(paynearme::age_handler))
+        .with_state(shared.clone());
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!("sandbox server stopped: {e}");
+        }
+    });
+    Ok(SandboxHandle {
+        addr,
+        shared,
+        stop: Some(stop_tx),
+        task,
+    })
+}

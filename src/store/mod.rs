@@ -1,0 +1,158 @@
+//! The SQLite state database: runs, row progress, attempts, request counts.
+//!
+//! WAL mode with `synchronous=NORMAL`: a commit survives the process being
+//! killed at any instant; outcomes are written in batched transactions by
+//! one writer thread (see [`writer`]).
+
+pub mod rows;
+pub mod runs;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use include_dir::{include_dir, Dir};
+use rusqlite::Connection;
+use rusqlite_migration::Migrations;
+
+pub use rows::{RowState, StoredRow};
+pub use runs::RunRecord;
+
+static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well formed")
+});
+
+/// The schema version this build writes.
+pub fn schema_version() -> usize {
+    MIGRATIONS_DIR.dirs().count()
+}
+
+/// A state database problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path} was written by a newer orderbatch (schema {found}, this build knows up to {known}); upgrade orderbatch or use another --db")]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error("state database {path}: migration failed: {detail}")]
+    Migration { path: PathBuf, detail: String },
+    #[error("state database {path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+/// A connection to the state database.
+pub struct Store {
+    pub(crate) conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        crate::files::create_private(path).map_err(|e| StoreError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let mut store = Self::connect(path)?;
+        let found: usize = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| store.err(e))?;
+        let known = schema_version();
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        MIGRATIONS
+            .to_latest(&mut store.conn)
+            .map_err(|e| StoreError::Migration {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        Ok(store)
+    }
+
+    /// A second connection to an already migrated database, for reading
+    /// while the writer thread writes.
+    pub fn open_reader(path: &Path) -> Result<Self, StoreError> {
+        Self::connect(path)
+    }
+
+    fn connect(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store
+            .conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 PRAGMA busy_timeout = 10000;
+                 PRAGMA foreign_keys = ON;",
+            )
+            .map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
+    /// Wraps a SQLite error with the database path.
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_database_and_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        let store = Store::open(&path).unwrap();
+        let version: usize = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, schema_version());
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .conn
+            .pragma_update(None, "user_version", schema_version() + 1)
+            .unwrap();
+        drop(store);
+        let err = Store::open(&path).err().expect("must refuse");
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+        assert!(err.to_string().contains("newer orderbatch"), "{err}");
+    }
+}

@@ -1,0 +1,138 @@
+//! Runs: one per command and input fingerprint, so the same command on the
+//! same file resumes.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub command: String,
+    pub input_path: String,
+    pub fingerprint: String,
+    pub total_rows: u64,
+    /// All input rows have been recorded.
+    pub registered: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, command, input_path, fingerprint, total_rows, registered, started_at, finished_at";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: r.get(0)?,
+        command: r.get(1)?,
+        input_path: r.get(2)?,
+        fingerprint: r.get(3)?,
+        total_rows: r.get(4)?,
+        registered: r.get(5)?,
+        started_at: r.get(6)?,
+        finished_at: r.get(7)?,
+    })
+}
+
+/// Current time as RFC 3339 UTC, the format of every timestamp we store.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Store {
+    /// The run of `command` on the input with `fingerprint`, if any.
+    pub fn find_run(
+        &self,
+        command: &str,
+        fingerprint: &str,
+    ) -> Result<Option<RunRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM runs WHERE command = ?1 AND fingerprint = ?2"),
+                params![command, fingerprint],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The run with `id`.
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"),
+                params![id],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// All runs, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM runs ORDER BY id"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], from_row)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    /// Records a new run and returns its id.
+    pub fn create_run(
+        &self,
+        command: &str,
+        input_path: &str,
+        fingerprint: &str,
+        options: &str,
+    ) -> Result<i64, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (command, input_path, fingerprint, options, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![command, input_path, fingerprint, options, now()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Marks every input row of the run as recorded.
+    pub fn mark_registered(&self, run_id: i64, total_rows: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET registered = 1, total_rows = ?2 WHERE id = ?1",
+                params![run_id, total_rows],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks the run finished now (or clears it when a resumed run starts).
+    pub fn set_finished(&self, run_id: i64, finished: bool) -> Result<(), StoreError> {
+        let at = finished.then(now);
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2 WHERE id = ?1",
+                params![run_id, at],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Requests sent per endpoint for the run.
+    pub fn request_counts(&self, run_id: i64) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT endpoint, count FROM requests WHERE run_id = ?1 ORDER BY endpoint")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e));
+        rows
+    }
+}

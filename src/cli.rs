@@ -85,12 +85,15 @@ Example:
   PNM_BASE_URL=http://127.0.0.1:8099 PNM_SITE_IDENTIFIER=S_SANDBOX \\
     PNM_SECRET_KEY=sandbox-secret orderbatch run samples/orders.csv --db s.db";
 
-/// `--rate`: requests per second, or `unlimited`.
-fn parse_rate(s: &str) -> Result<Option<NonZeroU32>, String> {
+/// `--rate`: requests per second, or `unlimited` (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(pub Option<NonZeroU32>);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
     if s == "unlimited" {
-        return Ok(None);
+        return Ok(Rate(None));
     }
-    s.parse::<NonZeroU32>().map(Some).map_err(|_| {
+    s.parse::<NonZeroU32>().map(|r| Rate(Some(r))).map_err(|_| {
         format!("`{s}` is not a positive whole number of requests per second, or `unlimited`")
     })
 }
@@ -110,7 +113,7 @@ pub struct RunArgs {
     pub base_url: Option<String>,
     /// Requests per second across all endpoints, or `unlimited`.
     #[arg(long, default_value = "10", value_parser = parse_rate)]
-    pub rate: Option<NonZeroU32>,
+    pub rate: Rate,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,

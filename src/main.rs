@@ -111,7 +111,7 @@ fn run_orders(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         input: args.input,
         db: args.db.clone(),
-        rate: args.rate,
+        rate: args.rate.0,
         concurrency: usize::from(args.concurrency),
         max_attempts: args.max_attempts,
         retry_base: Duration::from_millis(args.retry_base_ms),

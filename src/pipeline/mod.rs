@@ -374,7 +374,10 @@ fn feed_creates(
             };
             let customer = stored.site_customer_identifier.clone().unwrap_or_default();
             let target = &senders[shard(&customer, senders.len())];
-            target.blocking_send(Job::Create(Box::new((row, stored)))).is_ok() && !shutdown.is_stopping()
+            target
+                .blocking_send(Job::Create(Box::new((row, stored))))
+                .is_ok()
+                && !shutdown.is_stopping()
         },
     )?;
     failure.map_or(Ok(()), Err)

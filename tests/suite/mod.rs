@@ -1,0 +1,4 @@
+mod input;
+mod resume;
+mod run;
+mod security;

@@ -1,0 +1,105 @@
+//! Secrets and PII stay out of everything the tool writes.
+
+use crate::util::*;
+
+#[test]
+fn secret_never_appears_in_logs_db_or_export_even_at_trace() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(10, 3, true));
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
+    );
+    cmd.env("RUST_LOG", "trace");
+    let out = run(cmd);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(!out.stderr.is_empty(), "trace logging produced nothing");
+    let needle = SECRET.as_bytes();
+    let contains = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !contains(&out.stdout) && !contains(&out.stderr),
+        "secret in output"
+    );
+    for entry in std::fs::read_dir(dir.tmp.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(!contains(&bytes), "secret in {}", path.display());
+    }
+}
+
+#[test]
+fn customer_pii_is_not_stored_in_the_state_database() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write(
+        "o.csv",
+        "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_customer_name,site_customer_email,site_customer_phone,site_customer_street\n\
+         C1,10,USD,exact,true,Zyxwv Qutsr,zyxwv.qutsr@example.com,+1 (555) 867-5309,742 Evergreen Terrace\n",
+    );
+    // Kill nothing: but keep the WAL by reading the files right after the run.
+    let out = run(dir.cmd(&sandbox, &["run", "o.csv", "--db", "s.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        sandbox.orders()[0]["fields"]["site_customer_name"],
+        "Zyxwv Qutsr"
+    );
+    for name in ["s.db", "s.db-wal", "s.db-shm"] {
+        let Ok(bytes) = std::fs::read(dir.path(name)) else {
+            continue;
+        };
+        for pii in ["Zyxwv", "zyxwv.qutsr@example.com", "867-5309", "Evergreen"] {
+            let found = bytes.windows(pii.len()).any(|w| w == pii.as_bytes());
+            assert!(!found, "{pii} stored in {name}");
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn state_db_and_export_are_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(3, 1, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for name in ["s.db", "e.csv"] {
+        let mode = std::fs::metadata(dir.path(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+}
+
+#[test]
+fn plain_http_to_a_remote_host_is_refused() {
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(1, 1, true));
+    let mut cmd = dir.bare_cmd(&[
+        "run",
+        "o.csv",
+        "--db",
+        "s.db",
+        "--base-url",
+        "http://api.paynearme.com",
+    ]);
+    cmd.env("PNM_SITE_IDENTIFIER", SITE)
+        .env("PNM_SECRET_KEY", SECRET);
+    let out = run(cmd);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https is required"));
+}
+
+#[test]
+fn sandbox_refuses_a_non_loopback_address_without_allow_remote() {
+    let dir = Dir::new();
+    let out = run(dir.bare_cmd(&["sandbox", "--listen", "0.0.0.0:0"]));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
+}

@@ -1,0 +1,237 @@
+//! Test helpers: an in-process sandbox on 127.0.0.1:0, a command wrapper for
+//! the real binary, and order-file builders.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use orderbatch::sandbox::{self, SandboxConfig, SandboxHandle};
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const SITE: &str = "S_TEST";
+pub const SECRET: &str = "test-secret-7f3a9c1e5b";
+
+/// A sandbox running on its own runtime for the length of a test.
+pub struct Sandbox {
+    handle: Option<SandboxHandle>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Sandbox {
+    pub fn start() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tune: impl FnOnce(&mut SandboxConfig)) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = SandboxConfig::new(SITE, SecretString::from(SECRET));
+        tune(&mut config);
+        let handle = runtime
+            .block_on(sandbox::start(
+                config,
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ))
+            .unwrap();
+        Sandbox {
+            handle: Some(handle),
+            runtime,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.handle.as_ref().unwrap().base_url()
+    }
+
+    pub fn state(&self) -> Value {
+        self.handle.as_ref().unwrap().state()
+    }
+
+    pub fn orders(&self) -> Vec<Value> {
+        self.state()["orders"].as_array().unwrap().clone()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.state()["counters"][name].as_u64().unwrap()
+    }
+
+    pub fn requests(&self, endpoint: &str) -> u64 {
+        self.state()["counters"]["requests"][endpoint]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.state()["counters"]["requests"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    }
+
+    /// `GET /__sandbox/state` over real HTTP.
+    pub fn http_state(&self) -> Value {
+        let url = format!("{}/__sandbox/state", self.base_url());
+        self.runtime.block_on(async {
+            let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.runtime.block_on(handle.stop());
+        }
+    }
+}
+
+/// A temporary folder that the binary runs in.
+pub struct Dir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    pub fn new() -> Self {
+        Dir {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    /// The binary with the sandbox's credentials in its environment.
+    pub fn cmd(&self, sandbox: &Sandbox, args: &[&str]) -> Command {
+        let mut cmd = self.bare_cmd(args);
+        cmd.env("PNM_BASE_URL", sandbox.base_url())
+            .env("PNM_SITE_IDENTIFIER", SITE)
+            .env("PNM_SECRET_KEY", SECRET);
+        cmd
+    }
+
+    /// The binary with no credentials.
+    pub fn bare_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderbatch"));
+        cmd.args(args)
+            .current_dir(self.tmp.path())
+            .env_remove("PNM_BASE_URL")
+            .env_remove("PNM_SITE_IDENTIFIER")
+            .env_remove("PNM_SECRET_KEY")
+            .env_remove("PNM_SECRET_KEY_FILE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// Runs a command to its end.
+pub fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+pub fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Starts a command in the background.
+pub fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends a signal to a child by number (2 = SIGINT, 9 = SIGKILL).
+pub fn signal(child: &Child, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `done` until it holds, failing the test after `limit`.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An order file of `rows` rows over `customers` customers, interleaved,
+/// with quoted commas, quotes and non-ASCII names.
+pub fn orders_csv(rows: usize, customers: usize, with_order_ids: bool) -> String {
+    let mut out = String::from(
+        "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_customer_name",
+    );
+    if with_order_ids {
+        out.push_str(",site_order_identifier");
+    }
+    out.push('\n');
+    for i in 1..=rows {
+        let customer = i % customers;
+        out.push_str(&format!(
+            "C-{customer},{}.{:02},USD,exact,true,\"Ñandú {customer}, \"\"Jr\"\"\"",
+            10 + i,
+            i % 100
+        ));
+        if with_order_ids {
+            out.push_str(&format!(",ORD-{i}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Reads a CSV into header and records.
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+/// The export's records as maps from column name to value.
+pub fn read_export(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let (header, rows) = read_csv(path);
+    rows.into_iter()
+        .map(|r| header.iter().cloned().zip(r).collect())
+        .collect()
+}

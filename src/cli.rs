@@ -98,6 +98,20 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     })
 }
 
+/// `MIN,MAX`: an inclusive range of whole numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct Range(pub u64, pub u64);
+
+fn parse_range(s: &str) -> Result<Range, String> {
+    let parsed = s
+        .split_once(',')
+        .and_then(|(a, b)| Some(Range(a.trim().parse().ok()?, b.trim().parse().ok()?)));
+    match parsed {
+        Some(r) if r.0 <= r.1 => Ok(r),
+        _ => Err(format!("`{s}` is not MIN,MAX with MIN <= MAX, e.g. 20,80")),
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Order CSV (header names PayNearMe parameters).
@@ -161,9 +175,9 @@ pub struct SandboxArgs {
     /// Allow listening on a non-loopback address.
     #[arg(long)]
     pub allow_remote: bool,
-    /// Each request takes a random time in MIN,MAX milliseconds.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
-    pub latency_ms: Vec<u64>,
+    /// Each request takes a random time in MIN,MAX milliseconds (e.g. 20,80).
+    #[arg(long, value_parser = parse_range)]
+    pub latency_ms: Option<Range>,
     /// Answer 409 customer_busy to overlapping requests for one customer.
     #[arg(long)]
     pub strict_serial: bool,

@@ -232,9 +232,7 @@ fn serve_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let mut config = sandbox::SandboxConfig::new(site.clone(), SecretString::from(secret));
     config.strict_serial = args.strict_serial;
     config.seed = args.seed;
-    if let [min, max] = args.latency_ms[..] {
-        config.latency_ms = Some((min, max));
-    }
+    config.latency_ms = args.latency_ms.map(|r| (r.0, r.1));
     let rt = runtime()?;
     rt.block_on(async move {
         let server = sandbox::start(config, args.listen).await?;

@@ -41,6 +41,11 @@ pub enum Command {
     /// Create an order for every CSV row, refresh its embedded JS URL and issue its smart token.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Put a run's failed rows back in the queue and run them again.
+    #[command(
+        after_help = "Re-reads the run's input file (it must be unchanged).\n\nExample:\n  orderbatch retry --db nightly.db --error-code timeout --export links.csv"
+    )]
+    Retry(RetryArgs),
     /// Check an order CSV without sending anything.
     #[command(after_help = "Example:\n  orderbatch validate orders.csv")]
     Validate(ValidateArgs),
@@ -122,6 +127,34 @@ pub struct RunArgs {
     /// Write the results to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Extra columns sent verbatim (your site's own parameters), comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub pass_through: Vec<String>,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// State database of the run.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Run to retry (default: the newest).
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Retry only rows that failed with this error code (e.g. timeout, invalid_parameter).
+    #[arg(long)]
+    pub error_code: Option<String>,
+    /// Write the results to this CSV when the run ends.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// How a run talks to the provider: where, how fast, how patiently.
+#[derive(Debug, Args)]
+pub struct PaceArgs {
     /// Provider base URL, e.g. https://api.paynearme-sandbox.com [env: PNM_BASE_URL]
     #[arg(long)]
     pub base_url: Option<String>,
@@ -137,12 +170,12 @@ pub struct RunArgs {
     /// Tries per request for timeouts, dropped connections and 5xx answers.
     #[arg(long, default_value_t = 8)]
     pub max_attempts: u32,
+    /// Stop taking new rows after this many rows failed (exit 3, state kept).
+    #[arg(long)]
+    pub max_errors: Option<u64>,
     /// First retry delay in milliseconds (doubles each retry, with jitter).
     #[arg(long, default_value_t = 500, hide = true)]
     pub retry_base_ms: u64,
-    /// Extra columns sent verbatim (your site's own parameters), comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub pass_through: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -181,9 +214,25 @@ pub struct SandboxArgs {
     /// Answer 409 customer_busy to overlapping requests for one customer.
     #[arg(long)]
     pub strict_serial: bool,
-    /// Seed for the sandbox's randomness.
+    /// Seed for the sandbox's randomness (faults, latency, tokens).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Share of requests (0 to 1) answered 500 before anything is done.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub fail_rate: f64,
+    /// Share of requests (0 to 1) whose work is done but whose connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_share)]
+    pub drop_rate: f64,
+    /// Answer 429 with Retry-After above this many requests per second.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a share between 0 and 1, e.g. 0.05")),
+    }
 }
 
 #[derive(Debug, Args)]

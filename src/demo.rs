@@ -79,6 +79,7 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
         max_attempts: 8,
         retry_base: Duration::from_millis(200),
         pass_through: Vec::new(),
+        max_errors: None,
         quiet,
     };
     let summary = pipeline::run(&options, client, shutdown).await?;

@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use secrecy::SecretString;
 
-use orderbatch::cli::{Cli, Command, RunArgs, SandboxArgs, ValidateArgs};
+use orderbatch::cli::{Cli, Command, PaceArgs, RetryArgs, RunArgs, SandboxArgs, ValidateArgs};
 use orderbatch::pipeline::{self, RunOptions, RunSummary, Shutdown, Stop};
 use orderbatch::provider::paynearme::PnmClient;
 use orderbatch::store::{RowState, Store};
@@ -66,6 +67,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_orders(args, cli.quiet),
+        Command::Retry(args) => retry(args, cli.quiet),
         Command::Validate(args) => validate(args),
         Command::Export(args) => {
             let store = Store::open(&args.db)?;
@@ -105,17 +107,55 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_orders(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let credentials = config::pnm_credentials(args.base_url.clone())?;
-    let client = PnmClient::new(credentials, Duration::from_secs(args.timeout))
+    execute(
+        args.input,
+        args.db,
+        args.pass_through,
+        &args.pace,
+        args.export.as_deref(),
+        quiet,
+    )
+}
+
+fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    // Check the configuration before touching the state database.
+    config::pnm_credentials(args.pace.base_url.clone())?;
+    let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
+    println!(
+        "run {}: {} failed rows back in the queue",
+        plan.run_id, plan.requeued
+    );
+    execute(
+        plan.input,
+        args.db,
+        plan.pass_through,
+        &args.pace,
+        args.export.as_deref(),
+        quiet,
+    )
+}
+
+/// Runs (or resumes) the pipeline on `input`, prints the summary, exports.
+fn execute(
+    input: PathBuf,
+    db: PathBuf,
+    pass_through: Vec<String>,
+    pace: &PaceArgs,
+    export_to: Option<&Path>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let credentials = config::pnm_credentials(pace.base_url.clone())?;
+    let client = PnmClient::new(credentials, Duration::from_secs(pace.timeout))
         .context("cannot build the HTTP client")?;
     let options = RunOptions {
-        input: args.input,
-        db: args.db.clone(),
-        rate: args.rate.0,
-        concurrency: usize::from(args.concurrency),
-        max_attempts: args.max_attempts,
-        retry_base: Duration::from_millis(args.retry_base_ms),
-        pass_through: args.pass_through,
+        input,
+        db,
+        rate: pace.rate.0,
+        concurrency: usize::from(pace.concurrency),
+        max_attempts: pace.max_attempts,
+        retry_base: Duration::from_millis(pace.retry_base_ms),
+        pass_through,
+        max_errors: pace.max_errors,
         quiet,
     };
     let rt = runtime()?;
@@ -132,8 +172,8 @@ fn run_orders(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_summary(&summary);
-    if let Some(out) = &args.export {
-        let store = Store::open_reader(&args.db)?;
+    if let Some(out) = export_to {
+        let store = Store::open_reader(&options.db)?;
         let rows = export::export(&store, summary.run_id, out)?;
         println!("exported {rows} rows to {}", out.display());
     }
@@ -233,6 +273,9 @@ fn serve_sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     config.strict_serial = args.strict_serial;
     config.seed = args.seed;
     config.latency_ms = args.latency_ms.map(|r| (r.0, r.1));
+    config.fail_rate = args.fail_rate;
+    config.drop_rate = args.drop_rate;
+    config.rate_limit = args.rate_limit;
     let rt = runtime()?;
     rt.block_on(async move {
         let server = sandbox::start(config, args.listen).await?;

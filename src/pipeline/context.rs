@@ -2,6 +2,7 @@
 //! gate, the writer, the stop signal and the retry settings.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -32,6 +33,8 @@ pub struct Ctx {
     pub shutdown: Shutdown,
     max_attempts: u32,
     retry_base: Duration,
+    max_errors: Option<u64>,
+    failed_rows: AtomicU64,
 }
 
 impl Ctx {
@@ -42,6 +45,7 @@ impl Ctx {
         shutdown: Shutdown,
         max_attempts: u32,
         retry_base: Duration,
+        max_errors: Option<u64>,
     ) -> Self {
         // A burst of one spaces requests evenly: no second ever sees more
         // than `rate` of them.
@@ -55,6 +59,21 @@ impl Ctx {
             shutdown,
             max_attempts,
             retry_base,
+            max_errors,
+            failed_rows: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a failed row; past `--max-errors` the run stops taking work.
+    pub fn row_failed(&self) {
+        let failed = self.failed_rows.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(max) = self.max_errors {
+            if failed >= max {
+                self.shutdown.stop(Stop::Aborted(format!(
+                    "{failed} rows failed (--max-errors {max}); state kept. Fix the cause, then run \
+                     `orderbatch retry --db <STATE.db>` to try the failed rows again"
+                )));
+            }
         }
     }
 

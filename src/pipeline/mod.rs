@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub retry_base: Duration,
     /// Extra columns sent verbatim.
     pub pass_through: Vec<String>,
+    /// Stop taking new rows after this many rows failed.
+    pub max_errors: Option<u64>,
     /// No progress display.
     pub quiet: bool,
 }
@@ -143,7 +145,10 @@ pub async fn run(
                 "pass_through": options.pass_through,
             })
             .to_string();
-            let path = options.input.display().to_string();
+            let path = std::fs::canonicalize(&options.input)
+                .unwrap_or_else(|_| options.input.clone())
+                .display()
+                .to_string();
             (
                 store.create_run(RUN_COMMAND, &path, &fp, &options_json)?,
                 false,
@@ -177,6 +182,7 @@ pub async fn run(
         shutdown.clone(),
         options.max_attempts,
         options.retry_base,
+        options.max_errors,
     ));
     let header = Arc::new(
         OrderReader::open(&options.input, schema(&options.pass_through))?
@@ -490,6 +496,70 @@ fn refuse_if_unfinished_other(store: &Store, fp: &str) -> Result<(), PipelineErr
         }
     }
     Ok(())
+}
+
+/// What `orderbatch retry` resumes: the run's input and pass-through columns.
+#[derive(Debug, Clone)]
+pub struct RetryPlan {
+    pub run_id: i64,
+    pub input: PathBuf,
+    pub pass_through: Vec<String>,
+    pub requeued: u64,
+}
+
+/// Checks that `run_id` (default: the newest run) still has its input file,
+/// unchanged, and puts its failed rows (with `error_code`, if given) back in
+/// the queue.
+pub fn prepare_retry(
+    db: &Path,
+    run_id: Option<i64>,
+    error_code: Option<&str>,
+) -> Result<RetryPlan, PipelineError> {
+    if !db.exists() {
+        return Err(PipelineError::Conflict(format!(
+            "state database {} does not exist",
+            db.display()
+        )));
+    }
+    let store = Store::open(db)?;
+    let run = match run_id {
+        Some(id) => store.run(id)?,
+        None => store
+            .runs()?
+            .into_iter()
+            .rev()
+            .find(|r| r.command == RUN_COMMAND),
+    }
+    .ok_or_else(|| PipelineError::Conflict(format!("{} holds no such run", db.display())))?;
+    let input = PathBuf::from(&run.input_path);
+    let found = fingerprint(&input).map_err(|e| {
+        PipelineError::Conflict(format!(
+            "run {} needs its input file {} (fingerprint {}), which cannot be read: {e}",
+            run.id,
+            input.display(),
+            run.fingerprint
+        ))
+    })?;
+    if found != run.fingerprint {
+        return Err(PipelineError::Conflict(format!(
+            "{} has changed since run {} read it: expected fingerprint {}, found {found}. \
+             Restore the original file to retry this run",
+            input.display(),
+            run.id,
+            run.fingerprint
+        )));
+    }
+    let pass_through = serde_json::from_str::<serde_json::Value>(&run.options)
+        .ok()
+        .and_then(|o| serde_json::from_value(o["pass_through"].clone()).ok())
+        .unwrap_or_default();
+    let requeued = store.requeue_failed(run.id, error_code)?;
+    Ok(RetryPlan {
+        run_id: run.id,
+        input,
+        pass_through,
+        requeued,
+    })
 }
 
 /// Installs the Ctrl-C handler: the first asks the run to stop after its

@@ -37,6 +37,7 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
 }
 
 async fn fail(ctx: &Ctx, row: u64, error: &ProviderError, progress: &StageProgress) {
+    ctx.row_failed();
     ctx.write(Write::Failed {
         row,
         code: error.code(),

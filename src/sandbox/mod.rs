@@ -32,6 +32,13 @@ pub struct SandboxConfig {
     pub strict_serial: bool,
     /// Seed for everything random the sandbox does.
     pub seed: u64,
+    /// Share of requests answered `500` before anything is done.
+    pub fail_rate: f64,
+    /// Share of requests whose work is done but whose connection is then
+    /// closed without an answer.
+    pub drop_rate: f64,
+    /// Requests per second above which the answer is `429` with `Retry-After`.
+    pub rate_limit: Option<u32>,
 }
 
 impl SandboxConfig {
@@ -43,6 +50,9 @@ impl SandboxConfig {
             latency_ms: None,
             strict_serial: false,
             seed: 0,
+            fail_rate: 0.0,
+            drop_rate: 0.0,
+            rate_limit: None,
         }
     }
 }
@@ -52,6 +62,8 @@ pub(crate) struct Shared {
     pub config: SandboxConfig,
     pub pnm: Mutex<PnmState>,
     pub rng: Mutex<StdRng>,
+    /// When the requests of the last second arrived (for `rate_limit`).
+    pub window: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 /// A running sandbox.
@@ -98,6 +110,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
+        window: Mutex::new(std::collections::VecDeque::new()),
         config,
         pnm: Mutex::new(PnmState::default()),
     });

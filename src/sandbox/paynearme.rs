@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::Rng;
 use serde_json::{json, Map, Value};
@@ -67,6 +68,15 @@ pub struct PnmState {
     overlaps: u64,
     rejected_auth: u64,
     clock_offset_secs: i64,
+    faults: Faults,
+}
+
+/// Faults the sandbox injected, for tests.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct Faults {
+    failed: u64,
+    dropped: u64,
+    rate_limited: u64,
 }
 
 type Answer = (StatusCode, Json<Value>);
@@ -172,13 +182,45 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Whether this request is over the configured rate: at most `limit`
+/// answered requests in any one-second window. Returns the wait if it is.
+fn over_rate(shared: &Shared, limit: u32) -> Option<Duration> {
+    let now = Instant::now();
+    let mut window = shared.window.lock().unwrap();
+    while window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+    {
+        window.pop_front();
+    }
+    if window.len() >= limit as usize {
+        let oldest = *window.front().expect("window is full");
+        return Some(Duration::from_secs(1).saturating_sub(now.duration_since(oldest)));
+    }
+    window.push_back(now);
+    None
+}
+
+/// An answer whose connection is closed before its body is complete: the
+/// client cannot tell whether the work was done.
+fn dropped() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("sandbox dropped the connection"))
+    });
+    (StatusCode::OK, Body::from_stream(failing)).into_response()
+}
+
+fn chance(shared: &Shared, p: f64) -> bool {
+    p > 0.0 && shared.rng.lock().unwrap().random_bool(p.min(1.0))
+}
+
 /// `POST /json-api/{endpoint}`.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
     Path(endpoint): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Answer {
+) -> Response {
     *shared
         .pnm
         .lock()
@@ -186,11 +228,36 @@ pub(crate) async fn handle(
         .requests
         .entry(endpoint.clone())
         .or_default() += 1;
-    let params = match parse_body(&headers, &body) {
+    if let Some(wait) = shared.config.rate_limit.and_then(|l| over_rate(&shared, l)) {
+        shared.pnm.lock().unwrap().faults.rate_limited += 1;
+        let (status, body) = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+        let retry_after = format!("{:.3}", wait.as_secs_f64().max(0.001));
+        return (status, [(header::RETRY_AFTER, retry_after)], body).into_response();
+    }
+    if chance(&shared, shared.config.fail_rate) {
+        shared.pnm.lock().unwrap().faults.failed += 1;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "injected failure",
+        )
+        .into_response();
+    }
+    let answer = serve(&shared, &endpoint, &headers, &body).await;
+    if chance(&shared, shared.config.drop_rate) {
+        shared.pnm.lock().unwrap().faults.dropped += 1;
+        return dropped();
+    }
+    answer.into_response()
+}
+
+/// Authenticates, holds the customer, waits the latency, then does the work.
+async fn serve(shared: &Shared, endpoint: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+    let params = match parse_body(headers, body) {
         Ok(p) => p,
         Err(answer) => return answer,
     };
-    if let Err(answer) = authenticate(&shared, &params) {
+    if let Err(answer) = authenticate(shared, &params) {
         shared.pnm.lock().unwrap().rejected_auth += 1;
         return answer;
     }
@@ -213,19 +280,19 @@ pub(crate) async fn handle(
                     );
                 }
                 InFlight {
-                    shared: &shared,
+                    shared,
                     customer: None,
                 }
             }
             Some(c) => {
                 pnm.in_flight.insert(c.clone());
                 InFlight {
-                    shared: &shared,
+                    shared,
                     customer: Some(c),
                 }
             }
             None => InFlight {
-                shared: &shared,
+                shared,
                 customer: None,
             },
         }
@@ -236,7 +303,7 @@ pub(crate) async fn handle(
     }
     let mut rng = shared.rng.lock().unwrap();
     let mut pnm = shared.pnm.lock().unwrap();
-    match endpoint.as_str() {
+    match endpoint {
         "create_order" => pnm.create_order(params, &mut *rng),
         "find_orders" => pnm.find_orders(&params),
         "refresh_embedded_js_urls" => pnm.refresh(&params, &mut *rng),
@@ -577,6 +644,7 @@ impl PnmState {
                 "overlaps": self.overlaps,
                 "url_regenerations": self.url_regenerations,
                 "rejected_auth": self.rejected_auth,
+                "faults": self.faults,
             },
         })
     }

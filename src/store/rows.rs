@@ -229,6 +229,31 @@ impl Store {
         self.for_each_row(run_id, &RowState::ALL, false, f)
     }
 
+    /// Puts failed rows (only those with `error_code`, if given) back in the
+    /// queue at the stage they failed in. A row with no order yet goes to
+    /// `creating`, so it is looked up before it is created again: its last
+    /// attempt may have reached the provider. Returns how many.
+    pub fn requeue_failed(&self, run_id: i64, error_code: Option<&str>) -> Result<u64, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE rows SET attempts = 0, state = CASE
+                     WHEN pnm_order_identifier IS NULL THEN ?3
+                     WHEN embedded_js_url IS NULL THEN ?4
+                     ELSE ?5 END
+                 WHERE run_id = ?1 AND state = ?6 AND (?2 IS NULL OR last_error_code = ?2)",
+                params![
+                    run_id,
+                    error_code,
+                    RowState::Creating.as_str(),
+                    RowState::Created.as_str(),
+                    RowState::UrlsRefreshed.as_str(),
+                    RowState::Failed.as_str()
+                ],
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     /// Row counts per state for the run.
     pub fn state_counts(&self, run_id: i64) -> Result<Vec<(RowState, u64)>, StoreError> {
         let mut stmt = self

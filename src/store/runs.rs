@@ -12,6 +12,8 @@ pub struct RunRecord {
     pub command: String,
     pub input_path: String,
     pub fingerprint: String,
+    /// The run's options as JSON (no secrets).
+    pub options: String,
     pub total_rows: u64,
     /// All input rows have been recorded.
     pub registered: bool,
@@ -20,7 +22,7 @@ pub struct RunRecord {
 }
 
 const COLUMNS: &str =
-    "id, command, input_path, fingerprint, total_rows, registered, started_at, finished_at";
+    "id, command, input_path, fingerprint, options, total_rows, registered, started_at, finished_at";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
@@ -28,10 +30,11 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         command: r.get(1)?,
         input_path: r.get(2)?,
         fingerprint: r.get(3)?,
-        total_rows: r.get(4)?,
-        registered: r.get(5)?,
-        started_at: r.get(6)?,
-        finished_at: r.get(7)?,
+        options: r.get(4)?,
+        total_rows: r.get(5)?,
+        registered: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
     })
 }
 

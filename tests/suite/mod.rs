@@ -1,3 +1,4 @@
+mod chaos;
 mod input;
 mod resume;
 mod run;

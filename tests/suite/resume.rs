@@ -99,3 +99,85 @@ fn a_changed_input_beside_an_unfinished_run_is_refused() {
     );
     assert_eq!(sandbox.total_requests(), before, "nothing may be sent");
 }
+
+#[test]
+fn max_errors_stops_the_run_and_retry_finishes_it_exactly_once() {
+    let broken = Sandbox::with(|c| c.fail_rate = 1.0);
+    let healthy = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(30, 6, false));
+    let first = run(dir.cmd(
+        &broken,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "e.csv",
+            "--max-attempts",
+            "1",
+            "--max-errors",
+            "3",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&first), 3, "{}", text(&first));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("--max-errors 3"));
+    let export = read_export(&dir.path("e.csv"));
+    let failed = export.iter().filter(|r| r["status"] == "failed").count();
+    assert!((3..30).contains(&failed), "{failed} failed rows");
+    assert!(
+        export.iter().any(|r| r["status"] == "pending"),
+        "the run must stop taking rows"
+    );
+    assert!(broken.orders().is_empty());
+
+    // Retry against a healthy provider: failed rows are looked up, then created.
+    let retried = run(dir.cmd(
+        &healthy,
+        &[
+            "retry",
+            "--db",
+            "s.db",
+            "--error-code",
+            "internal_error",
+            "--export",
+            "e.csv",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&retried), 0, "{}", text(&retried));
+    assert!(String::from_utf8_lossy(&retried.stdout)
+        .contains(&format!("{failed} failed rows back in the queue")));
+    assert_eq!(healthy.orders().len(), 30);
+    assert_eq!(healthy.counter("duplicates"), 0);
+    assert!(healthy.requests("find_orders") >= failed as u64);
+    assert!(read_export(&dir.path("e.csv"))
+        .iter()
+        .all(|r| r["status"] == "done"));
+}
+
+#[test]
+fn retry_refuses_a_changed_input_naming_the_expected_fingerprint() {
+    let broken = Sandbox::with(|c| c.fail_rate = 1.0);
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(3, 1, true));
+    let first = run(dir.cmd(
+        &broken,
+        &["run", "o.csv", "--db", "s.db", "--max-attempts", "1"],
+    ));
+    assert_eq!(code(&first), 1, "{}", text(&first));
+    dir.write("o.csv", orders_csv(4, 1, true));
+    let retried = run(dir.cmd(&broken, &["retry", "--db", "s.db"]));
+    assert_eq!(code(&retried), 2, "{}", text(&retried));
+    let stderr = String::from_utf8_lossy(&retried.stderr);
+    assert!(
+        stderr.contains("o.csv has changed") && stderr.contains("expected fingerprint"),
+        "{stderr}"
+    );
+}

@@ -47,7 +47,9 @@ pub enum Command {
     )]
     Retry(RetryArgs),
     /// Check an order CSV without sending anything.
-    #[command(after_help = "Example:\n  orderbatch validate orders.csv")]
+    #[command(
+        after_help = "Exit 0 when every row is valid, 1 when some are rejected, 2 when the file itself is unusable.\n\nExample:\n  orderbatch validate orders.csv --rejects rejects.csv"
+    )]
     Validate(ValidateArgs),
     /// Write a run's results (URLs, tokens, links, errors) to CSV.
     #[command(after_help = "Example:\n  orderbatch export --db state.db --out links.csv")]
@@ -127,9 +129,10 @@ pub struct RunArgs {
     /// Write the results to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// Extra columns sent verbatim (your site's own parameters), comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub pass_through: Vec<String>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub rejects: RejectsArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
 }
@@ -182,9 +185,41 @@ pub struct PaceArgs {
 pub struct ValidateArgs {
     /// Order CSV to check.
     pub input: PathBuf,
-    /// Extra columns accepted as-is, comma separated.
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub rejects: RejectsArgs,
+}
+
+/// Where rejected rows go.
+#[derive(Debug, Args)]
+pub struct RejectsArgs {
+    /// Write every rejected row (original columns, then `line` and `error`) to this CSV.
+    #[arg(long)]
+    pub rejects: Option<PathBuf>,
+    /// Keep customer PII (names, e-mail, phone, address, ...) in the rejects file instead of `[redacted]`.
+    #[arg(long, requires = "rejects")]
+    pub rejects_include_pii: bool,
+}
+
+/// Columns the tool does not know.
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// Extra columns sent verbatim (your site's own parameters), comma separated.
     #[arg(long, value_delimiter = ',')]
     pub pass_through: Vec<String>,
+    /// Ignore unknown columns (they are not sent) instead of refusing the file.
+    #[arg(long)]
+    pub allow_unknown_columns: bool,
+}
+
+impl ColumnArgs {
+    pub fn options(&self) -> crate::input::ColumnOptions {
+        crate::input::ColumnOptions {
+            pass_through: self.pass_through.clone(),
+            allow_unknown: self.allow_unknown_columns,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -78,8 +78,9 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
         concurrency: 8,
         max_attempts: 8,
         retry_base: Duration::from_millis(200),
-        pass_through: Vec::new(),
+        columns: Default::default(),
         max_errors: None,
+        rejects: None,
         quiet,
     };
     let summary = pipeline::run(&options, client, shutdown).await?;

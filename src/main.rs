@@ -12,6 +12,8 @@ use clap::Parser;
 use secrecy::SecretString;
 
 use orderbatch::cli::{Cli, Command, PaceArgs, RetryArgs, RunArgs, SandboxArgs, ValidateArgs};
+use orderbatch::input::check::check_file;
+use orderbatch::input::ColumnOptions;
 use orderbatch::pipeline::{self, RunOptions, RunSummary, Shutdown, Stop};
 use orderbatch::provider::paynearme::PnmClient;
 use orderbatch::store::{RowState, Store};
@@ -110,7 +112,11 @@ fn run_orders(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     execute(
         args.input,
         args.db,
-        args.pass_through,
+        args.columns.options(),
+        args.rejects
+            .rejects
+            .clone()
+            .map(|p| (p, args.rejects.rejects_include_pii)),
         &args.pace,
         args.export.as_deref(),
         quiet,
@@ -128,7 +134,8 @@ fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     execute(
         plan.input,
         args.db,
-        plan.pass_through,
+        plan.columns,
+        None,
         &args.pace,
         args.export.as_deref(),
         quiet,
@@ -139,7 +146,8 @@ fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 fn execute(
     input: PathBuf,
     db: PathBuf,
-    pass_through: Vec<String>,
+    columns: ColumnOptions,
+    rejects: Option<(PathBuf, bool)>,
     pace: &PaceArgs,
     export_to: Option<&Path>,
     quiet: bool,
@@ -154,8 +162,9 @@ fn execute(
         concurrency: usize::from(pace.concurrency),
         max_attempts: pace.max_attempts,
         retry_base: Duration::from_millis(pace.retry_base_ms),
-        pass_through,
+        columns,
         max_errors: pace.max_errors,
+        rejects,
         quiet,
     };
     let rt = runtime()?;
@@ -222,37 +231,42 @@ fn print_summary(summary: &RunSummary) {
 }
 
 fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    use orderbatch::input::reader::Schema;
-    use orderbatch::input::validate::check_row;
-    use orderbatch::input::OrderReader;
-    use orderbatch::provider::paynearme::params::{ep, CREATE_REQUIRED};
-    let schema = Schema {
-        endpoints: ep::CREATE,
-        required: CREATE_REQUIRED,
-        pass_through: &args.pass_through,
-    };
-    let mut reader = OrderReader::open(&args.input, schema)?;
-    let header = reader.header().clone();
-    let (mut valid, mut rejected) = (0u64, 0u64);
-    while let Some(row) = reader.next_row() {
-        let row = row?;
-        match check_row(&header, &row, CREATE_REQUIRED) {
-            Ok(()) => valid += 1,
-            Err(reason) => {
-                rejected += 1;
-                if rejected <= 20 {
-                    println!(
-                        "{}:{}: row {}: {reason}",
-                        args.input.display(),
-                        row.line,
-                        row.number
-                    );
-                }
-            }
+    let columns = args.columns.options();
+    let schema = pipeline::schema(&columns);
+    let rejects = args
+        .rejects
+        .rejects
+        .as_deref()
+        .map(|p| (p, args.rejects.rejects_include_pii));
+    let report = check_file(&args.input, schema, rejects)?;
+    let input = args.input.display();
+    if report.valid + report.rejected == 0 {
+        println!("{input}: no data rows after the header; nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (code, count) in &report.by_code {
+        println!("{code}: {count} rows");
+        for p in report
+            .problems
+            .iter()
+            .filter(|p| &p.rejection.code() == code)
+        {
+            println!("  {input}:{}: row {}: {}", p.line, p.row, p.rejection);
         }
     }
-    println!("{valid} valid rows, {rejected} rejected");
-    Ok(if rejected > 0 {
+    if report.rejected > report.problems.len() as u64 {
+        println!(
+            "(first {} problems shown{})",
+            report.problems.len(),
+            if rejects.is_some() {
+                "; every one is in the rejects file"
+            } else {
+                "; --rejects FILE.csv lists every one"
+            }
+        );
+    }
+    println!("{} valid rows, {} rejected", report.valid, report.rejected);
+    Ok(if report.rejected > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

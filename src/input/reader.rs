@@ -26,8 +26,12 @@ pub enum InputError {
 #[derive(Debug, Clone)]
 pub struct Header {
     pub names: Vec<String>,
-    /// The known parameter for each column; `None` for pass-through columns.
+    /// The known parameter for each column; `None` for pass-through and
+    /// ignored columns.
     pub params: Vec<Option<&'static Param>>,
+    /// Whether each column is sent (false for unknown columns that
+    /// `--allow-unknown-columns` ignores).
+    pub send: Vec<bool>,
 }
 
 impl Header {
@@ -60,13 +64,23 @@ impl Row {
         header
             .names
             .iter()
+            .zip(&header.send)
             .zip(self.record.iter())
-            .filter_map(|(name, value)| {
+            .filter_map(|((name, send), value)| {
                 let value = std::str::from_utf8(value).ok()?;
-                (!value.is_empty()).then_some((name.as_str(), value))
+                (*send && !value.is_empty()).then_some((name.as_str(), value))
             })
             .collect()
     }
+}
+
+/// What the user says about columns the tool does not know.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ColumnOptions {
+    /// Extra column names sent verbatim (a site's own parameters).
+    pub pass_through: Vec<String>,
+    /// Ignore (do not send) unknown columns instead of refusing the file.
+    pub allow_unknown: bool,
 }
 
 /// What the reader requires of the header.
@@ -76,8 +90,7 @@ pub struct Schema<'a> {
     pub endpoints: u8,
     /// Columns that must be present.
     pub required: &'a [&'a str],
-    /// Extra column names sent verbatim (a site's own parameters).
-    pub pass_through: &'a [String],
+    pub columns: &'a ColumnOptions,
 }
 
 /// A streaming reader of order rows.
@@ -180,6 +193,7 @@ fn check_header(
     };
     let mut names = Vec::with_capacity(raw.len());
     let mut known = Vec::with_capacity(raw.len());
+    let mut send = Vec::with_capacity(raw.len());
     for (i, field) in raw.iter().enumerate() {
         let column = i + 1;
         let name = std::str::from_utf8(field)
@@ -199,7 +213,13 @@ fn check_header(
             ));
         }
         let param = params::find(&name).filter(|p| p.endpoints & schema.endpoints != 0);
-        if param.is_none() && !schema.pass_through.contains(&name) {
+        let passed = schema.columns.pass_through.contains(&name);
+        if param.is_none() && !passed && schema.columns.allow_unknown {
+            tracing::warn!(
+                "{}: ignoring unknown column `{name}` (column {column})",
+                path.display()
+            );
+        } else if param.is_none() && !passed {
             let hint = match params::suggest(&name, schema.endpoints) {
                 Some(s) => format!("; did you mean `{s}`?"),
                 None => String::new(),
@@ -207,10 +227,12 @@ fn check_header(
             return Err(at(
                 column,
                 format!(
-                    "unknown column `{name}`{hint} (a parameter of your own site can be sent as-is with --pass-through {name})"
+                    "unknown column `{name}`{hint} (send your site's own parameter as-is with \
+                     --pass-through {name}, or ignore unknown columns with --allow-unknown-columns)"
                 ),
             ));
         }
+        send.push(param.is_some() || passed);
         known.push(param);
         names.push(name);
     }
@@ -228,5 +250,6 @@ fn check_header(
     Ok(Header {
         names,
         params: known,
+        send,
     })
 }

@@ -15,6 +15,17 @@ pub struct Rejection {
     pub reason: String,
 }
 
+impl Rejection {
+    /// A short code for grouping and for the state database:
+    /// `invalid_<column>`, or `malformed_row` for a row-wide problem.
+    pub fn code(&self) -> String {
+        match &self.column {
+            Some(c) => format!("invalid_{c}"),
+            None => "malformed_row".to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.column {
@@ -297,5 +308,177 @@ mod tests {
         bad(Rule::Email, &["ana", "ana@example", "a b@example.com"]);
         ok(Rule::Phone, &["+1 (555) 123-4567", "5551234567"]);
         bad(Rule::Phone, &["123", "555-CALL-NOW"]);
+    }
+}
+
+#[cfg(test)]
+mod row_tests {
+    use super::*;
+    use crate::provider::paynearme::params::{self, CREATE_REQUIRED};
+
+    const BASE: &[(&str, &str)] = &[
+        ("site_customer_identifier", "C1"),
+        ("order_amount", "10.00"),
+        ("order_currency", "USD"),
+        ("order_type", "exact"),
+        ("order_is_standing", "true"),
+    ];
+
+    /// Checks a row made of the base fields plus `extra` (which may override).
+    fn check(extra: &[(&str, &str)]) -> Result<(), Rejection> {
+        let mut fields: Vec<(&str, &str)> = BASE.to_vec();
+        for (k, v) in extra {
+            match fields.iter_mut().find(|(name, _)| name == k) {
+                Some(f) => f.1 = v,
+                None => fields.push((k, v)),
+            }
+        }
+        let header = Header {
+            names: fields.iter().map(|(k, _)| k.to_string()).collect(),
+            params: fields.iter().map(|(k, _)| params::find(k)).collect(),
+            send: vec![true; fields.len()],
+        };
+        let row = Row {
+            number: 1,
+            line: 2,
+            record: csv::ByteRecord::from(fields.iter().map(|(_, v)| *v).collect::<Vec<_>>()),
+        };
+        check_row(&header, &row, CREATE_REQUIRED)
+    }
+
+    #[test]
+    fn each_field_rule_accepts_and_rejects() {
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "order_amount",
+                &["8", "8.5", "8.50"],
+                &["12.345", "abc", "-5", "1e3", ""],
+            ),
+            ("order_currency", &["USD"], &["EUR", "usd"]),
+            ("order_type", &["exact", "up-to", "any"], &["EXACT", "upto"]),
+            (
+                "order_is_standing",
+                &["true", "false"],
+                &["TRUE", "yes", ""],
+            ),
+            ("site_customer_identifier", &["C-9"], &[""]),
+            ("order_duration", &["1", "30"], &["0", "-3", "2.5", "x"]),
+            (
+                "order_expiration_date",
+                &["2026-12-31 23:59:59 ET"],
+                &[
+                    "2026-02-30 10:00:00 PT",
+                    "2026-12-31 10:00:00 UTC",
+                    "31/12/2026",
+                ],
+            ),
+            (
+                "auto_pay_start_date",
+                &["12/01/2026"],
+                &["2026-12-01", "13/01/2026"],
+            ),
+            ("site_customer_language", &["en", "sp"], &["es", "EN"]),
+            (
+                "auto_pay_frequency",
+                &["weekly", "twice_monthly", "end_of_month"],
+                &["daily", "Weekly"],
+            ),
+            ("reminder_frequency", &["monthly"], &["yearly"]),
+            (
+                "reminder_status",
+                &["active", "user_suspended"],
+                &["paused"],
+            ),
+            ("auto_pay_status", &["pending", "complete"], &["done"]),
+            ("sort_payments", &["asc", "desc"], &["ascending"]),
+            ("site_customer_state", &["TX"], &["Texas", "tx"]),
+            (
+                "site_customer_year_of_birth",
+                &["1985"],
+                &["85", "1850", "2999"],
+            ),
+            (
+                "site_customer_email",
+                &["a.b@example.com"],
+                &["a.b", "a@b", "a @b.com"],
+            ),
+            (
+                "site_customer_phone",
+                &["(555) 123-4567", "+1 555 123 4567"],
+                &["555", "call me"],
+            ),
+            (
+                "minimum_payment_amount",
+                &["5", "10.00"],
+                &["10.01", "1.234"],
+            ),
+            ("return_minimal_info", &["true"], &["1"]),
+            ("max_ppas", &["0", "3"], &["-1"]),
+            ("payments_start_date", &["2026-01-31"], &["01/31/2026"]),
+        ];
+        for (column, good, bad) in cases {
+            for value in *good {
+                assert_eq!(
+                    check(&[(column, value)]),
+                    Ok(()),
+                    "{column}={value:?} should pass"
+                );
+            }
+            for value in *bad {
+                let err = check(&[(column, value)])
+                    .expect_err(&format!("{column}={value:?} should fail"));
+                assert_eq!(
+                    err.column.as_deref(),
+                    Some(*column),
+                    "{column}={value:?}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn autopay_end_must_not_be_before_start() {
+        let ok = check(&[
+            ("auto_pay_start_date", "01/01/2026"),
+            ("auto_pay_end_date", "01/01/2026"),
+        ]);
+        assert_eq!(ok, Ok(()));
+        let err = check(&[
+            ("auto_pay_start_date", "02/01/2026"),
+            ("auto_pay_end_date", "01/31/2026"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.column.as_deref(), Some("auto_pay_end_date"));
+        assert!(err.reason.contains("before auto_pay_start_date"));
+    }
+
+    #[test]
+    fn wrong_field_count_and_bad_utf8_are_rejected() {
+        let header = Header {
+            names: BASE.iter().map(|(k, _)| k.to_string()).collect(),
+            params: BASE.iter().map(|(k, _)| params::find(k)).collect(),
+            send: vec![true; BASE.len()],
+        };
+        let short = Row {
+            number: 1,
+            line: 2,
+            record: csv::ByteRecord::from(vec!["C1", "10"]),
+        };
+        let err = check_row(&header, &short, CREATE_REQUIRED).unwrap_err();
+        assert_eq!(err.code(), "malformed_row");
+        assert!(
+            err.reason.contains("2 fields but the header has 5"),
+            "{err}"
+        );
+        let mut fields: Vec<&[u8]> = BASE.iter().map(|(_, v)| v.as_bytes()).collect();
+        fields[0] = b"Jos\xe9";
+        let latin1 = Row {
+            number: 1,
+            line: 2,
+            record: csv::ByteRecord::from(fields),
+        };
+        let err = check_row(&header, &latin1, CREATE_REQUIRED).unwrap_err();
+        assert_eq!(err.column.as_deref(), Some("site_customer_identifier"));
+        assert!(err.reason.contains("UTF-8"), "{err}");
     }
 }

@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::input::check::check_quotes;
+use crate::input::fingerprint::{fingerprint, scan};
 use crate::input::reader::Schema;
+use crate::input::rejects::RejectsWriter;
 use crate::input::validate::check_row;
-use crate::input::{fingerprint::fingerprint, Header, InputError, OrderReader};
+use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
 use crate::provider::paynearme::PnmClient;
 use crate::store::rows::NewRow;
@@ -50,10 +53,12 @@ pub struct RunOptions {
     pub max_attempts: u32,
     /// First backoff delay; later ones grow exponentially.
     pub retry_base: Duration,
-    /// Extra columns sent verbatim.
-    pub pass_through: Vec<String>,
+    /// Pass-through and unknown columns.
+    pub columns: ColumnOptions,
     /// Stop taking new rows after this many rows failed.
     pub max_errors: Option<u64>,
+    /// Write rejected rows here (with PII when the flag is set).
+    pub rejects: Option<(PathBuf, bool)>,
     /// No progress display.
     pub quiet: bool,
 }
@@ -99,11 +104,12 @@ pub enum PipelineError {
     Internal(String),
 }
 
-fn schema(pass_through: &[String]) -> Schema<'_> {
+/// The header `run` accepts.
+pub fn schema(columns: &ColumnOptions) -> Schema<'_> {
     Schema {
         endpoints: ep::CREATE,
         required: CREATE_REQUIRED,
-        pass_through,
+        columns,
     }
 }
 
@@ -120,18 +126,18 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    // Check the header and the quoting before touching the state database.
+    OrderReader::open(&options.input, schema(&options.columns))?;
     let input = options.input.clone();
     let fp = blocking(move || {
-        fingerprint(&input).map_err(|source| {
-            PipelineError::Input(InputError::Io {
-                path: input,
-                source,
-            })
-        })
+        let scanned = scan(&input, true).map_err(|source| InputError::Io {
+            path: input.clone(),
+            source,
+        })?;
+        check_quotes(&input, scanned.open_quote)?;
+        Ok(scanned.fingerprint.unwrap_or_default())
     })
     .await?;
-    // Check the header before touching the state database.
-    OrderReader::open(&options.input, schema(&options.pass_through))?;
 
     let store = Store::open(&options.db)?;
     let (run_id, resumed) = match store.find_run(RUN_COMMAND, &fp)? {
@@ -142,7 +148,7 @@ pub async fn run(
                 "rate": options.rate.map(NonZeroU32::get),
                 "concurrency": options.concurrency,
                 "max_attempts": options.max_attempts,
-                "pass_through": options.pass_through,
+                "columns": options.columns,
             })
             .to_string();
             let path = std::fs::canonicalize(&options.input)
@@ -165,12 +171,16 @@ pub async fn run(
     let mut store = store;
     let run = store.run(run_id)?.expect("run just found or created");
     if !run.registered {
-        let (input, pass, fp2) = (
-            options.input.clone(),
-            options.pass_through.clone(),
-            fp.clone(),
-        );
+        let (input, pass, fp2) = (options.input.clone(), options.columns.clone(), fp.clone());
         store = blocking(move || register(store, run_id, &input, &pass, &fp2)).await?;
+    }
+    if let Some((out, include_pii)) = options.rejects.clone() {
+        let (db, input, columns) = (
+            options.db.clone(),
+            options.input.clone(),
+            options.columns.clone(),
+        );
+        blocking(move || write_rejects(&db, run_id, &input, &columns, &out, include_pii)).await?;
     }
     store.set_finished(run_id, false)?;
 
@@ -185,7 +195,7 @@ pub async fn run(
         options.max_errors,
     ));
     let header = Arc::new(
-        OrderReader::open(&options.input, schema(&options.pass_through))?
+        OrderReader::open(&options.input, schema(&options.columns))?
             .header()
             .clone(),
     );
@@ -237,11 +247,7 @@ async fn run_stages(
     let todo = count(CREATE).await?;
     if todo > 0 {
         let progress = StageProgress::start("create_order", todo, options.quiet);
-        let (input, pass, db) = (
-            options.input.clone(),
-            options.pass_through.clone(),
-            db.clone(),
-        );
+        let (input, pass, db) = (options.input.clone(), options.columns.clone(), db.clone());
         let stopping = ctx.shutdown.clone();
         run_stage(
             ctx,
@@ -348,12 +354,12 @@ fn feed_creates(
     db: &Path,
     run_id: i64,
     input: &Path,
-    pass_through: &[String],
+    columns: &ColumnOptions,
     shutdown: &Shutdown,
     senders: Vec<mpsc::Sender<Job>>,
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
-    let mut reader = OrderReader::open(input, schema(pass_through))?;
+    let mut reader = OrderReader::open(input, schema(columns))?;
     let mut failure = None;
     store.for_each_row(
         run_id,
@@ -427,16 +433,55 @@ fn feed_groups(
     Ok(())
 }
 
+/// Writes the run's rejected rows, with their original columns re-read
+/// from the input, to `out`.
+fn write_rejects(
+    db: &Path,
+    run_id: i64,
+    input: &Path,
+    columns: &ColumnOptions,
+    out: &Path,
+    include_pii: bool,
+) -> Result<(), PipelineError> {
+    let store = Store::open_reader(db)?;
+    let mut reader = OrderReader::open(input, schema(columns))?;
+    let io_err = |source| {
+        PipelineError::Input(InputError::Io {
+            path: out.to_path_buf(),
+            source,
+        })
+    };
+    let mut writer = RejectsWriter::create(out, reader.header(), include_pii).map_err(io_err)?;
+    let mut failure = None;
+    store.for_each_row(run_id, &[RowState::Rejected], false, |stored| {
+        while let Some(Ok(row)) = reader.next_row() {
+            if row.number == stored.row_number {
+                let error = stored.last_error.as_deref().unwrap_or_default();
+                if let Err(e) = writer.write(&row, error) {
+                    failure = Some(io_err(e));
+                    return false;
+                }
+                break;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    writer.finish().map_err(io_err)
+}
+
 /// Records every input row: valid rows as `pending`, invalid ones as
 /// `rejected` with their reason.
 fn register(
     mut store: Store,
     run_id: i64,
     input: &Path,
-    pass_through: &[String],
+    columns: &ColumnOptions,
     fp: &str,
 ) -> Result<Store, PipelineError> {
-    let mut reader = OrderReader::open(input, schema(pass_through))?;
+    let mut reader = OrderReader::open(input, schema(columns))?;
     let header = reader.header().clone();
     let customer_col = header.index("site_customer_identifier");
     let order_col = header.index("site_order_identifier");
@@ -503,7 +548,7 @@ fn refuse_if_unfinished_other(store: &Store, fp: &str) -> Result<(), PipelineErr
 pub struct RetryPlan {
     pub run_id: i64,
     pub input: PathBuf,
-    pub pass_through: Vec<String>,
+    pub columns: ColumnOptions,
     pub requeued: u64,
 }
 
@@ -549,15 +594,15 @@ pub fn prepare_retry(
             run.fingerprint
         )));
     }
-    let pass_through = serde_json::from_str::<serde_json::Value>(&run.options)
+    let columns = serde_json::from_str::<serde_json::Value>(&run.options)
         .ok()
-        .and_then(|o| serde_json::from_value(o["pass_through"].clone()).ok())
+        .and_then(|o| serde_json::from_value(o["columns"].clone()).ok())
         .unwrap_or_default();
     let requeued = store.requeue_failed(run.id, error_code)?;
     Ok(RetryPlan {
         run_id: run.id,
         input,
-        pass_through,
+        columns,
         requeued,
     })
 }

@@ -1,0 +1,63 @@
+//! The rejects file: every rejected row's original columns, then `line` and
+//! `error`. PII columns are redacted unless the user asks for them.
+
+use std::io::BufWriter;
+use std::path::Path;
+
+use super::reader::{Header, Row};
+use crate::export::spreadsheet_safe;
+
+/// What a redacted PII cell holds.
+pub const REDACTED: &str = "[redacted]";
+
+/// Writes rejected rows as they are found.
+pub struct RejectsWriter {
+    writer: csv::Writer<BufWriter<std::fs::File>>,
+    /// Columns to redact.
+    redact: Vec<bool>,
+    width: usize,
+}
+
+impl RejectsWriter {
+    /// Creates `path` (mode 0600) with the input's columns plus `line, error`.
+    pub fn create(path: &Path, header: &Header, include_pii: bool) -> std::io::Result<Self> {
+        let file = crate::files::write_private(path)?;
+        let mut writer = csv::Writer::from_writer(BufWriter::new(file));
+        let mut names: Vec<&str> = header.names.iter().map(String::as_str).collect();
+        names.extend(["line", "error"]);
+        writer.write_record(&names)?;
+        let redact = header
+            .params
+            .iter()
+            .map(|p| !include_pii && p.is_some_and(|p| p.pii))
+            .collect();
+        Ok(RejectsWriter {
+            writer,
+            redact,
+            width: header.names.len(),
+        })
+    }
+
+    /// Writes one rejected row.
+    pub fn write(&mut self, row: &Row, error: &str) -> std::io::Result<()> {
+        let mut cells: Vec<String> = (0..self.width)
+            .map(|i| {
+                let raw = row.record.get(i).unwrap_or_default();
+                if self.redact[i] && !raw.is_empty() {
+                    REDACTED.to_string()
+                } else {
+                    spreadsheet_safe(&String::from_utf8_lossy(raw)).into_owned()
+                }
+            })
+            .collect();
+        cells.push(row.line.to_string());
+        cells.push(spreadsheet_safe(error).into_owned());
+        self.writer.write_record(&cells)?;
+        Ok(())
+    }
+
+    /// Flushes the file.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}

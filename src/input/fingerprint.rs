@@ -24,7 +24,7 @@ enum Quote {
     Unquoted,
     Quoted,
     /// A `"` inside a quoted field: an escaped quote if another follows.
-    ClosingQuote,
+    Escaping,
 }
 
 /// Tracks quoting byte by byte.
@@ -53,9 +53,9 @@ impl QuoteTracker {
                     self.opened_at = (self.line, self.column);
                     Quote::Quoted
                 }
-                (Quote::Quoted, b'"') => Quote::ClosingQuote,
+                (Quote::Quoted, b'"') => Quote::Escaping,
                 (Quote::Quoted, _) => Quote::Quoted,
-                (Quote::ClosingQuote, b'"') => Quote::Quoted,
+                (Quote::Escaping, b'"') => Quote::Quoted,
                 (_, b',' | b'\n' | b'\r') => Quote::FieldStart,
                 _ => Quote::Unquoted,
             };

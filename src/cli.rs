@@ -31,9 +31,22 @@ const VERSION: &str = concat!(
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// No progress display (log lines still go to stderr; RUST_LOG sets the level).
+    /// No progress display and warnings only.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// More log detail: -v for every request, -vv for everything (RUST_LOG overrides).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr: `text`, or `json` (one object per line; no progress bars).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +70,19 @@ pub enum Command {
     /// Serve a local stand-in for the PayNearMe API (a TEST server; no real orders).
     #[command(after_help = SANDBOX_HELP)]
     Sandbox(SandboxArgs),
+    /// Show each run of a state database: rows per state, requests, throughput, ETA, top errors.
+    #[command(
+        after_help = "Works while a run is going on in another process.\n\nExample:\n  orderbatch status --db nightly.db --json | jq '.runs[-1].states'"
+    )]
+    Status(StatusArgs),
+    /// List the runs in a state database.
+    #[command(after_help = "Example:\n  orderbatch runs --db nightly.db")]
+    Runs(RunsArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  orderbatch completions bash > /etc/bash_completion.d/orderbatch"
+    )]
+    Completions(CompletionsArgs),
     /// Rehearse the whole pipeline on the bundled sample against an in-process sandbox.
     #[command(
         after_help = "Example:\n  orderbatch demo            # writes ./orderbatch-demo/{state.db,export.csv}"
@@ -134,7 +160,43 @@ pub struct RunArgs {
     #[command(flatten)]
     pub rejects: RejectsArgs,
     #[command(flatten)]
+    pub outcome: OutcomeArgs,
+    #[command(flatten)]
     pub pace: PaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// State database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Print JSON: {"runs":[{run_id, command, input, total, states, requests, errors, started_at, finished_at, ...}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// State database.
+    #[arg(long)]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to complete for.
+    pub shell: clap_complete::Shell,
+}
+
+/// Report and dry-run switches of commands that send requests.
+#[derive(Debug, Args)]
+pub struct OutcomeArgs {
+    /// Validate and print what would be sent (rows, requests per endpoint, duration) without sending anything or touching the state database.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to write the Markdown run report (default: <db>.report.md; JSON beside it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +213,9 @@ pub struct RetryArgs {
     /// Write the results to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Where to write the Markdown run report (default: <db>.report.md; JSON beside it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub pace: PaceArgs,
 }

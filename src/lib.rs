@@ -3,14 +3,18 @@
 //! See `ARCHITECTURE.md` in the shared docs for the data flow. The binary in
 //! `main.rs` is a thin shell over these modules.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod export;
 pub mod files;
 pub mod input;
+pub mod lock;
 pub mod money;
 pub mod pipeline;
 pub mod provider;
+pub mod report;
 pub mod sandbox;
+pub mod status;
 pub mod store;

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use super::fingerprint::scan;
-use super::reader::{InputError, OrderReader, Schema};
+use super::reader::{Header, InputError, OrderReader, Row, Schema};
 use super::rejects::RejectsWriter;
 use super::validate::{check_row, Rejection};
 
@@ -59,6 +59,16 @@ pub fn check_file(
     schema: Schema<'_>,
     rejects: Option<(&Path, bool)>,
 ) -> Result<FileCheck, InputError> {
+    check_file_with(path, schema, rejects, |_, _| {})
+}
+
+/// [`check_file`], calling `on_valid` for every valid row.
+pub fn check_file_with(
+    path: &Path,
+    schema: Schema<'_>,
+    rejects: Option<(&Path, bool)>,
+    mut on_valid: impl FnMut(&Header, &Row),
+) -> Result<FileCheck, InputError> {
     let io_err = |source| InputError::Io {
         path: path.to_path_buf(),
         source,
@@ -99,7 +109,10 @@ pub fn check_file(
             }
         }
         match outcome {
-            Ok(()) => report.valid += 1,
+            Ok(()) => {
+                report.valid += 1;
+                on_valid(&header, &row);
+            }
             Err(rejection) => {
                 report.rejected += 1;
                 *codes.entry(rejection.code()).or_default() += 1;

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::retry::{Attempts, Gate, Next};
 use super::shutdown::{Shutdown, Stop};
+use super::RunOptions;
 use crate::provider::paynearme::{Endpoint, PnmClient};
 use crate::provider::ProviderError;
 use crate::store::writer::Write;
@@ -35,32 +36,34 @@ pub struct Ctx {
     retry_base: Duration,
     max_errors: Option<u64>,
     failed_rows: AtomicU64,
+    run_id: i64,
 }
 
 impl Ctx {
+    /// Shared state for the workers of run `run_id` under `options`.
     pub fn new(
         client: PnmClient,
-        rate: Option<NonZeroU32>,
+        options: &RunOptions,
         writes: mpsc::Sender<Write>,
         shutdown: Shutdown,
-        max_attempts: u32,
-        retry_base: Duration,
-        max_errors: Option<u64>,
+        run_id: i64,
     ) -> Self {
         // A burst of one spaces requests evenly: no second ever sees more
         // than `rate` of them.
-        let limiter =
-            rate.map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+        let limiter = options
+            .rate
+            .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
         Ctx {
             client,
             limiter,
             gate: Gate::default(),
             writes,
             shutdown,
-            max_attempts,
-            retry_base,
-            max_errors,
+            max_attempts: options.max_attempts,
+            retry_base: options.retry_base,
+            max_errors: options.max_errors,
             failed_rows: AtomicU64::new(0),
+            run_id,
         }
     }
 
@@ -108,22 +111,55 @@ impl Ctx {
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.
     /// Every failed attempt is recorded against `rows`.
-    pub async fn request<T, F>(&self, rows: &[u64], mut attempt: impl FnMut() -> F) -> Outcome<T>
+    /// Each attempt is logged with `run_id`, `row_number` (the first row),
+    /// `endpoint`, `attempt`, `outcome` and `latency_ms`: successes at debug
+    /// level, failures at warn.
+    pub async fn request<T, F>(
+        &self,
+        endpoint: Endpoint,
+        rows: &[u64],
+        mut attempt: impl FnMut() -> F,
+    ) -> Outcome<T>
     where
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
         let mut attempts = Attempts::new(self.max_attempts, self.retry_base);
+        let row_number = rows.first().copied().unwrap_or_default();
+        let mut number = 0u32;
         loop {
             if self.shutdown.is_stopping() {
                 return Outcome::Stopped;
             }
+            number += 1;
             let started = Instant::now();
-            let error = match attempt().await {
-                Ok(value) => return Outcome::Done(value),
+            let result = attempt().await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            let error = match result {
+                Ok(value) => {
+                    tracing::debug!(
+                        run_id = self.run_id,
+                        row_number,
+                        rows = rows.len(),
+                        endpoint = endpoint.as_str(),
+                        attempt = number,
+                        outcome = "ok",
+                        latency_ms,
+                        "request done"
+                    );
+                    return Outcome::Done(value);
+                }
                 Err(e) => e,
             };
-            let latency_ms = started.elapsed().as_millis() as u64;
-            tracing::debug!(?rows, code = %error.code(), "attempt failed: {error}");
+            tracing::warn!(
+                run_id = self.run_id,
+                row_number,
+                rows = rows.len(),
+                endpoint = endpoint_of(&error),
+                attempt = number,
+                outcome = %error.code(),
+                latency_ms,
+                "request failed: {error}"
+            );
             for &row in rows {
                 self.write(Write::Attempt {
                     row,

@@ -4,6 +4,7 @@
 //! for a customer are never in flight together.
 
 mod context;
+pub mod plan;
 pub mod progress;
 pub mod retry;
 pub mod shutdown;
@@ -26,6 +27,7 @@ use crate::input::validate::check_row;
 use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
 use crate::provider::paynearme::PnmClient;
+use crate::report::StageTiming;
 use crate::store::rows::NewRow;
 use crate::store::writer::{Write, Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError, StoredRow};
@@ -74,6 +76,8 @@ pub struct RunSummary {
     pub elapsed: Duration,
     pub stop: Stop,
     pub writer: WriterStats,
+    /// Stages this invocation worked on.
+    pub stages: Vec<StageTiming>,
 }
 
 impl RunSummary {
@@ -187,12 +191,10 @@ pub async fn run(
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(Ctx::new(
         client,
-        options.rate,
+        options,
         writer.sender(),
         shutdown.clone(),
-        options.max_attempts,
-        options.retry_base,
-        options.max_errors,
+        run_id,
     ));
     let header = Arc::new(
         OrderReader::open(&options.input, schema(&options.columns))?
@@ -202,7 +204,7 @@ pub async fn run(
     let stage_result = run_stages(options, run_id, &ctx, &header, &writer).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
-    stage_result?;
+    let timings = stage_result?;
 
     let store = Store::open_reader(&options.db)?;
     let states = store.state_counts(run_id)?;
@@ -219,6 +221,7 @@ pub async fn run(
         elapsed: started.elapsed(),
         stop: shutdown.state(),
         writer: writer_stats,
+        stages: timings,
     })
 }
 
@@ -228,7 +231,7 @@ async fn run_stages(
     ctx: &Arc<Ctx>,
     header: &Arc<Header>,
     writer: &Writer,
-) -> Result<(), PipelineError> {
+) -> Result<Vec<StageTiming>, PipelineError> {
     let db = options.db.clone();
     let count = |states: &'static [RowState]| {
         let db = db.clone();
@@ -242,55 +245,44 @@ async fn run_stages(
                 .sum::<u64>())
         })
     };
-
-    const CREATE: &[RowState] = &[RowState::Pending, RowState::Creating];
-    let todo = count(CREATE).await?;
-    if todo > 0 {
-        let progress = StageProgress::start("create_order", todo, options.quiet);
-        let (input, pass, db) = (options.input.clone(), options.columns.clone(), db.clone());
-        let stopping = ctx.shutdown.clone();
-        run_stage(
-            ctx,
-            header,
-            options.concurrency,
-            &progress,
-            move |senders| feed_creates(&db, run_id, &input, &pass, &stopping, senders),
-        )
-        .await?;
-        progress.finish();
-    }
-    flush(writer).await;
-
-    for (stage, state) in [
-        ("refresh_embedded_js_urls", RowState::Created),
-        ("get_smart_token", RowState::UrlsRefreshed),
-    ] {
+    let stages: [(&'static str, &'static [RowState]); 3] = [
+        ("create_order", &[RowState::Pending, RowState::Creating]),
+        ("refresh_embedded_js_urls", &[RowState::Created]),
+        ("get_smart_token", &[RowState::UrlsRefreshed]),
+    ];
+    let mut timings = Vec::new();
+    for (stage, states) in stages {
         if ctx.shutdown.is_stopping() {
             break;
         }
-        let states: &'static [RowState] = match state {
-            RowState::Created => &[RowState::Created],
-            _ => &[RowState::UrlsRefreshed],
-        };
         let todo = count(states).await?;
         if todo == 0 {
             continue;
         }
+        let started = Instant::now();
         let progress = StageProgress::start(stage, todo, options.quiet);
         let (db, stopping) = (db.clone(), ctx.shutdown.clone());
-        run_stage(
-            ctx,
-            header,
-            options.concurrency,
-            &progress,
-            move |senders| feed_groups(&db, run_id, state, &stopping, senders),
-        )
-        .await?;
+        let feed: Feeder = if stage == "create_order" {
+            let (input, columns) = (options.input.clone(), options.columns.clone());
+            Box::new(move |senders| feed_creates(&db, run_id, &input, &columns, &stopping, senders))
+        } else {
+            let state = states[0];
+            Box::new(move |senders| feed_groups(&db, run_id, state, &stopping, senders))
+        };
+        run_stage(ctx, header, options.concurrency, &progress, feed).await?;
         progress.finish();
         flush(writer).await;
+        timings.push(StageTiming {
+            stage: stage.to_string(),
+            rows: progress.done(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
-    Ok(())
+    Ok(timings)
 }
+
+/// Sends a stage's jobs to the workers, from a blocking thread.
+type Feeder = Box<dyn FnOnce(Vec<mpsc::Sender<Job>>) -> Result<(), PipelineError> + Send>;
 
 /// Waits until everything written so far is committed.
 async fn flush(writer: &Writer) {

@@ -72,6 +72,11 @@ impl StageProgress {
         }
     }
 
+    /// Rows finished so far.
+    pub fn done(&self) -> u64 {
+        self.inner.done.load(Ordering::Relaxed)
+    }
+
     /// Ends the stage's display.
     pub fn finish(&self) {
         if let Some(bar) = &self.inner.bar {

@@ -71,7 +71,7 @@ async fn create(
         return;
     }
     let outcome = ctx
-        .request(&[stored.row_number], || {
+        .request(Endpoint::CreateOrder, &[stored.row_number], || {
             create_attempt(ctx, &maybe_exists, stored.row_number, order_id, &params)
         })
         .await;
@@ -252,7 +252,9 @@ async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress:
         };
         let params = [("pnm_order_identifier", pnm.as_str())];
         match ctx
-            .request(&[row.row_number], || stage.call(ctx, &params))
+            .request(stage.endpoint(), &[row.row_number], || {
+                stage.call(ctx, &params)
+            })
             .await
         {
             Outcome::Done(orders) => {
@@ -291,7 +293,10 @@ async fn refresh(ctx: &Ctx, group: Group, progress: &StageProgress) {
                 ("offset", offset_text.as_str()),
             ];
             let rows = row_numbers(&remaining);
-            match ctx.request(&rows, || stage.call(ctx, &params)).await {
+            match ctx
+                .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+                .await
+            {
                 Outcome::Done(page) => {
                     let short = page.len() < PAGE_LIMIT;
                     let answered = take_answered(&mut remaining, page);
@@ -322,7 +327,10 @@ async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
     if remaining.len() > 1 {
         let params = [("site_customer_identifier", group.customer.as_str())];
         let rows = row_numbers(&remaining);
-        match ctx.request(&rows, || stage.call(ctx, &params)).await {
+        match ctx
+            .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+            .await
+        {
             Outcome::Done(orders) => {
                 let answered = take_answered(&mut remaining, orders);
                 record_answers(ctx, stage, answered, progress).await;

@@ -83,6 +83,35 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing database to read it (e.g. while another process
+    /// runs); refuses a missing one or one from a newer schema.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                detail: "no such state database (give the --db of a run)".into(),
+            });
+        }
+        let store = Self::connect(path)?;
+        let found: usize = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| store.err(e))?;
+        let known = schema_version();
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < known {
+            drop(store);
+            return Self::open(path);
+        }
+        Ok(store)
+    }
+
     /// A second connection to an already migrated database, for reading
     /// while the writer thread writes.
     pub fn open_reader(path: &Path) -> Result<Self, StoreError> {

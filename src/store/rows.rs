@@ -254,6 +254,42 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The most common error codes of failed and rejected rows: code,
+    /// count, and one example message, most frequent first.
+    pub fn error_summary(
+        &self,
+        run_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT last_error_code, COUNT(*), MIN(last_error) FROM rows
+                 WHERE run_id = ?1 AND state IN (?2, ?3) AND last_error_code IS NOT NULL
+                 GROUP BY last_error_code ORDER BY COUNT(*) DESC, last_error_code LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    run_id,
+                    RowState::Failed.as_str(),
+                    RowState::Rejected.as_str(),
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    ))
+                },
+            )
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e));
+        rows
+    }
+
     /// Row counts per state for the run.
     pub fn state_counts(&self, run_id: i64) -> Result<Vec<(RowState, u64)>, StoreError> {
         let mut stmt = self

@@ -1,5 +1,6 @@
 mod chaos;
 mod input;
+mod ops;
 mod resume;
 mod run;
 mod security;

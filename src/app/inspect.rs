@@ -1,0 +1,114 @@
+//! Commands that read: validate, export, status, runs.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{ExportArgs, RunsArgs, StatusArgs, ValidateArgs};
+use crate::input::check::check_file;
+use crate::store::Store;
+use crate::{export as csv_export, pipeline, status as run_status};
+
+pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let columns = args.columns.options();
+    let rejects = args
+        .rejects
+        .rejects
+        .as_deref()
+        .map(|p| (p, args.rejects.rejects_include_pii));
+    let report = check_file(&args.input, pipeline::schema(&columns), rejects)?;
+    let input = args.input.display();
+    if report.valid + report.rejected == 0 {
+        println!("{input}: no data rows after the header; nothing to do");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (code, count) in &report.by_code {
+        println!("{code}: {count} rows");
+        for p in report
+            .problems
+            .iter()
+            .filter(|p| &p.rejection.code() == code)
+        {
+            println!("  {input}:{}: row {}: {}", p.line, p.row, p.rejection);
+        }
+    }
+    if report.rejected > report.problems.len() as u64 {
+        println!(
+            "(first {} problems shown{})",
+            report.problems.len(),
+            if rejects.is_some() {
+                "; every one is in the rejects file"
+            } else {
+                "; --rejects FILE.csv lists every one"
+            }
+        );
+    }
+    println!("{} valid rows, {} rejected", report.valid, report.rejected);
+    Ok(if report.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open_existing(&args.db)?;
+    let run_id = match args.run {
+        Some(id) => {
+            store.run(id)?.with_context(|| {
+                format!(
+                    "{} holds no run {id}; see `orderbatch runs --db {}`",
+                    args.db.display(),
+                    args.db.display()
+                )
+            })?;
+            id
+        }
+        None => store
+            .runs()?
+            .last()
+            .map(|r| r.id)
+            .with_context(|| format!("{} holds no run yet", args.db.display()))?,
+    };
+    let rows = csv_export::export(&store, run_id, &args.out)?;
+    println!(
+        "exported {rows} rows of run {run_id} to {}",
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open_existing(&args.db)?;
+    let runs = run_status::all(&store)?;
+    if args.json {
+        println!("{}", run_status::to_json(&runs));
+    } else if runs.is_empty() {
+        println!("{} holds no run yet", args.db.display());
+    } else {
+        for run in &runs {
+            println!("{}", run_status::render(run));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open_existing(&args.db)?;
+    println!(
+        "{:>4}  {:<8} {:<20}  {:<20}  {:>8}  input",
+        "run", "command", "started", "finished", "rows"
+    );
+    for run in store.runs()? {
+        println!(
+            "{:>4}  {:<8} {:<20}  {:<20}  {:>8}  {}",
+            run.id,
+            run.command,
+            run.started_at,
+            run.finished_at.as_deref().unwrap_or("-"),
+            run.total_rows,
+            run.input_path
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,46 @@
+//! The command-line edge: one function per command, `anyhow` errors, exit
+//! codes. `main.rs` only parses arguments and sets up logging.
+
+mod inspect;
+mod orders;
+mod serve;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for invalid invocation, configuration or input.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a run stopped early (credentials rejected, --max-errors).
+pub const EXIT_ABORTED: u8 = 3;
+/// Exit code for an interrupted run.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
+    match cli.command {
+        Command::Run(args) => orders::run(args, quiet),
+        Command::Retry(args) => orders::retry(args, quiet),
+        Command::Validate(args) => inspect::validate(args),
+        Command::Export(args) => inspect::export(args),
+        Command::Status(args) => inspect::status(args),
+        Command::Runs(args) => inspect::runs(args),
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "orderbatch", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox(args) => serve::sandbox(args),
+        Command::Demo(args) => orders::demo(args, quiet),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

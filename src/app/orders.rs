@@ -1,0 +1,265 @@
+//! Commands that send requests: run, retry, demo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{runtime, EXIT_ABORTED, EXIT_INTERRUPTED};
+use crate::cli::{DemoArgs, PaceArgs, RetryArgs, RunArgs};
+use crate::input::ColumnOptions;
+use crate::pipeline::plan::plan;
+use crate::pipeline::{self, RunOptions, RunSummary, Shutdown, Stop};
+use crate::provider::paynearme::PnmClient;
+use crate::report::{self, shell_quote, Report};
+use crate::store::{RowState, Store};
+use crate::{config, export, lock, status};
+
+pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let columns = args.columns.options();
+    if args.outcome.dry_run {
+        return dry_run(&args.input, &columns, &args.pace, &args.db);
+    }
+    // Check the configuration before touching the state database.
+    config::pnm_credentials(args.pace.base_url.clone())?;
+    let held = lock::lock(&args.db)?;
+    execute(
+        Job {
+            input: args.input,
+            db: args.db,
+            columns,
+            rejects: args
+                .rejects
+                .rejects
+                .map(|p| (p, args.rejects.rejects_include_pii)),
+            export: args.export,
+            report: args.outcome.report,
+        },
+        &args.pace,
+        quiet,
+        held,
+    )
+}
+
+pub fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    // Check the configuration before touching the state database.
+    config::pnm_credentials(args.pace.base_url.clone())?;
+    let held = lock::lock(&args.db)?;
+    let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
+    println!(
+        "run {}: {} failed rows back in the queue",
+        plan.run_id, plan.requeued
+    );
+    execute(
+        Job {
+            input: plan.input,
+            db: args.db,
+            columns: plan.columns,
+            rejects: None,
+            export: args.export,
+            report: args.report,
+        },
+        &args.pace,
+        quiet,
+        held,
+    )
+}
+
+pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        pipeline::handle_ctrl_c(shutdown.clone());
+        let report = crate::demo::run(&args.dir, quiet, shutdown).await?;
+        print_summary(&report.summary);
+        println!(
+            "sandbox holds {} orders; exported {} rows to {}",
+            report.sandbox_orders,
+            report.exported_rows,
+            report.export.display()
+        );
+        Ok(exit_code(&report.summary))
+    })
+}
+
+/// What one invocation of `run` or `retry` works on.
+struct Job {
+    input: PathBuf,
+    db: PathBuf,
+    columns: ColumnOptions,
+    rejects: Option<(PathBuf, bool)>,
+    export: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+
+fn dry_run(
+    input: &Path,
+    columns: &ColumnOptions,
+    pace: &PaceArgs,
+    db: &Path,
+) -> anyhow::Result<ExitCode> {
+    let plan = plan(input, columns, pace.rate.0, db)?;
+    println!("dry run of {}: nothing will be sent", input.display());
+    println!(
+        "  {} valid rows for {} customers, {} rejected",
+        plan.valid, plan.customers, plan.rejected
+    );
+    println!("  {:<26} {:>10}", "endpoint", "requests");
+    for (endpoint, n) in &plan.requests {
+        println!("  {endpoint:<26} {n:>10}");
+    }
+    println!(
+        "  {} requests, {:.2} per valid row",
+        plan.total_requests(),
+        plan.total_requests() as f64 / plan.valid.max(1) as f64
+    );
+    match (plan.duration, pace.rate.0) {
+        (Some(d), Some(rate)) => println!("  about {} at --rate {rate}", human(d)),
+        _ => println!("  --rate unlimited: as fast as the provider answers"),
+    }
+    if let Some(done) = plan.already_finished {
+        println!(
+            "  {} already holds a run of this file with {done} rows finished; the run would resume",
+            db.display()
+        );
+    }
+    Ok(if plan.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Runs (or resumes) the pipeline while holding the database's lock;
+/// prints the summary, exports, reports.
+fn execute(
+    job: Job,
+    pace: &PaceArgs,
+    quiet: bool,
+    _held: lock::DbLock,
+) -> anyhow::Result<ExitCode> {
+    let credentials = config::pnm_credentials(pace.base_url.clone())?;
+    let client = PnmClient::new(credentials, Duration::from_secs(pace.timeout))
+        .context("cannot build the HTTP client")?;
+    let options = RunOptions {
+        input: job.input,
+        db: job.db,
+        rate: pace.rate.0,
+        concurrency: usize::from(pace.concurrency),
+        max_attempts: pace.max_attempts,
+        retry_base: Duration::from_millis(pace.retry_base_ms),
+        columns: job.columns,
+        max_errors: pace.max_errors,
+        rejects: job.rejects,
+        quiet,
+    };
+    let summary = runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        pipeline::handle_ctrl_c(shutdown.clone());
+        pipeline::run(&options, client, shutdown).await
+    })?;
+    if summary.total == 0 {
+        println!(
+            "{}: no data rows after the header; nothing to do",
+            options.input.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_summary(&summary);
+    let store = Store::open_reader(&options.db)?;
+    if let Some(out) = &job.export {
+        let rows = export::export(&store, summary.run_id, out)?;
+        println!("exported {rows} rows to {}", out.display());
+    }
+    write_report(&store, &summary, &options.db, job.report.as_deref())?;
+    Ok(exit_code(&summary))
+}
+
+fn write_report(
+    store: &Store,
+    summary: &RunSummary,
+    db: &Path,
+    explicit: Option<&Path>,
+) -> anyhow::Result<()> {
+    let run = store
+        .run(summary.run_id)?
+        .context("the run vanished from the state database")?;
+    let status = status::run_status(store, &run)?;
+    let resume_command = std::env::args()
+        .map(|a| shell_quote(&a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let retry_command = (summary.count(RowState::Failed) > 0).then(|| {
+        format!(
+            "orderbatch retry --db {}",
+            shell_quote(&db.display().to_string())
+        )
+    });
+    let report = Report {
+        outcome: match &summary.stop {
+            Stop::Running => "completed".to_string(),
+            Stop::Interrupted => "interrupted".to_string(),
+            Stop::Aborted(why) => format!("stopped: {why}"),
+        },
+        requests_per_row: summary.request_total() as f64 / summary.total.max(1) as f64,
+        stages: summary.stages.clone(),
+        resume_command,
+        retry_command,
+        status,
+    };
+    let (md, json) = report::paths(db, explicit);
+    report::write(&report, &md, &json)
+        .with_context(|| format!("cannot write the run report {}", md.display()))?;
+    println!("report: {}", md.display());
+    Ok(())
+}
+
+fn exit_code(summary: &RunSummary) -> ExitCode {
+    match &summary.stop {
+        Stop::Interrupted => {
+            eprintln!("interrupted; state saved: run the same command again to resume");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Stop::Aborted(why) => {
+            eprintln!("error: run stopped: {why}");
+            ExitCode::from(EXIT_ABORTED)
+        }
+        Stop::Running if summary.count(RowState::Done) == summary.total => ExitCode::SUCCESS,
+        Stop::Running => ExitCode::from(1),
+    }
+}
+
+fn print_summary(summary: &RunSummary) {
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "run {}{}: {} rows in {:.1}s",
+        summary.run_id,
+        if summary.resumed { " (resumed)" } else { "" },
+        summary.total,
+        secs
+    );
+    println!("  {:<26} {:>10}", "state", "rows");
+    for (state, n) in &summary.states {
+        println!("  {:<26} {:>10}", state.as_str(), n);
+    }
+    println!("  {:<26} {:>10}", "endpoint", "requests");
+    for (endpoint, n) in &summary.requests {
+        println!("  {:<26} {:>10}", endpoint, n);
+    }
+    let total = summary.request_total();
+    println!(
+        "  {} requests, {:.1} requests/s, {:.2} requests per row",
+        total,
+        total as f64 / secs.max(0.001),
+        total as f64 / summary.total.max(1) as f64
+    );
+}

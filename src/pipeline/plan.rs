@@ -1,0 +1,118 @@
+//! `--dry-run`: what a run would send, computed from the file alone, with no
+//! request and no change to any state database.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::time::Duration;
+
+use super::stages::PAGE_LIMIT;
+use super::{schema, PipelineError, RUN_COMMAND};
+use crate::input::check::check_file_with;
+use crate::input::fingerprint::fingerprint;
+use crate::input::ColumnOptions;
+use crate::provider::paynearme::Endpoint;
+use crate::store::Store;
+
+/// What a run of a file would do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub valid: u64,
+    pub rejected: u64,
+    pub customers: u64,
+    /// Requests per endpoint after batching, for a fresh run.
+    pub requests: Vec<(&'static str, u64)>,
+    /// At the configured rate; `None` when unlimited.
+    pub duration: Option<Duration>,
+    /// Rows an existing run of this file in the state database has finished.
+    pub already_finished: Option<u64>,
+}
+
+impl Plan {
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Requests that refresh and token calls take for a customer with `orders`
+/// ready orders: pages of five (or one call) to refresh, one call for tokens.
+pub fn group_requests(orders: u64) -> (u64, u64) {
+    let refresh = if orders <= 1 {
+        orders
+    } else {
+        orders.div_ceil(PAGE_LIMIT as u64)
+    };
+    (refresh, orders.min(1))
+}
+
+/// Plans a run of `input` at `rate`.
+pub fn plan(
+    input: &Path,
+    columns: &ColumnOptions,
+    rate: Option<NonZeroU32>,
+    db: &Path,
+) -> Result<Plan, PipelineError> {
+    let mut per_customer: HashMap<String, u64> = HashMap::new();
+    let check = check_file_with(input, schema(columns), None, |header, row| {
+        if let Some(c) = header
+            .index("site_customer_identifier")
+            .and_then(|i| row.get(i))
+        {
+            *per_customer.entry(c.to_string()).or_default() += 1;
+        }
+    })?;
+    let (mut refresh, mut token) = (0, 0);
+    for &n in per_customer.values() {
+        let (r, t) = group_requests(n);
+        refresh += r;
+        token += t;
+    }
+    let requests = vec![
+        (Endpoint::CreateOrder.as_str(), check.valid),
+        (Endpoint::RefreshEmbeddedJsUrls.as_str(), refresh),
+        (Endpoint::GetSmartToken.as_str(), token),
+    ];
+    let total: u64 = requests.iter().map(|(_, n)| n).sum();
+    let already_finished = if db.exists() {
+        let fp = fingerprint(input).map_err(|source| crate::input::InputError::Io {
+            path: input.to_path_buf(),
+            source,
+        })?;
+        let store = Store::open_reader(db)?;
+        match store.find_run(RUN_COMMAND, &fp)? {
+            Some(run) => Some(
+                store
+                    .state_counts(run.id)?
+                    .iter()
+                    .filter(|(s, _)| s.is_final())
+                    .map(|(_, n)| n)
+                    .sum(),
+            ),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(Plan {
+        valid: check.valid,
+        rejected: check.rejected,
+        customers: per_customer.len() as u64,
+        duration: rate.map(|r| Duration::from_secs_f64(total as f64 / f64::from(r.get()))),
+        requests,
+        already_finished,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_requests_page_by_five() {
+        assert_eq!(group_requests(1), (1, 1));
+        assert_eq!(group_requests(2), (1, 1));
+        assert_eq!(group_requests(5), (1, 1));
+        assert_eq!(group_requests(6), (2, 1));
+        assert_eq!(group_requests(12), (3, 1));
+    }
+}

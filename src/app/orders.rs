@@ -262,4 +262,13 @@ fn print_summary(summary: &RunSummary) {
         total as f64 / secs.max(0.001),
         total as f64 / summary.total.max(1) as f64
     );
+    let w = summary.writer;
+    if w.transactions > 0 {
+        println!(
+            "  state writes: {} in {} transactions ({:.1} per transaction)",
+            w.operations,
+            w.transactions,
+            w.operations as f64 / w.transactions as f64
+        );
+    }
 }

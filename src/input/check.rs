@@ -45,6 +45,26 @@ pub fn check_quotes(path: &Path, open_quote: Option<(u64, u64)>) -> Result<(), I
     }
 }
 
+/// Keys of `seen_ids` are already hashes: use them as they are.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type BuildIdentity = std::hash::BuildHasherDefault<Identity>;
+
 /// The stable hash used to spot a repeated `site_order_identifier` without
 /// keeping every identifier in memory.
 fn id_hash(id: &str) -> u64 {
@@ -86,11 +106,15 @@ pub fn check_file_with(
         ),
         None => None,
     };
-    let mut seen_ids: HashMap<u64, u64> = HashMap::new();
+    // Sized from the file so the map rarely grows (rows are rarely < 64 bytes).
+    let size_hint = std::fs::metadata(path).map_or(0, |m| m.len() / 64) as usize;
+    let mut seen_ids: HashMap<u64, u64, BuildIdentity> =
+        HashMap::with_capacity_and_hasher(size_hint.min(1 << 24), BuildIdentity::default());
     let mut report = FileCheck::default();
     let mut codes: HashMap<String, u64> = HashMap::new();
-    while let Some(row) = reader.next_row() {
-        let row = row?;
+    let mut row = Row::default();
+    while let Some(read) = reader.read_into(&mut row) {
+        read?;
         let mut outcome = check_row(&header, &row, schema.required);
         // Like `run`, an identifier counts as used by the first row that
         // has it, even when that row is rejected for another reason.

@@ -17,58 +17,135 @@ pub struct Scan {
     pub open_quote: Option<(u64, u64)>,
 }
 
-/// CSV quoting state, as the csv crate reads it.
+/// CSV quoting state between chunks, as the csv crate reads it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Quote {
-    FieldStart,
-    Unquoted,
+    /// Outside a quoted field; a `"` opens one only at the start of a field,
+    /// i.e. after a delimiter, a line end, or at the start of the file.
+    Outside {
+        at_field_start: bool,
+    },
     Quoted,
-    /// A `"` inside a quoted field: an escaped quote if another follows.
-    Escaping,
+    /// The chunk ended on a `"` inside a quoted field: an escaped quote if
+    /// the next byte is another.
+    PendingQuote,
 }
 
-/// Tracks quoting byte by byte.
+/// Tracks quoting over the file with `memchr`, so a scan costs little more
+/// than reading. Only the offset of the last opening quote is kept; its line
+/// and column are worked out (by a second read) only when it is never closed.
 struct QuoteTracker {
     state: Quote,
-    line: u64,
-    column: u64,
-    opened_at: (u64, u64),
+    offset: u64,
+    opened_at: u64,
+}
+
+fn is_field_start(b: u8) -> bool {
+    matches!(b, b',' | b'\n' | b'\r')
 }
 
 impl QuoteTracker {
     fn new() -> Self {
         QuoteTracker {
-            state: Quote::FieldStart,
-            line: 1,
-            column: 0,
-            opened_at: (0, 0),
+            state: Quote::Outside {
+                at_field_start: true,
+            },
+            offset: 0,
+            opened_at: 0,
         }
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.column += 1;
-            self.state = match (self.state, b) {
-                (Quote::FieldStart, b'"') => {
-                    self.opened_at = (self.line, self.column);
-                    Quote::Quoted
-                }
-                (Quote::Quoted, b'"') => Quote::Escaping,
-                (Quote::Quoted, _) => Quote::Quoted,
-                (Quote::Escaping, b'"') => Quote::Quoted,
-                (_, b',' | b'\n' | b'\r') => Quote::FieldStart,
-                _ => Quote::Unquoted,
-            };
-            if b == b'\n' {
-                self.line += 1;
-                self.column = 0;
+    fn feed(&mut self, chunk: &[u8]) {
+        let mut i = 0;
+        while i <= chunk.len() {
+            match self.state {
+                Quote::PendingQuote => match chunk.get(i) {
+                    None => break,
+                    Some(b'"') => {
+                        self.state = Quote::Quoted;
+                        i += 1;
+                    }
+                    Some(_) => {
+                        self.state = Quote::Outside {
+                            at_field_start: false,
+                        }
+                    }
+                },
+                Quote::Quoted => match memchr::memchr(b'"', &chunk[i..]) {
+                    None => break,
+                    Some(j) => {
+                        let q = i + j;
+                        match chunk.get(q + 1) {
+                            None => {
+                                self.state = Quote::PendingQuote;
+                                break;
+                            }
+                            Some(b'"') => i = q + 2,
+                            Some(_) => {
+                                self.state = Quote::Outside {
+                                    at_field_start: false,
+                                };
+                                i = q + 1;
+                            }
+                        }
+                    }
+                },
+                Quote::Outside { at_field_start } => match memchr::memchr(b'"', &chunk[i..]) {
+                    None => {
+                        if i < chunk.len() {
+                            self.state = Quote::Outside {
+                                at_field_start: is_field_start(chunk[chunk.len() - 1]),
+                            };
+                        }
+                        break;
+                    }
+                    Some(j) => {
+                        let q = i + j;
+                        let opens = if q == 0 {
+                            at_field_start
+                        } else {
+                            is_field_start(chunk[q - 1])
+                        };
+                        if opens {
+                            self.state = Quote::Quoted;
+                            self.opened_at = self.offset + q as u64;
+                        } else {
+                            self.state = Quote::Outside {
+                                at_field_start: false,
+                            };
+                        }
+                        i = q + 1;
+                    }
+                },
             }
         }
+        self.offset += chunk.len() as u64;
     }
 
-    fn open_quote(&self) -> Option<(u64, u64)> {
-        (self.state == Quote::Quoted).then_some(self.opened_at)
+    /// Byte offset of a quote never closed.
+    fn open_quote(&self) -> Option<u64> {
+        matches!(self.state, Quote::Quoted).then_some(self.opened_at)
     }
+}
+
+/// Line and column (1-based) of byte `offset` of `path`.
+fn line_and_column(path: &Path, offset: u64) -> io::Result<(u64, u64)> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut line, mut line_start, mut pos) = (1u64, 0u64, 0u64);
+    while pos < offset {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let upto = ((offset - pos) as usize).min(n);
+        for nl in memchr::memchr_iter(b'\n', &buf[..upto]) {
+            line += 1;
+            line_start = pos + nl as u64 + 1;
+        }
+        pos += n as u64;
+    }
+    Ok((line, offset - line_start + 1))
 }
 
 /// Reads `path` once; hashes it when `hash` is set.
@@ -87,9 +164,13 @@ pub fn scan(path: &Path, hash: bool) -> io::Result<Scan> {
         }
         quotes.feed(&buf[..n]);
     }
+    let open_quote = match quotes.open_quote() {
+        Some(offset) => Some(line_and_column(path, offset)?),
+        None => None,
+    };
     Ok(Scan {
         fingerprint: hasher.map(|h| hex::encode(h.finalize())),
-        open_quote: quotes.open_quote(),
+        open_quote,
     })
 }
 
@@ -102,10 +183,26 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
 mod tests {
     use super::*;
 
+    /// Feeds `text` in chunks of every size, checks they all agree, and
+    /// returns the line and column of an open quote.
     fn open_quote(text: &str) -> Option<(u64, u64)> {
-        let mut t = QuoteTracker::new();
-        t.feed(text.as_bytes());
-        t.open_quote()
+        let bytes = text.as_bytes();
+        let mut answers = Vec::new();
+        for size in 1..=bytes.len().max(1) {
+            let mut t = QuoteTracker::new();
+            for chunk in bytes.chunks(size) {
+                t.feed(chunk);
+            }
+            answers.push(t.open_quote());
+        }
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "{text:?}: {answers:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, bytes).unwrap();
+        answers[0].map(|o| line_and_column(&path, o).unwrap())
     }
 
     #[test]
@@ -124,6 +221,8 @@ mod tests {
     fn finds_a_quote_left_open_at_the_end() {
         assert_eq!(open_quote("a,b\n1,\"x\n2,3\n"), Some((2, 3)));
         assert_eq!(open_quote("a,b\n1,\"x\"\"y\n"), Some((2, 3)));
+        assert_eq!(open_quote("\"a,b\n"), Some((1, 1)));
+        assert_eq!(open_quote("a,b\n1,\"ok\"\n2,\"x\"\"\n"), Some((3, 3)));
     }
 
     #[test]
@@ -134,6 +233,8 @@ mod tests {
             "a,b\n1,\"two\nlines\"\n",
             "a,b\n1,5\" screen\n",
             "a,b\r\n1,\"\"\r\n",
+            "\"a\",\"b\"\n\"\",\"\"\"\"\"\"\n",
+            "",
         ] {
             assert_eq!(open_quote(text), None, "{text:?}");
         }

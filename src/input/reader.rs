@@ -32,9 +32,43 @@ pub struct Header {
     /// Whether each column is sent (false for unknown columns that
     /// `--allow-unknown-columns` ignores).
     pub send: Vec<bool>,
+    /// Columns of the rules that span fields, looked up once.
+    pub(crate) cross: CrossColumns,
+}
+
+/// Column indices of the fields that cross-field rules compare.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CrossColumns {
+    pub order_amount: Option<usize>,
+    pub minimum_payment_amount: Option<usize>,
+    /// (start, end) date pairs.
+    pub date_ranges: Vec<(usize, usize, &'static str, &'static str)>,
 }
 
 impl Header {
+    /// A header from its column names, what each is, and whether it is sent.
+    pub fn new(names: Vec<String>, params: Vec<Option<&'static Param>>, send: Vec<bool>) -> Self {
+        let find = |n: &str| names.iter().position(|x| x == n);
+        let date_ranges = [
+            ("auto_pay_start_date", "auto_pay_end_date"),
+            ("reminder_start_date", "reminder_end_date"),
+        ]
+        .into_iter()
+        .filter_map(|(s, e)| Some((find(s)?, find(e)?, s, e)))
+        .collect();
+        let cross = CrossColumns {
+            order_amount: find("order_amount"),
+            minimum_payment_amount: find("minimum_payment_amount"),
+            date_ranges,
+        };
+        Header {
+            names,
+            params,
+            send,
+            cross,
+        }
+    }
+
     /// The column index of `name`.
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
@@ -42,34 +76,104 @@ impl Header {
 }
 
 /// One data row: its 1-based number, the physical line it starts on, and its
-/// raw fields (checked for UTF-8 by validation, not here).
-#[derive(Debug, Clone)]
+/// fields, as text when they are all valid UTF-8.
+#[derive(Debug, Clone, Default)]
 pub struct Row {
     pub number: u64,
     pub line: u64,
-    pub record: csv::ByteRecord,
+    fields: Fields,
+}
+
+/// A row's fields: text when all are UTF-8, raw bytes otherwise.
+#[derive(Debug, Clone, Default)]
+enum Fields {
+    #[default]
+    Empty,
+    Text(csv::StringRecord),
+    Bytes(csv::ByteRecord),
+}
+
+impl Fields {
+    fn from_bytes(record: csv::ByteRecord) -> Self {
+        match csv::StringRecord::from_byte_record(record) {
+            Ok(text) => Fields::Text(text),
+            Err(e) => Fields::Bytes(e.into_byte_record()),
+        }
+    }
+
+    /// The raw record, for reuse as a read buffer.
+    fn into_bytes(self) -> csv::ByteRecord {
+        match self {
+            Fields::Text(t) => t.into_byte_record(),
+            Fields::Bytes(b) => b,
+            Fields::Empty => csv::ByteRecord::new(),
+        }
+    }
 }
 
 impl Row {
-    /// The field in column `index` as text, if it is present and UTF-8.
-    pub fn get(&self, index: usize) -> Option<&str> {
-        self.record
-            .get(index)
-            .and_then(|b| std::str::from_utf8(b).ok())
+    /// A row from raw fields (checked for UTF-8 once, here).
+    pub fn new(number: u64, line: u64, record: csv::ByteRecord) -> Self {
+        Row {
+            number,
+            line,
+            fields: Fields::from_bytes(record),
+        }
     }
 
-    /// The non-empty fields as `(column name, value)` pairs, in column order.
-    /// Call only for rows that passed validation (all fields UTF-8).
+    fn text(&self) -> Option<&csv::StringRecord> {
+        match &self.fields {
+            Fields::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// How many fields the row has.
+    pub fn len(&self) -> usize {
+        match &self.fields {
+            Fields::Text(text) => text.len(),
+            Fields::Bytes(bytes) => bytes.len(),
+            Fields::Empty => 0,
+        }
+    }
+
+    /// Whether the row has no fields.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether every field is valid UTF-8.
+    pub fn is_utf8(&self) -> bool {
+        !matches!(self.fields, Fields::Bytes(_))
+    }
+
+    /// The field in column `index` as text, if present and the row is UTF-8.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.text().and_then(|t| t.get(index))
+    }
+
+    /// The raw bytes of the field in column `index`.
+    pub fn raw(&self, index: usize) -> Option<&[u8]> {
+        match &self.fields {
+            Fields::Text(text) => text.get(index).map(str::as_bytes),
+            Fields::Bytes(bytes) => bytes.get(index),
+            Fields::Empty => None,
+        }
+    }
+
+    /// The non-empty fields of sent columns as `(column name, value)` pairs,
+    /// in column order. Empty for a row that is not UTF-8 (never sent).
     pub fn params<'a>(&'a self, header: &'a Header) -> Vec<(&'a str, &'a str)> {
+        let Some(text) = self.text() else {
+            return Vec::new();
+        };
         header
             .names
             .iter()
             .zip(&header.send)
-            .zip(self.record.iter())
-            .filter_map(|((name, send), value)| {
-                let value = std::str::from_utf8(value).ok()?;
-                (*send && !value.is_empty()).then_some((name.as_str(), value))
-            })
+            .zip(text.iter())
+            .filter(|((_, send), value)| **send && !value.is_empty())
+            .map(|((name, _), value)| (name.as_str(), value))
             .collect()
     }
 }
@@ -138,6 +242,23 @@ impl OrderReader {
         &self.header
     }
 
+    /// Reads the next row into `row`, reusing its buffers (no allocation per
+    /// row); `None` at the end of the file.
+    pub fn read_into(&mut self, row: &mut Row) -> Option<Result<(), InputError>> {
+        let mut raw = std::mem::take(&mut row.fields).into_bytes();
+        match self.reader.read_byte_record(&mut raw) {
+            Ok(false) => None,
+            Err(e) => Some(Err(csv_error(&self.path, e))),
+            Ok(true) => {
+                self.rows += 1;
+                row.number = self.rows;
+                row.line = raw.position().map_or(0, |p| p.line());
+                row.fields = Fields::from_bytes(raw);
+                Some(Ok(()))
+            }
+        }
+    }
+
     /// The next row, or `None` at the end of the file.
     pub fn next_row(&mut self) -> Option<Result<Row, InputError>> {
         match self.reader.read_byte_record(&mut self.record) {
@@ -146,11 +267,7 @@ impl OrderReader {
             Ok(true) => {
                 self.rows += 1;
                 let line = self.record.position().map_or(0, |p| p.line());
-                Some(Ok(Row {
-                    number: self.rows,
-                    line,
-                    record: self.record.clone(),
-                }))
+                Some(Ok(Row::new(self.rows, line, self.record.clone())))
             }
         }
     }
@@ -247,9 +364,5 @@ fn check_header(
             ));
         }
     }
-    Ok(Header {
-        names,
-        params: known,
-        send,
-    })
+    Ok(Header::new(names, known, send))
 }

@@ -42,7 +42,7 @@ impl RejectsWriter {
     pub fn write(&mut self, row: &Row, error: &str) -> std::io::Result<()> {
         let mut cells: Vec<String> = (0..self.width)
             .map(|i| {
-                let raw = row.record.get(i).unwrap_or_default();
+                let raw = row.raw(i).unwrap_or_default();
                 if self.redact[i] && !raw.is_empty() {
                     REDACTED.to_string()
                 } else {

@@ -45,24 +45,27 @@ fn reject(column: &str, reason: impl Into<String>) -> Rejection {
 /// Checks one row: field count, UTF-8, required fields, each known field's
 /// rule, and the rules that span fields.
 pub fn check_row(header: &Header, row: &Row, required: &[&str]) -> Result<(), Rejection> {
-    if row.record.len() != header.names.len() {
+    if row.len() != header.names.len() {
         return Err(Rejection {
             column: None,
             reason: format!(
                 "row has {} fields but the header has {} columns (a missing or extra comma, or an unquoted comma inside a value?)",
-                row.record.len(),
+                row.len(),
                 header.names.len()
             ),
         });
     }
-    for (i, raw) in row.record.iter().enumerate() {
-        let name = &header.names[i];
-        let Ok(value) = std::str::from_utf8(raw) else {
-            return Err(reject(
-                name,
-                "is not valid UTF-8 (save the file as UTF-8, not Latin-1 or Windows-1252)",
-            ));
-        };
+    if !row.is_utf8() {
+        let bad = (0..row.len())
+            .find(|&i| row.raw(i).is_some_and(|b| std::str::from_utf8(b).is_err()))
+            .unwrap_or(0);
+        return Err(reject(
+            &header.names[bad],
+            "is not valid UTF-8 (save the file as UTF-8, not Latin-1 or Windows-1252)",
+        ));
+    }
+    for (i, name) in header.names.iter().enumerate() {
+        let value = row.get(i).unwrap_or_default();
         if value.is_empty() {
             if required.contains(&name.as_str()) {
                 return Err(reject(name, "is required but empty"));
@@ -77,13 +80,12 @@ pub fn check_row(header: &Header, row: &Row, required: &[&str]) -> Result<(), Re
 }
 
 fn check_cross_fields(header: &Header, row: &Row) -> Result<(), Rejection> {
-    let field = |name: &str| {
-        header
-            .index(name)
-            .and_then(|i| row.get(i))
-            .filter(|v| !v.is_empty())
-    };
-    if let (Some(min), Some(amount)) = (field("minimum_payment_amount"), field("order_amount")) {
+    let field = |i: Option<usize>| i.and_then(|i| row.get(i)).filter(|v| !v.is_empty());
+    let cross = &header.cross;
+    if let (Some(min), Some(amount)) = (
+        field(cross.minimum_payment_amount),
+        field(cross.order_amount),
+    ) {
         if let (Ok(min), Ok(amount)) = (min.parse::<Amount>(), amount.parse::<Amount>()) {
             if min > amount {
                 return Err(reject(
@@ -93,11 +95,8 @@ fn check_cross_fields(header: &Header, row: &Row) -> Result<(), Rejection> {
             }
         }
     }
-    for (start, end) in [
-        ("auto_pay_start_date", "auto_pay_end_date"),
-        ("reminder_start_date", "reminder_end_date"),
-    ] {
-        if let (Some(s), Some(e)) = (field(start), field(end)) {
+    for &(s, e, start, end) in &cross.date_ranges {
+        if let (Some(s), Some(e)) = (field(Some(s)), field(Some(e))) {
             if let (Ok(s), Ok(e)) = (us_date(s), us_date(e)) {
                 if e < s {
                     return Err(reject(end, format!("is before {start}")));
@@ -333,16 +332,16 @@ mod row_tests {
                 None => fields.push((k, v)),
             }
         }
-        let header = Header {
-            names: fields.iter().map(|(k, _)| k.to_string()).collect(),
-            params: fields.iter().map(|(k, _)| params::find(k)).collect(),
-            send: vec![true; fields.len()],
-        };
-        let row = Row {
-            number: 1,
-            line: 2,
-            record: csv::ByteRecord::from(fields.iter().map(|(_, v)| *v).collect::<Vec<_>>()),
-        };
+        let header = Header::new(
+            fields.iter().map(|(k, _)| k.to_string()).collect(),
+            fields.iter().map(|(k, _)| params::find(k)).collect(),
+            vec![true; fields.len()],
+        );
+        let row = Row::new(
+            1,
+            2,
+            csv::ByteRecord::from(fields.iter().map(|(_, v)| *v).collect::<Vec<_>>()),
+        );
         check_row(&header, &row, CREATE_REQUIRED)
     }
 
@@ -454,16 +453,12 @@ mod row_tests {
 
     #[test]
     fn wrong_field_count_and_bad_utf8_are_rejected() {
-        let header = Header {
-            names: BASE.iter().map(|(k, _)| k.to_string()).collect(),
-            params: BASE.iter().map(|(k, _)| params::find(k)).collect(),
-            send: vec![true; BASE.len()],
-        };
-        let short = Row {
-            number: 1,
-            line: 2,
-            record: csv::ByteRecord::from(vec!["C1", "10"]),
-        };
+        let header = Header::new(
+            BASE.iter().map(|(k, _)| k.to_string()).collect(),
+            BASE.iter().map(|(k, _)| params::find(k)).collect(),
+            vec![true; BASE.len()],
+        );
+        let short = Row::new(1, 2, csv::ByteRecord::from(vec!["C1", "10"]));
         let err = check_row(&header, &short, CREATE_REQUIRED).unwrap_err();
         assert_eq!(err.code(), "malformed_row");
         assert!(
@@ -472,11 +467,7 @@ mod row_tests {
         );
         let mut fields: Vec<&[u8]> = BASE.iter().map(|(_, v)| v.as_bytes()).collect();
         fields[0] = b"Jos\xe9";
-        let latin1 = Row {
-            number: 1,
-            line: 2,
-            record: csv::ByteRecord::from(fields),
-        };
+        let latin1 = Row::new(1, 2, csv::ByteRecord::from(fields));
         let err = check_row(&header, &latin1, CREATE_REQUIRED).unwrap_err();
         assert_eq!(err.column.as_deref(), Some("site_customer_identifier"));
         assert!(err.reason.contains("UTF-8"), "{err}");

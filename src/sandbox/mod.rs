@@ -117,6 +117,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
     let app = Router::new()
         .route("/json-api/{endpoint}", post(paynearme::handle))
         .route("/__sandbox/state", get(paynearme::state_handler))
+        .route("/__sandbox/counters", get(paynearme::counters_handler))
         .route("/__sandbox/age", post(paynearme::age_handler))
         .with_state(shared.clone());
     let (stop_tx, stop_rx) = oneshot::channel();

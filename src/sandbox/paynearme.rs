@@ -69,6 +69,8 @@ pub struct PnmState {
     rejected_auth: u64,
     clock_offset_secs: i64,
     faults: Faults,
+    /// Requests answered (not 429) per wall-clock second, for rate checks.
+    per_second: BTreeMap<i64, u64>,
 }
 
 /// Faults the sandbox injected, for tests.
@@ -234,6 +236,13 @@ pub(crate) async fn handle(
         let retry_after = format!("{:.3}", wait.as_secs_f64().max(0.001));
         return (status, [(header::RETRY_AFTER, retry_after)], body).into_response();
     }
+    *shared
+        .pnm
+        .lock()
+        .unwrap()
+        .per_second
+        .entry(unix_now())
+        .or_default() += 1;
     if chance(&shared, shared.config.fail_rate) {
         shared.pnm.lock().unwrap().faults.failed += 1;
         return error(
@@ -617,6 +626,19 @@ impl PnmState {
         (StatusCode::OK, Json(json!({"status":"ok","order":answer})))
     }
 
+    fn counters_json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "duplicates": self.duplicates,
+            "overlaps": self.overlaps,
+            "url_regenerations": self.url_regenerations,
+            "rejected_auth": self.rejected_auth,
+            "faults": self.faults,
+            "orders": self.orders.len(),
+            "per_second": self.per_second,
+        })
+    }
+
     fn to_json(&self) -> Value {
         let orders: Vec<Value> = self
             .orders
@@ -638,14 +660,7 @@ impl PnmState {
             .collect();
         json!({
             "orders": orders,
-            "counters": {
-                "requests": self.requests,
-                "duplicates": self.duplicates,
-                "overlaps": self.overlaps,
-                "url_regenerations": self.url_regenerations,
-                "rejected_auth": self.rejected_auth,
-                "faults": self.faults,
-            },
+            "counters": self.counters_json(),
         })
     }
 }
@@ -653,6 +668,11 @@ impl PnmState {
 /// The sandbox's state as JSON.
 pub(crate) fn state_json(shared: &Shared) -> Value {
     shared.pnm.lock().unwrap().to_json()
+}
+
+/// `GET /__sandbox/counters`: the counters without the orders (cheap to poll).
+pub(crate) async fn counters_handler(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(shared.pnm.lock().unwrap().counters_json())
 }
 
 /// `GET /__sandbox/state`.

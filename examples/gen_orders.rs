@@ -55,7 +55,7 @@ fn main() -> std::io::Result<()> {
         let last = LAST[((customer / 10) % 10) as usize];
         let cents = 100 + seed % 50_000;
         let name = format!("{first} {last}").replace('"', "\"\"");
-        let description = if i % 7 == 0 {
+        let description = if i.is_multiple_of(7) {
             format!("\"Invoice {i}, \"\"monthly\"\" plan\"")
         } else {
             format!("Invoice {i}")
@@ -66,7 +66,7 @@ fn main() -> std::io::Result<()> {
             cents / 100,
             cents % 100,
             TYPES[(seed % 3) as usize],
-            if seed % 2 == 0 { "true" } else { "false" },
+            if seed.is_multiple_of(2) { "true" } else { "false" },
         )?;
     }
     out.flush()

@@ -19,7 +19,7 @@ pub struct Scan {
 
 /// CSV quoting state between chunks, as the csv crate reads it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Quote {
+enum Quoting {
     /// Outside a quoted field; a `"` opens one only at the start of a field,
     /// i.e. after a delimiter, a line end, or at the start of the file.
     Outside {
@@ -28,14 +28,14 @@ enum Quote {
     Quoted,
     /// The chunk ended on a `"` inside a quoted field: an escaped quote if
     /// the next byte is another.
-    PendingQuote,
+    MaybeEscaped,
 }
 
 /// Tracks quoting over the file with `memchr`, so a scan costs little more
 /// than reading. Only the offset of the last opening quote is kept; its line
 /// and column are worked out (by a second read) only when it is never closed.
 struct QuoteTracker {
-    state: Quote,
+    state: Quoting,
     offset: u64,
     opened_at: u64,
 }
@@ -47,7 +47,7 @@ fn is_field_start(b: u8) -> bool {
 impl QuoteTracker {
     fn new() -> Self {
         QuoteTracker {
-            state: Quote::Outside {
+            state: Quoting::Outside {
                 at_field_start: true,
             },
             offset: 0,
@@ -59,30 +59,30 @@ impl QuoteTracker {
         let mut i = 0;
         while i <= chunk.len() {
             match self.state {
-                Quote::PendingQuote => match chunk.get(i) {
+                Quoting::MaybeEscaped => match chunk.get(i) {
                     None => break,
                     Some(b'"') => {
-                        self.state = Quote::Quoted;
+                        self.state = Quoting::Quoted;
                         i += 1;
                     }
                     Some(_) => {
-                        self.state = Quote::Outside {
+                        self.state = Quoting::Outside {
                             at_field_start: false,
                         }
                     }
                 },
-                Quote::Quoted => match memchr::memchr(b'"', &chunk[i..]) {
+                Quoting::Quoted => match memchr::memchr(b'"', &chunk[i..]) {
                     None => break,
                     Some(j) => {
                         let q = i + j;
                         match chunk.get(q + 1) {
                             None => {
-                                self.state = Quote::PendingQuote;
+                                self.state = Quoting::MaybeEscaped;
                                 break;
                             }
                             Some(b'"') => i = q + 2,
                             Some(_) => {
-                                self.state = Quote::Outside {
+                                self.state = Quoting::Outside {
                                     at_field_start: false,
                                 };
                                 i = q + 1;
@@ -90,10 +90,10 @@ impl QuoteTracker {
                         }
                     }
                 },
-                Quote::Outside { at_field_start } => match memchr::memchr(b'"', &chunk[i..]) {
+                Quoting::Outside { at_field_start } => match memchr::memchr(b'"', &chunk[i..]) {
                     None => {
                         if i < chunk.len() {
-                            self.state = Quote::Outside {
+                            self.state = Quoting::Outside {
                                 at_field_start: is_field_start(chunk[chunk.len() - 1]),
                             };
                         }
@@ -107,10 +107,10 @@ impl QuoteTracker {
                             is_field_start(chunk[q - 1])
                         };
                         if opens {
-                            self.state = Quote::Quoted;
+                            self.state = Quoting::Quoted;
                             self.opened_at = self.offset + q as u64;
                         } else {
-                            self.state = Quote::Outside {
+                            self.state = Quoting::Outside {
                                 at_field_start: false,
                             };
                         }
@@ -124,7 +124,7 @@ impl QuoteTracker {
 
     /// Byte offset of a quote never closed.
     fn open_quote(&self) -> Option<u64> {
-        matches!(self.state, Quote::Quoted).then_some(self.opened_at)
+        matches!(self.state, Quoting::Quoted).then_some(self.opened_at)
     }
 }
 

@@ -25,11 +25,20 @@ pub struct PnmCredentials {
 /// The PayNearMe endpoints the tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
-    CreateOrder,
-    FindOrders,
-    RefreshEmbeddedJsUrls,
-    GetSmartToken,
-    ChangeOrder,
+    CreateOrder = 0,
+    FindOrders = 1,
+    RefreshEmbeddedJsUrls = 2,
+    GetSmartToken = 3,
+    ChangeOrder = 4,
+}
+
+/// The client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("base URL `{0}` is not a valid URL")]
+    BadUrl(String),
 }
 
 impl Endpoint {
@@ -41,6 +50,11 @@ impl Endpoint {
         Endpoint::GetSmartToken,
         Endpoint::ChangeOrder,
     ];
+
+    /// Position in [`Endpoint::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The path segment and the name used in counters.
     pub fn as_str(self) -> &'static str {
@@ -58,23 +72,29 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub struct PnmClient {
     http: reqwest::Client,
-    url_prefix: String,
+    /// `{base}/json-api/{endpoint}` for each endpoint, parsed once.
+    urls: std::sync::Arc<[reqwest::Url]>,
     credentials: PnmCredentials,
 }
 
 impl PnmClient {
     /// Builds a client with the given per-request timeout.
-    pub fn new(credentials: PnmCredentials, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(credentials: PnmCredentials, timeout: Duration) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)
             .user_agent(concat!("orderbatch/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let url_prefix = format!("{}/json-api/", credentials.base_url.trim_end_matches('/'));
+        let base = credentials.base_url.trim_end_matches('/');
+        let urls = Endpoint::ALL
+            .iter()
+            .map(|e| reqwest::Url::parse(&format!("{base}/json-api/{}", e.as_str())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| ClientError::BadUrl(credentials.base_url.clone()))?;
         Ok(PnmClient {
             http,
-            url_prefix,
+            urls: urls.into(),
             credentials,
         })
     }
@@ -109,7 +129,7 @@ impl PnmClient {
 
         let response = self
             .http
-            .post(format!("{}{name}", self.url_prefix))
+            .post(self.urls[endpoint.index()].clone())
             .form(&signed)
             .send()
             .await
@@ -248,6 +268,13 @@ fn read_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_index_is_its_position_in_all() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i, "{e:?}");
+        }
+    }
 
     #[test]
     fn ok_answer_is_the_body() {

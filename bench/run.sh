@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
+# `orderbatch sandbox` in its own process, and prints every figure.
+#   bash bench/run.sh            # everything (about 10 minutes on 2 cores)
+#   bash bench/run.sh validate   # one section: validate memory state rate headroom resume batching
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${BENCH_DIR:-/tmp/orderbatch-bench}
+mkdir -p "$WORK"
+cargo build --release --quiet --bin orderbatch --example gen_orders
+B=$ROOT/target/release/orderbatch
+GEN=$ROOT/target/release/examples/gen_orders
+export PNM_SITE_IDENTIFIER=S_BENCH PNM_SECRET_KEY=bench-secret
+SECTIONS=${1:-"validate memory state rate headroom resume batching"}
+
+data() { # rows -> path
+  local f=$WORK/orders-$1.csv
+  [ -s "$f" ] || "$GEN" "$1" 4 > "$f"
+  echo "$f"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+PORT=18190
+start_sandbox() { # extra sandbox flags...
+  PORT=$((PORT + 1))
+  "$B" sandbox --listen 127.0.0.1:$PORT "$@" > "$WORK/sandbox.log" 2>&1 &
+  SANDBOX=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/__sandbox/counters" >/dev/null && break; sleep 0.05; done
+  export PNM_BASE_URL=http://127.0.0.1:$PORT
+}
+stop_sandbox() { kill "$SANDBOX" 2>/dev/null || true; wait "$SANDBOX" 2>/dev/null || true; }
+counters() { curl -sf "$PNM_BASE_URL/__sandbox/counters"; }
+total_requests() { counters | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["requests"].values()))'; }
+
+for section in $SECTIONS; do case $section in
+validate)
+  f=$(data 1000000)
+  echo "== 1. validate, 1,000,000 rows ($(du -h "$f" | cut -f1)), median of 5"
+  for _ in 1 2 3 4 5; do /usr/bin/time -f "%e" "$B" validate "$f" 2>&1 >/dev/null | tail -1; done | median |
+    awk '{printf "orderbatch validate: %.3f s = %.2f M rows/s\n", $1, 1/$1}'
+  for _ in 1 2 3; do python3 -c "
+import csv,sys,time
+t=time.perf_counter(); n=sum(1 for _ in csv.reader(open(sys.argv[1], newline='', encoding='utf-8'))); print(time.perf_counter()-t)" "$f"; done | median |
+    awk '{printf "python csv.reader count: %.3f s = %.2f M rows/s\n", $1, 1/$1}'
+  ;;
+memory)
+  echo "== 2. peak RSS of a full run (create, refresh, token) against the sandbox, unlimited rate"
+  for n in 100000 1000000; do
+    f=$(data $n); start_sandbox
+    rm -f "$WORK/mem.db"*
+    /usr/bin/time -f "%M" -o "$WORK/rss" "$B" run "$f" --db "$WORK/mem.db" --rate unlimited --concurrency 16 -q > "$WORK/mem-$n.out"
+    echo "$n rows: peak RSS $(( $(cat "$WORK/rss") / 1024 )) MB; $(grep -E 'requests/s' "$WORK/mem-$n.out" | sed 's/^ *//')"
+    grep 'state writes' "$WORK/mem-$n.out" | sed 's/^ */  /'
+    db_bytes=$(stat -c %s "$WORK/mem.db"); wal=$(stat -c %s "$WORK/mem.db-wal" 2>/dev/null || echo 0)
+    echo "  state db: $db_bytes bytes + wal $wal = $(( (db_bytes + wal) / n )) bytes/row"
+    cp "$WORK/mem.db" "$WORK/mem-$n.db"
+    stop_sandbox
+  done
+  ;;
+state)
+  echo "== 3. state cost after a full run (see memory): bytes per row, and after VACUUM"
+  for n in 100000 1000000; do
+    [ -f "$WORK/mem-$n.db" ] || continue
+    python3 - "$WORK/mem-$n.db" "$n" <<'PY'
+import os, shutil, sqlite3, sys
+path, n = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(path)
+parts = dict(c.execute("select name, sum(pgsize) from dbstat group by name").fetchall())
+print(f"{n} rows: {os.path.getsize(path)/n:.0f} bytes/row; rows table {parts.get('rows',0)/n:.0f}, "
+      f"indexes {(parts.get('rows_by_site_order',0)+parts.get('rows_by_state_customer',0))/n:.0f}")
+c.close(); shutil.copy(path, path + ".v"); c = sqlite3.connect(path + ".v"); c.execute("vacuum"); c.close()
+print(f"  after VACUUM: {os.path.getsize(path + '.v')/n:.0f} bytes/row")
+PY
+  done
+  ;;
+rate)
+  echo "== 4. rate adherence: --rate R against a sandbox with --rate-limit R, 30 s"
+  for R in 100 1000; do
+    n=$(( R * 30 * 2 / 3 + R )); f=$(data $n); start_sandbox --rate-limit $R
+    rm -f "$WORK/rate.db"*
+    timeout 45 "$B" run "$f" --db "$WORK/rate.db" --rate $R --concurrency 16 -q > /dev/null || true
+    counters | python3 -c "
+import json,sys
+c=json.load(sys.stdin); R=$R
+per=sorted((int(k),v) for k,v in c['per_second'].items())
+full=per[1:-1][:30]
+print(f'R={R}: 429s={c[\"faults\"][\"rate_limited\"]}, busiest second {max(v for _,v in full)} (limit {R*1.01:.0f}), '
+      f'sustained {sum(v for _,v in full)/len(full):.1f}/s over {len(full)} s = {100*sum(v for _,v in full)/len(full)/R:.1f}% of R')"
+    stop_sandbox
+  done
+  ;;
+headroom)
+  echo "== 5. headroom: unlimited --rate, sandbox without latency, in its own process"
+  f=$(data 100000); start_sandbox
+  rm -f "$WORK/head.db"*
+  "$B" run "$f" --db "$WORK/head.db" --rate unlimited --concurrency 32 -q | grep -E 'rows in|requests/s' | sed 's/^ */  /'
+  stop_sandbox
+  if command -v wrk >/dev/null; then
+    start_sandbox
+    python3 - "$WORK/create.lua" <<'PY'
+import hashlib, hmac, sys, time, urllib.parse
+p = {"site_identifier": "S_BENCH", "timestamp": str(int(time.time())), "version": "3.0", "order_amount": "10.00",
+     "order_currency": "USD", "site_customer_identifier": "WRK", "order_type": "exact", "order_is_standing": "true"}
+msg = "".join(k + p[k] for k in sorted(p))
+p["signature"] = hmac.new(b"bench-secret", msg.encode(), hashlib.sha256).hexdigest()
+body = urllib.parse.urlencode(p)
+open(sys.argv[1], "w").write(f'wrk.method = "POST"\nwrk.body = "{body}"\n'
+    'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
+PY
+    wrk -t2 -c32 -d10s -s "$WORK/create.lua" "$PNM_BASE_URL/json-api/create_order" | grep -E 'Requests/sec|Non-2xx' | sed 's/^/  wrk create_order: /'
+    stop_sandbox
+  else
+    echo "  (install wrk, e.g. apt-get install wrk, for the generator ceiling)"
+  fi
+  ;;
+resume)
+  echo "== 6. resume latency: 1,000,000-row run killed at ~90% of its requests"
+  f=$(data 1000000); start_sandbox
+  rm -f "$WORK/resume.db"*
+  "$B" run "$f" --db "$WORK/resume.db" --rate unlimited --concurrency 16 -q > /dev/null & RUN=$!
+  target=$(( 1000000 * 3 / 2 * 9 / 10 ))
+  while [ "$(total_requests)" -lt $target ]; do sleep 0.5; done
+  kill -9 $RUN; wait $RUN 2>/dev/null || true
+  before=$(total_requests)
+  start=$(date +%s.%N)
+  "$B" run "$f" --db "$WORK/resume.db" --rate unlimited --concurrency 16 -q > /dev/null & RUN=$!
+  while [ "$(total_requests)" -le "$before" ]; do sleep 0.01; done
+  echo "killed after $before requests; first new request $(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')") s after the resumed command started"
+  wait $RUN || true
+  stop_sandbox
+  ;;
+batching)
+  echo "== 7. batching: requests per order"
+  (cd "$WORK" && "$B" demo -q | grep 'requests per row' | sed 's/^ */  samples\/orders.csv (demo): /')
+  for n in 100000; do
+    f=$(data $n); start_sandbox; rm -f "$WORK/batch.db"*
+    "$B" run "$f" --db "$WORK/batch.db" --rate unlimited --concurrency 16 -q | grep 'requests per row' | sed "s/^ */  generated $n rows, 4 orders per customer: /"
+    stop_sandbox
+  done
+  ;;
+esac; done

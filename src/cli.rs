@@ -54,6 +54,12 @@ pub enum Command {
     /// Create an order for every CSV row, refresh its embedded JS URL and issue its smart token.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Regenerate embedded JS URLs and smart tokens for orders that already exist (the nightly job).
+    #[command(after_help = REFRESH_HELP)]
+    Refresh(RefreshArgs),
+    /// Change existing orders in bulk (change_order), each exactly once.
+    #[command(after_help = CHANGE_HELP)]
+    Change(ChangeArgs),
     /// Put a run's failed rows back in the queue and run them again.
     #[command(
         after_help = "Re-reads the run's input file (it must be unchanged).\n\nExample:\n  orderbatch retry --db nightly.db --error-code timeout --export links.csv"
@@ -108,6 +114,24 @@ Example:
   orderbatch run orders.csv --db nightly.db --export links.csv \\
       --base-url https://api.paynearme-sandbox.com --rate 20";
 
+const REFRESH_HELP: &str = "\
+Each row names orders by pnm_order_identifier, site_order_identifier,
+pnm_customer_identifier or site_customer_identifier (the first non-empty one,
+in that order). A customer row pages through all that customer's orders and
+gives one export row per order. Without --force the provider regenerates only
+expired URLs.
+
+Example:
+  orderbatch refresh nightly-orders.csv --db nightly.db --export links.csv --flow debit,ach";
+
+const CHANGE_HELP: &str = "\
+Each row names its order by pnm_order_identifier, or site_order_identifier
+(looked up first), plus the columns to change (change_order parameters).
+A resumed run never changes an order twice.
+
+Example:
+  orderbatch change new-amounts.csv --db backfill.db --export changed.csv";
+
 const SANDBOX_HELP: &str = "\
 Accepts requests signed with PNM_SITE_IDENTIFIER / PNM_SECRET_KEY from the
 environment (defaults: S_SANDBOX / sandbox-secret). State is in memory;
@@ -156,6 +180,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub export: Option<PathBuf>,
     #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
     pub columns: ColumnArgs,
     #[command(flatten)]
     pub rejects: RejectsArgs,
@@ -197,6 +223,139 @@ pub struct OutcomeArgs {
     /// Where to write the Markdown run report (default: <db>.report.md; JSON beside it).
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// CSV of order or customer identifiers (and optional token columns).
+    pub input: PathBuf,
+    /// State database; the same command with the same --db resumes.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Write one row per order found to this CSV when the run ends.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Regenerate every URL, not only expired ones.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the URL step: only look orders up and issue tokens.
+    #[arg(long)]
+    pub no_urls: bool,
+    /// Skip the smart-token step.
+    #[arg(long)]
+    pub no_token: bool,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub rejects: RejectsArgs,
+    #[command(flatten)]
+    pub outcome: OutcomeArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
+    /// CSV of pnm_order_identifier or site_order_identifier plus the columns to change.
+    pub input: PathBuf,
+    /// State database; the same command with the same --db resumes.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Write the results to this CSV when the run ends.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub rejects: RejectsArgs,
+    #[command(flatten)]
+    pub outcome: OutcomeArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// Options sent with every `get_smart_token` call.
+#[derive(Debug, Args, Default)]
+pub struct TokenArgs {
+    /// Payment flows to offer, comma separated (debit, credit, ach, apple_pay, ...); each sends flow_<name>=true.
+    #[arg(long, value_delimiter = ',')]
+    pub flow: Vec<String>,
+    /// Lifetime of the smart link in seconds.
+    #[arg(long)]
+    pub link_lifetime_seconds: Option<u64>,
+    /// URL shown when payment completes.
+    #[arg(long)]
+    pub flow_pay_url: Option<String>,
+    /// URL shown when the consumer leaves without paying.
+    #[arg(long)]
+    pub flow_no_pay_url: Option<String>,
+    /// URL shown when the flow completes.
+    #[arg(long)]
+    pub flow_return_url: Option<String>,
+    /// URL shown for an expired smart link.
+    #[arg(long)]
+    pub flow_expired_url: Option<String>,
+    /// URL shown when the flow fails.
+    #[arg(long)]
+    pub flow_error_url: Option<String>,
+    /// Ask for a shortened order tracking URL (true or false).
+    #[arg(long)]
+    pub short_order_url: Option<bool>,
+    /// Hide saved payment methods (true or false).
+    #[arg(long)]
+    pub flow_hide_saved_payment_methods: Option<bool>,
+}
+
+impl TokenArgs {
+    /// The parameters to send, or an error naming an unknown flow.
+    pub fn params(&self) -> Result<Vec<(String, String)>, String> {
+        use crate::provider::paynearme::params::FLOWS;
+        let mut params = Vec::new();
+        for flow in &self.flow {
+            let flow = flow.trim();
+            if !FLOWS.contains(&flow) {
+                let near = FLOWS
+                    .iter()
+                    .map(|f| (strsim::levenshtein(flow, f), *f))
+                    .min()
+                    .filter(|(d, _)| *d <= 3)
+                    .map(|(_, f)| format!("; did you mean `{f}`?"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "unknown flow `{flow}`{near} (known: {})",
+                    FLOWS.join(", ")
+                ));
+            }
+            params.push((format!("flow_{flow}"), "true".to_string()));
+        }
+        let texts = [
+            (
+                "link_lifetime_seconds",
+                self.link_lifetime_seconds.map(|s| s.to_string()),
+            ),
+            ("flow_pay_url", self.flow_pay_url.clone()),
+            ("flow_no_pay_url", self.flow_no_pay_url.clone()),
+            ("flow_return_url", self.flow_return_url.clone()),
+            ("flow_expired_url", self.flow_expired_url.clone()),
+            ("flow_error_url", self.flow_error_url.clone()),
+            (
+                "short_order_url",
+                self.short_order_url.map(|b| b.to_string()),
+            ),
+            (
+                "flow_hide_saved_payment_methods",
+                self.flow_hide_saved_payment_methods.map(|b| b.to_string()),
+            ),
+        ];
+        params.extend(
+            texts
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?))),
+        );
+        Ok(params)
+    }
 }
 
 #[derive(Debug, Args)]

@@ -72,6 +72,8 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
     let client = PnmClient::new(credentials, Duration::from_secs(10))
         .map_err(|e| DemoError::Client(e.to_string()))?;
     let options = RunOptions {
+        mode: crate::pipeline::Mode::Run,
+        token_options: Vec::new(),
         input,
         db: db.clone(),
         rate: NonZeroU32::new(50),

@@ -48,7 +48,7 @@ fn record(row: &StoredRow) -> [String; 11] {
         opt(&row.last_error)
     };
     [
-        row.row_number.to_string(),
+        row.input_row.to_string(),
         opt(&row.site_customer_identifier),
         opt(&row.site_order_identifier),
         opt(&row.pnm_order_identifier),

@@ -23,6 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
     match cli.command {
         Command::Run(args) => orders::run(args, quiet),
+        Command::Refresh(args) => orders::refresh(args, quiet),
+        Command::Change(args) => orders::change(args, quiet),
         Command::Retry(args) => orders::retry(args, quiet),
         Command::Validate(args) => inspect::validate(args),
         Command::Export(args) => inspect::export(args),

@@ -7,36 +7,117 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{runtime, EXIT_ABORTED, EXIT_INTERRUPTED};
-use crate::cli::{DemoArgs, PaceArgs, RetryArgs, RunArgs};
+use crate::cli::{
+    ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs, RetryArgs,
+    RunArgs,
+};
 use crate::input::ColumnOptions;
 use crate::pipeline::plan::plan;
-use crate::pipeline::{self, RunOptions, RunSummary, Shutdown, Stop};
+use crate::pipeline::{self, Mode, RunOptions, RunSummary, Shutdown, Stop};
 use crate::provider::paynearme::PnmClient;
 use crate::report::{self, shell_quote, Report};
 use crate::store::{RowState, Store};
 use crate::{config, export, lock, status};
 
 pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let token_options = args.token.params().map_err(anyhow::Error::msg)?;
+    start(
+        Mode::Run,
+        token_options,
+        Inputs {
+            input: args.input,
+            db: args.db,
+            export: args.export,
+            columns: &args.columns,
+            rejects: &args.rejects,
+            outcome: &args.outcome,
+        },
+        &args.pace,
+        quiet,
+    )
+}
+
+pub fn refresh(args: RefreshArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let token_options = args.token.params().map_err(anyhow::Error::msg)?;
+    let mode = Mode::Refresh {
+        force: args.force,
+        urls: !args.no_urls,
+        tokens: !args.no_token,
+    };
+    start(
+        mode,
+        token_options,
+        Inputs {
+            input: args.input,
+            db: args.db,
+            export: args.export,
+            columns: &args.columns,
+            rejects: &args.rejects,
+            outcome: &args.outcome,
+        },
+        &args.pace,
+        quiet,
+    )
+}
+
+pub fn change(args: ChangeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    start(
+        Mode::Change,
+        Vec::new(),
+        Inputs {
+            input: args.input,
+            db: args.db,
+            export: args.export,
+            columns: &args.columns,
+            rejects: &args.rejects,
+            outcome: &args.outcome,
+        },
+        &args.pace,
+        quiet,
+    )
+}
+
+/// The arguments `run`, `refresh` and `change` share.
+struct Inputs<'a> {
+    input: PathBuf,
+    db: PathBuf,
+    export: Option<PathBuf>,
+    columns: &'a ColumnArgs,
+    rejects: &'a RejectsArgs,
+    outcome: &'a OutcomeArgs,
+}
+
+/// Dry-runs, or locks the database and runs.
+fn start(
+    mode: Mode,
+    token_options: Vec<(String, String)>,
+    args: Inputs<'_>,
+    pace: &PaceArgs,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let columns = args.columns.options();
     if args.outcome.dry_run {
-        return dry_run(&args.input, &columns, &args.pace, &args.db);
+        return dry_run(mode, &args.input, &columns, pace, &args.db);
     }
     // Check the configuration before touching the state database.
-    config::pnm_credentials(args.pace.base_url.clone())?;
+    config::pnm_credentials(pace.base_url.clone())?;
     let held = lock::lock(&args.db)?;
     execute(
         Job {
+            mode,
+            token_options,
             input: args.input,
             db: args.db,
             columns,
             rejects: args
                 .rejects
                 .rejects
+                .clone()
                 .map(|p| (p, args.rejects.rejects_include_pii)),
             export: args.export,
-            report: args.outcome.report,
+            report: args.outcome.report.clone(),
         },
-        &args.pace,
+        pace,
         quiet,
         held,
     )
@@ -53,6 +134,8 @@ pub fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     );
     execute(
         Job {
+            mode: plan.mode,
+            token_options: plan.token_options,
             input: plan.input,
             db: args.db,
             columns: plan.columns,
@@ -84,6 +167,8 @@ pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 
 /// What one invocation of `run` or `retry` works on.
 struct Job {
+    mode: Mode,
+    token_options: Vec<(String, String)>,
     input: PathBuf,
     db: PathBuf,
     columns: ColumnOptions,
@@ -93,12 +178,13 @@ struct Job {
 }
 
 fn dry_run(
+    mode: Mode,
     input: &Path,
     columns: &ColumnOptions,
     pace: &PaceArgs,
     db: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let plan = plan(input, columns, pace.rate.0, db)?;
+    let plan = plan(mode, input, columns, pace.rate.0, db)?;
     println!("dry run of {}: nothing will be sent", input.display());
     println!(
         "  {} valid rows for {} customers, {} rejected",
@@ -151,6 +237,8 @@ fn execute(
     let client = PnmClient::new(credentials, Duration::from_secs(pace.timeout))
         .context("cannot build the HTTP client")?;
     let options = RunOptions {
+        mode: job.mode,
+        token_options: job.token_options,
         input: job.input,
         db: job.db,
         rate: pace.rate.0,

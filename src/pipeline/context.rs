@@ -25,9 +25,21 @@ pub enum Outcome<T> {
     Stopped,
 }
 
+/// Extra parameters and switches of a run's calls.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Added to every `refresh_embedded_js_urls` call (e.g. `force=true`).
+    pub refresh: Vec<(String, String)>,
+    /// Added to every `get_smart_token` call (flows, lifetimes, return URLs).
+    pub token: Vec<(String, String)>,
+    /// `refresh` regenerates URLs (off: it only looks orders up).
+    pub urls: bool,
+}
+
 /// Shared by all workers of a run.
 pub struct Ctx {
     pub client: PnmClient,
+    pub options: CallOptions,
     limiter: Option<DefaultDirectRateLimiter>,
     gate: Gate,
     writes: mpsc::Sender<Write>,
@@ -48,13 +60,28 @@ impl Ctx {
         shutdown: Shutdown,
         run_id: i64,
     ) -> Self {
-        // A burst of one spaces requests evenly: no second ever sees more
-        // than `rate` of them.
-        let limiter = options
-            .rate
-            .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(NonZeroU32::MIN)));
+        // Requests are spaced evenly; a burst of 1% of the rate lets the
+        // limiter make up for short idle gaps without any second going more
+        // than 1% over `rate`.
+        let limiter = options.rate.map(|r| {
+            let burst = NonZeroU32::new(r.get() / 100).unwrap_or(NonZeroU32::MIN);
+            RateLimiter::direct(Quota::per_second(r).allow_burst(burst))
+        });
+        let (force, urls) = match options.mode {
+            super::Mode::Refresh { force, urls, .. } => (force, urls),
+            _ => (false, true),
+        };
         Ctx {
             client,
+            options: CallOptions {
+                refresh: if force {
+                    vec![("force".to_string(), "true".to_string())]
+                } else {
+                    Vec::new()
+                },
+                token: options.token_options.clone(),
+                urls,
+            },
             limiter,
             gate: Gate::default(),
             writes,
@@ -90,9 +117,9 @@ impl Ctx {
 
     /// Records intent before a side effect and waits until it is committed.
     /// Returns false if it could not be recorded (the request must not leave).
-    pub async fn intent(&self, row: u64) -> bool {
+    pub async fn intent(&self, row: u64, state: crate::store::RowState) -> bool {
         let (ack, done) = tokio::sync::oneshot::channel();
-        self.write(Write::Intent { row, ack }).await;
+        self.write(Write::Intent { row, state, ack }).await;
         done.await.is_ok()
     }
 

@@ -4,14 +4,15 @@
 //! for a customer are never in flight together.
 
 mod context;
+mod feed;
+pub mod mode;
 pub mod plan;
 pub mod progress;
+mod register;
 pub mod retry;
 pub mod shutdown;
 mod stages;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,30 +23,29 @@ use tokio::sync::mpsc;
 use crate::input::check::check_quotes;
 use crate::input::fingerprint::{fingerprint, scan};
 use crate::input::reader::Schema;
-use crate::input::rejects::RejectsWriter;
-use crate::input::validate::check_row;
 use crate::input::{ColumnOptions, Header, InputError, OrderReader};
-use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
 use crate::provider::paynearme::PnmClient;
 use crate::report::StageTiming;
-use crate::store::rows::NewRow;
 use crate::store::writer::{Write, Writer, WriterStats};
-use crate::store::{RowState, Store, StoreError, StoredRow};
+use crate::store::{RowState, Store, StoreError};
 use context::Ctx;
+use feed::{feed_groups, feed_rows};
+pub use mode::{Mode, Stage};
 use progress::StageProgress;
+use register::{refuse_if_unfinished_other, register, write_rejects};
 pub use shutdown::{Shutdown, Stop};
-use stages::{Group, Job};
+use stages::Job;
 
-/// The command name runs of `orderbatch run` are stored under.
-pub const RUN_COMMAND: &str = "run";
-/// Rows recorded per transaction while registering the input.
-const REGISTER_BATCH: usize = 2000;
 /// Jobs queued per worker.
 const WORKER_QUEUE: usize = 16;
 
-/// What `orderbatch run` was asked to do.
+/// What `orderbatch run`, `refresh` or `change` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// Which command: its input, checks and stages.
+    pub mode: Mode,
+    /// Parameters added to every `get_smart_token` call.
+    pub token_options: Vec<(String, String)>,
     pub input: PathBuf,
     pub db: PathBuf,
     /// Requests per second across all endpoints; `None` is unlimited.
@@ -110,11 +110,7 @@ pub enum PipelineError {
 
 /// The header `run` accepts.
 pub fn schema(columns: &ColumnOptions) -> Schema<'_> {
-    Schema {
-        endpoints: ep::CREATE,
-        required: CREATE_REQUIRED,
-        columns,
-    }
+    Mode::Run.schema(columns)
 }
 
 /// The `site_order_identifier` sent for a row whose input has none: stable for
@@ -130,8 +126,10 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let mode = options.mode;
+    let command = mode.command();
     // Check the header and the quoting before touching the state database.
-    OrderReader::open(&options.input, schema(&options.columns))?;
+    OrderReader::open(&options.input, mode.schema(&options.columns))?;
     let input = options.input.clone();
     let fp = blocking(move || {
         let scanned = scan(&input, true).map_err(|source| InputError::Io {
@@ -144,11 +142,13 @@ pub async fn run(
     .await?;
 
     let store = Store::open(&options.db)?;
-    let (run_id, resumed) = match store.find_run(RUN_COMMAND, &fp)? {
+    let (run_id, resumed) = match store.find_run(command, &fp)? {
         Some(run) => (run.id, true),
         None => {
-            refuse_if_unfinished_other(&store, &fp)?;
+            refuse_if_unfinished_other(&store, command, &fp)?;
             let options_json = serde_json::json!({
+                "mode": mode,
+                "token_options": options.token_options,
                 "rate": options.rate.map(NonZeroU32::get),
                 "concurrency": options.concurrency,
                 "max_attempts": options.max_attempts,
@@ -159,10 +159,7 @@ pub async fn run(
                 .unwrap_or_else(|_| options.input.clone())
                 .display()
                 .to_string();
-            (
-                store.create_run(RUN_COMMAND, &path, &fp, &options_json)?,
-                false,
-            )
+            (store.create_run(command, &path, &fp, &options_json)?, false)
         }
     };
     if resumed {
@@ -176,7 +173,7 @@ pub async fn run(
     let run = store.run(run_id)?.expect("run just found or created");
     if !run.registered {
         let (input, pass, fp2) = (options.input.clone(), options.columns.clone(), fp.clone());
-        store = blocking(move || register(store, run_id, &input, &pass, &fp2)).await?;
+        store = blocking(move || register(store, mode, run_id, &input, &pass, &fp2)).await?;
     }
     if let Some((out, include_pii)) = options.rejects.clone() {
         let (db, input, columns) = (
@@ -184,7 +181,8 @@ pub async fn run(
             options.input.clone(),
             options.columns.clone(),
         );
-        blocking(move || write_rejects(&db, run_id, &input, &columns, &out, include_pii)).await?;
+        blocking(move || write_rejects(&db, mode, run_id, &input, &columns, &out, include_pii))
+            .await?;
     }
     store.set_finished(run_id, false)?;
 
@@ -197,7 +195,7 @@ pub async fn run(
         run_id,
     ));
     let header = Arc::new(
-        OrderReader::open(&options.input, schema(&options.columns))?
+        OrderReader::open(&options.input, mode.schema(&options.columns))?
             .header()
             .clone(),
     );
@@ -245,38 +243,47 @@ async fn run_stages(
                 .sum::<u64>())
         })
     };
-    let stages: [(&'static str, &'static [RowState]); 3] = [
-        ("create_order", &[RowState::Pending, RowState::Creating]),
-        ("refresh_embedded_js_urls", &[RowState::Created]),
-        ("get_smart_token", &[RowState::UrlsRefreshed]),
-    ];
     let mut timings = Vec::new();
-    for (stage, states) in stages {
+    for &stage in options.mode.stages() {
         if ctx.shutdown.is_stopping() {
             break;
         }
-        let todo = count(states).await?;
+        let todo = count(stage.takes()).await?;
         if todo == 0 {
             continue;
         }
         let started = Instant::now();
-        let progress = StageProgress::start(stage, todo, options.quiet);
+        let progress = StageProgress::start(stage.name(), todo, options.quiet);
         let (db, stopping) = (db.clone(), ctx.shutdown.clone());
-        let feed: Feeder = if stage == "create_order" {
-            let (input, columns) = (options.input.clone(), options.columns.clone());
-            Box::new(move |senders| feed_creates(&db, run_id, &input, &columns, &stopping, senders))
+        let feed: Feeder = if stage.reads_input() {
+            let (input, columns, mode) =
+                (options.input.clone(), options.columns.clone(), options.mode);
+            Box::new(move |senders| {
+                feed_rows(
+                    &db, run_id, mode, stage, &input, &columns, &stopping, senders,
+                )
+            })
         } else {
-            let state = states[0];
-            Box::new(move |senders| feed_groups(&db, run_id, state, &stopping, senders))
+            Box::new(move |senders| feed_groups(&db, run_id, stage, &stopping, senders))
         };
         run_stage(ctx, header, options.concurrency, &progress, feed).await?;
         progress.finish();
         flush(writer).await;
         timings.push(StageTiming {
-            stage: stage.to_string(),
+            stage: stage.name().to_string(),
             rows: progress.done(),
             seconds: started.elapsed().as_secs_f64(),
         });
+    }
+    if let Mode::Refresh { tokens: false, .. } = options.mode {
+        if !ctx.shutdown.is_stopping() {
+            ctx.write(Write::MoveAll {
+                from: RowState::UrlsRefreshed,
+                to: RowState::Done,
+            })
+            .await;
+            flush(writer).await;
+        }
     }
     Ok(timings)
 }
@@ -333,214 +340,14 @@ async fn run_stage(
     fed
 }
 
-/// The worker that owns `customer`.
-fn shard(customer: &str, workers: usize) -> usize {
-    let mut hasher = DefaultHasher::new();
-    customer.hash(&mut hasher);
-    (hasher.finish() % workers as u64) as usize
-}
-
-/// Sends each row still to be created, with its input fields re-read from
-/// the file, to its customer's worker.
-fn feed_creates(
-    db: &Path,
-    run_id: i64,
-    input: &Path,
-    columns: &ColumnOptions,
-    shutdown: &Shutdown,
-    senders: Vec<mpsc::Sender<Job>>,
-) -> Result<(), PipelineError> {
-    let store = Store::open_reader(db)?;
-    let mut reader = OrderReader::open(input, schema(columns))?;
-    let mut failure = None;
-    store.for_each_row(
-        run_id,
-        &[RowState::Pending, RowState::Creating],
-        false,
-        |stored| {
-            let row = loop {
-                match reader.next_row() {
-                    Some(Ok(row)) if row.number < stored.row_number => continue,
-                    Some(Ok(row)) if row.number == stored.row_number => break row,
-                    Some(Err(e)) => {
-                        failure = Some(PipelineError::Input(e));
-                        return false;
-                    }
-                    _ => {
-                        failure = Some(PipelineError::Conflict(format!(
-                            "{}: row {} is missing; the file changed while the run was going",
-                            input.display(),
-                            stored.row_number
-                        )));
-                        return false;
-                    }
-                }
-            };
-            let customer = stored.site_customer_identifier.clone().unwrap_or_default();
-            let target = &senders[shard(&customer, senders.len())];
-            target
-                .blocking_send(Job::Create(Box::new((row, stored))))
-                .is_ok()
-                && !shutdown.is_stopping()
-        },
-    )?;
-    failure.map_or(Ok(()), Err)
-}
-
-/// Sends each customer's rows in `state` as one group to its worker.
-fn feed_groups(
-    db: &Path,
-    run_id: i64,
-    state: RowState,
-    shutdown: &Shutdown,
-    senders: Vec<mpsc::Sender<Job>>,
-) -> Result<(), PipelineError> {
-    let store = Store::open_reader(db)?;
-    let send = |customer: String, rows: Vec<StoredRow>| {
-        let target = &senders[shard(&customer, senders.len())];
-        let group = Group { customer, rows };
-        let job = match state {
-            RowState::Created => Job::Refresh(group),
-            _ => Job::Token(group),
-        };
-        target.blocking_send(job).is_ok() && !shutdown.is_stopping()
-    };
-    let mut current: Option<(String, Vec<StoredRow>)> = None;
-    let mut going = true;
-    store.for_each_row(run_id, &[state], true, |row| {
-        let customer = row.site_customer_identifier.clone().unwrap_or_default();
-        match &mut current {
-            Some((c, rows)) if *c == customer => rows.push(row),
-            _ => {
-                if let Some((c, rows)) = current.replace((customer, vec![row])) {
-                    going = send(c, rows);
-                }
-            }
-        }
-        going
-    })?;
-    if let (true, Some((c, rows))) = (going, current) {
-        send(c, rows);
-    }
-    Ok(())
-}
-
-/// Writes the run's rejected rows, with their original columns re-read
-/// from the input, to `out`.
-fn write_rejects(
-    db: &Path,
-    run_id: i64,
-    input: &Path,
-    columns: &ColumnOptions,
-    out: &Path,
-    include_pii: bool,
-) -> Result<(), PipelineError> {
-    let store = Store::open_reader(db)?;
-    let mut reader = OrderReader::open(input, schema(columns))?;
-    let io_err = |source| {
-        PipelineError::Input(InputError::Io {
-            path: out.to_path_buf(),
-            source,
-        })
-    };
-    let mut writer = RejectsWriter::create(out, reader.header(), include_pii).map_err(io_err)?;
-    let mut failure = None;
-    store.for_each_row(run_id, &[RowState::Rejected], false, |stored| {
-        while let Some(Ok(row)) = reader.next_row() {
-            if row.number == stored.row_number {
-                let error = stored.last_error.as_deref().unwrap_or_default();
-                if let Err(e) = writer.write(&row, error) {
-                    failure = Some(io_err(e));
-                    return false;
-                }
-                break;
-            }
-        }
-        true
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    writer.finish().map_err(io_err)
-}
-
-/// Records every input row: valid rows as `pending`, invalid ones as
-/// `rejected` with their reason.
-fn register(
-    mut store: Store,
-    run_id: i64,
-    input: &Path,
-    columns: &ColumnOptions,
-    fp: &str,
-) -> Result<Store, PipelineError> {
-    let mut reader = OrderReader::open(input, schema(columns))?;
-    let header = reader.header().clone();
-    let customer_col = header.index("site_customer_identifier");
-    let order_col = header.index("site_order_identifier");
-    let mut batch = Vec::with_capacity(REGISTER_BATCH);
-    let mut total = 0u64;
-    while let Some(row) = reader.next_row() {
-        let row = row?;
-        total += 1;
-        let rejection = check_row(&header, &row, CREATE_REQUIRED).err().map(|r| {
-            (
-                "invalid_input".to_string(),
-                format!("line {}: {r}", row.line),
-            )
-        });
-        let text = |col: Option<usize>| {
-            col.and_then(|i| row.get(i))
-                .filter(|v| !v.is_empty())
-                .map(str::to_string)
-        };
-        let site_order_identifier =
-            text(order_col).or_else(|| Some(derived_order_id(fp, row.number)));
-        batch.push(NewRow {
-            row_number: row.number,
-            line: row.line,
-            site_customer_identifier: text(customer_col),
-            site_order_identifier,
-            rejection,
-        });
-        if batch.len() == REGISTER_BATCH {
-            store.insert_rows(run_id, &batch)?;
-            batch.clear();
-        }
-    }
-    store.insert_rows(run_id, &batch)?;
-    store.mark_registered(run_id, total)?;
-    Ok(store)
-}
-
-/// A changed input file must not start a second run beside an unfinished one:
-/// rows without their own `site_order_identifier` would be created again.
-fn refuse_if_unfinished_other(store: &Store, fp: &str) -> Result<(), PipelineError> {
-    for run in store.runs()? {
-        if run.command != RUN_COMMAND || run.fingerprint == fp || run.finished_at.is_some() {
-            continue;
-        }
-        let counts = store.state_counts(run.id)?;
-        if counts.iter().any(|(s, n)| !s.is_final() && *n > 0) {
-            return Err(PipelineError::Conflict(format!(
-                "{} holds unfinished run {} of {} (fingerprint {}), and this input's content differs \
-                 (fingerprint {fp}). Finish that run with the original file, or use another --db; \
-                 starting over beside it could create orders twice",
-                store.path().display(),
-                run.id,
-                run.input_path,
-                run.fingerprint
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// What `orderbatch retry` resumes: the run's input and pass-through columns.
 #[derive(Debug, Clone)]
 pub struct RetryPlan {
     pub run_id: i64,
     pub input: PathBuf,
     pub columns: ColumnOptions,
+    pub mode: Mode,
+    pub token_options: Vec<(String, String)>,
     pub requeued: u64,
 }
 
@@ -561,11 +368,7 @@ pub fn prepare_retry(
     let store = Store::open(db)?;
     let run = match run_id {
         Some(id) => store.run(id)?,
-        None => store
-            .runs()?
-            .into_iter()
-            .rev()
-            .find(|r| r.command == RUN_COMMAND),
+        None => store.runs()?.pop(),
     }
     .ok_or_else(|| PipelineError::Conflict(format!("{} holds no such run", db.display())))?;
     let input = PathBuf::from(&run.input_path);
@@ -586,15 +389,20 @@ pub fn prepare_retry(
             run.fingerprint
         )));
     }
-    let columns = serde_json::from_str::<serde_json::Value>(&run.options)
-        .ok()
-        .and_then(|o| serde_json::from_value(o["columns"].clone()).ok())
-        .unwrap_or_default();
+    let options = serde_json::from_str::<serde_json::Value>(&run.options).unwrap_or_default();
+    fn field<T: serde::de::DeserializeOwned>(options: &serde_json::Value, name: &str) -> Option<T> {
+        serde_json::from_value(options[name].clone()).ok()
+    }
+    let columns = field(&options, "columns").unwrap_or_default();
+    let mode = field(&options, "mode").unwrap_or(Mode::Run);
+    let token_options = field(&options, "token_options").unwrap_or_default();
     let requeued = store.requeue_failed(run.id, error_code)?;
     Ok(RetryPlan {
         run_id: run.id,
         input,
         columns,
+        mode,
+        token_options,
         requeued,
     })
 }

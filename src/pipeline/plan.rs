@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::stages::PAGE_LIMIT;
-use super::{schema, PipelineError, RUN_COMMAND};
+use super::{schema, Mode, PipelineError};
 use crate::input::check::check_file_with;
 use crate::input::fingerprint::fingerprint;
-use crate::input::ColumnOptions;
+use crate::input::{ColumnOptions, OrderReader};
 use crate::provider::paynearme::Endpoint;
 use crate::store::Store;
 
@@ -45,13 +45,87 @@ pub fn group_requests(orders: u64) -> (u64, u64) {
     (refresh, orders.min(1))
 }
 
+/// Plans `refresh` or `change`: every valid row, with the requests it takes
+/// when each customer row has one page of orders.
+fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Plan, PipelineError> {
+    let mut reader = OrderReader::open(input, mode.schema(columns))?;
+    let header = reader.header().clone();
+    let (mut valid, mut rejected) = (0u64, 0u64);
+    let mut per_customer: HashMap<String, u64> = HashMap::new();
+    let mut lookups = 0u64;
+    let mut unkeyed = 0u64;
+    while let Some(row) = reader.next_row() {
+        let row = row?;
+        if mode.check(&header, &row).is_err() {
+            rejected += 1;
+            continue;
+        }
+        valid += 1;
+        let get = |name: &str| {
+            header
+                .index(name)
+                .and_then(|i| row.get(i))
+                .filter(|v| !v.is_empty())
+        };
+        let names_order =
+            get("pnm_order_identifier").is_some() || get("site_order_identifier").is_some();
+        match (mode, names_order, get("site_customer_identifier")) {
+            (Mode::Change, _, _) => lookups += u64::from(get("pnm_order_identifier").is_none()),
+            (_, true, Some(c)) => *per_customer.entry(c.to_string()).or_default() += 1,
+            _ => unkeyed += 1,
+        }
+    }
+    let requests = match mode {
+        Mode::Change => vec![
+            (Endpoint::FindOrders.as_str(), lookups),
+            (Endpoint::ChangeOrder.as_str(), valid),
+        ],
+        Mode::Refresh { urls, tokens, .. } => {
+            let grouped: u64 = per_customer.values().map(|&n| group_requests(n).0).sum();
+            let mut r = vec![(
+                if urls {
+                    Endpoint::RefreshEmbeddedJsUrls
+                } else {
+                    Endpoint::FindOrders
+                }
+                .as_str(),
+                grouped + unkeyed,
+            )];
+            if tokens {
+                r.push((
+                    Endpoint::GetSmartToken.as_str(),
+                    per_customer.len() as u64 + unkeyed,
+                ));
+            }
+            r
+        }
+        Mode::Run => unreachable!("run is planned from its rows"),
+    };
+    Ok(Plan {
+        valid,
+        rejected,
+        customers: per_customer.len() as u64,
+        requests,
+        duration: None,
+        already_finished: None,
+    })
+}
+
 /// Plans a run of `input` at `rate`.
 pub fn plan(
+    mode: Mode,
     input: &Path,
     columns: &ColumnOptions,
     rate: Option<NonZeroU32>,
     db: &Path,
 ) -> Result<Plan, PipelineError> {
+    if mode != Mode::Run {
+        let mut plan = plan_existing(mode, input, columns)?;
+        plan.duration = rate
+            .map(|r| Duration::from_secs_f64(plan.total_requests() as f64 / f64::from(r.get())));
+        plan.already_finished = already_finished(mode, input, db)?;
+        return Ok(plan);
+    }
     let mut per_customer: HashMap<String, u64> = HashMap::new();
     let check = check_file_with(input, schema(columns), None, |header, row| {
         if let Some(c) = header
@@ -73,26 +147,7 @@ pub fn plan(
         (Endpoint::GetSmartToken.as_str(), token),
     ];
     let total: u64 = requests.iter().map(|(_, n)| n).sum();
-    let already_finished = if db.exists() {
-        let fp = fingerprint(input).map_err(|source| crate::input::InputError::Io {
-            path: input.to_path_buf(),
-            source,
-        })?;
-        let store = Store::open_reader(db)?;
-        match store.find_run(RUN_COMMAND, &fp)? {
-            Some(run) => Some(
-                store
-                    .state_counts(run.id)?
-                    .iter()
-                    .filter(|(s, _)| s.is_final())
-                    .map(|(_, n)| n)
-                    .sum(),
-            ),
-            None => None,
-        }
-    } else {
-        None
-    };
+    let already_finished = already_finished(mode, input, db)?;
     Ok(Plan {
         valid: check.valid,
         rejected: check.rejected,
@@ -100,6 +155,29 @@ pub fn plan(
         duration: rate.map(|r| Duration::from_secs_f64(total as f64 / f64::from(r.get()))),
         requests,
         already_finished,
+    })
+}
+
+/// Rows an existing run of this file and command has finished (read only).
+fn already_finished(mode: Mode, input: &Path, db: &Path) -> Result<Option<u64>, PipelineError> {
+    if !db.exists() {
+        return Ok(None);
+    }
+    let fp = fingerprint(input).map_err(|source| crate::input::InputError::Io {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let store = Store::open_reader(db)?;
+    Ok(match store.find_run(mode.command(), &fp)? {
+        Some(run) => Some(
+            store
+                .state_counts(run.id)?
+                .iter()
+                .filter(|(s, _)| s.is_final())
+                .map(|(_, n)| n)
+                .sum(),
+        ),
+        None => None,
     })
 }
 

@@ -17,6 +17,8 @@ pub const PAGE_LIMIT: usize = 5;
 /// One unit of work, routed to the worker that owns its customer.
 pub enum Job {
     Create(Box<(Row, StoredRow)>),
+    Change(Box<(Row, StoredRow)>),
+    Lookup(Group),
     Refresh(Group),
     Token(Group),
 }
@@ -31,6 +33,8 @@ pub struct Group {
 pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgress) {
     match job {
         Job::Create(job) => create(ctx, header, &job.0, &job.1, progress).await,
+        Job::Change(job) => change(ctx, header, &job.0, &job.1, progress).await,
+        Job::Lookup(group) => lookup(ctx, group, progress).await,
         Job::Refresh(group) => refresh(ctx, group, progress).await,
         Job::Token(group) => token(ctx, group, progress).await,
     }
@@ -66,7 +70,7 @@ async fn create(
     }
     let maybe_exists = AtomicBool::new(stored.state == RowState::Creating.as_str());
     if !maybe_exists.load(Ordering::Relaxed)
-        && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number).await)
+        && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
     {
         return;
     }
@@ -151,16 +155,19 @@ fn same_order(row: &StoredRow, order: &PnmOrder) -> bool {
 }
 
 /// Takes the rows that `orders` answer for out of `remaining`.
+/// Several rows may name the same order; each gets the answer.
 fn take_answered(
     remaining: &mut Vec<StoredRow>,
     orders: Vec<PnmOrder>,
 ) -> Vec<(StoredRow, PnmOrder)> {
     let mut answered = Vec::new();
-    for order in orders {
-        if let Some(pos) = remaining.iter().position(|r| same_order(r, &order)) {
-            answered.push((remaining.swap_remove(pos), order));
+    remaining.retain(|row| match orders.iter().find(|o| same_order(row, o)) {
+        Some(order) => {
+            answered.push((row.clone(), order.clone()));
+            false
         }
-    }
+        None => true,
+    });
     answered
 }
 
@@ -192,25 +199,43 @@ impl GroupStage {
         }
     }
 
+    /// Calls the stage's endpoint with `params` plus the run's options for
+    /// it (`force`, smart-token options).
     async fn call(
         self,
         ctx: &Ctx,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
         ctx.permit(self.endpoint()).await;
+        let mut all = params.to_vec();
         match self {
-            GroupStage::Refresh => ctx.client.refresh_urls(params).await,
-            GroupStage::Token => ctx.client.smart_token(params).await,
+            GroupStage::Refresh => {
+                all.extend(
+                    ctx.options
+                        .refresh
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                ctx.client.refresh_urls(&all).await
+            }
+            GroupStage::Token => {
+                all.extend(
+                    ctx.options
+                        .token
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                ctx.client.smart_token(&all).await
+            }
         }
     }
 
     fn record(self, row: u64, order: PnmOrder) -> Option<Write> {
         match self {
-            GroupStage::Refresh => Some(Write::Urls {
-                row,
-                url: order.embedded_js_url?,
-                expires_at: order.embedded_js_url_expires_at,
-            }),
+            GroupStage::Refresh => {
+                order.embedded_js_url.as_ref()?;
+                Some(Write::Urls { row, order })
+            }
             GroupStage::Token => Some(Write::Token {
                 row,
                 token: order.secure_smart_token?,
@@ -244,13 +269,23 @@ async fn record_answers(
     }
 }
 
+/// How to name a row's order in a request: `pnm_order_identifier`, else
+/// `site_order_identifier`.
+fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> {
+    match (&row.pnm_order_identifier, &row.site_order_identifier) {
+        (Some(pnm), _) => Some(("pnm_order_identifier", pnm.clone())),
+        (None, Some(site)) => Some(("site_order_identifier", site.clone())),
+        (None, None) => None,
+    }
+}
+
 /// One call per order, for rows a customer-wide call did not cover.
 async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress: &StageProgress) {
     for row in rows {
-        let Some(pnm) = row.pnm_order_identifier.clone() else {
+        let Some((key, id)) = order_selector(&row) else {
             continue;
         };
-        let params = [("pnm_order_identifier", pnm.as_str())];
+        let params = [(key, id.as_str())];
         match ctx
             .request(stage.endpoint(), &[row.row_number], || {
                 stage.call(ctx, &params)
@@ -345,4 +380,233 @@ async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
         }
     }
     per_order(ctx, stage, remaining, progress).await;
+}
+
+/// `refresh`: finds each row's orders. A row naming a customer pages through
+/// all its orders (`limit` 5) and expands into one row per order; rows
+/// naming orders are refreshed like `run`'s, batched per customer when the
+/// customer is known. With URLs off, orders are only looked up.
+async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
+    let (order_rows, customer_rows): (Vec<StoredRow>, Vec<StoredRow>) = group
+        .rows
+        .into_iter()
+        .partition(|r| order_selector(r).is_some());
+    for row in customer_rows {
+        let selector = match (&row.site_customer_identifier, &row.pnm_customer_identifier) {
+            (Some(c), _) => ("site_customer_identifier", c.clone()),
+            (None, Some(p)) => ("pnm_customer_identifier", p.clone()),
+            (None, None) => continue,
+        };
+        let Some(orders) = customer_orders(ctx, &row, &selector).await else {
+            return;
+        };
+        let found = orders.len().max(1) as u64;
+        ctx.write(Write::Expand {
+            parent: row.row_number,
+            orders,
+        })
+        .await;
+        progress.inc(found);
+    }
+    if order_rows.is_empty() {
+        return;
+    }
+    if !ctx.options.urls {
+        for row in order_rows {
+            let order = PnmOrder {
+                pnm_order_identifier: row.pnm_order_identifier.clone(),
+                site_order_identifier: row.site_order_identifier.clone(),
+                ..PnmOrder::default()
+            };
+            ctx.write(Write::Urls {
+                row: row.row_number,
+                order,
+            })
+            .await;
+            progress.inc(1);
+        }
+        return;
+    }
+    refresh(
+        ctx,
+        Group {
+            customer: group.customer,
+            rows: order_rows,
+        },
+        progress,
+    )
+    .await;
+}
+
+/// Every order of a customer: pages of five through
+/// `refresh_embedded_js_urls` (or one `find_orders` with URLs off). `None`
+/// when the run stops; a failure fails the row.
+async fn customer_orders(
+    ctx: &Ctx,
+    row: &StoredRow,
+    selector: &(&'static str, String),
+) -> Option<Vec<PnmOrder>> {
+    let rows = [row.row_number];
+    if !ctx.options.urls {
+        let found = ctx
+            .request(Endpoint::FindOrders, &rows, || async {
+                ctx.permit(Endpoint::FindOrders).await;
+                ctx.client.find_orders(selector.0, &selector.1).await
+            })
+            .await;
+        return match found {
+            Outcome::Done(orders) => Some(orders),
+            Outcome::Failed(error) => {
+                ctx.row_failed();
+                ctx.write(Write::Failed {
+                    row: row.row_number,
+                    code: error.code(),
+                    message: error.to_string(),
+                })
+                .await;
+                None
+            }
+            Outcome::Stopped => None,
+        };
+    }
+    let limit = PAGE_LIMIT.to_string();
+    let mut all = Vec::new();
+    loop {
+        let offset = all.len().to_string();
+        let params = [
+            (selector.0, selector.1.as_str()),
+            ("limit", limit.as_str()),
+            ("offset", offset.as_str()),
+        ];
+        match ctx
+            .request(Endpoint::RefreshEmbeddedJsUrls, &rows, || {
+                GroupStage::Refresh.call(ctx, &params)
+            })
+            .await
+        {
+            Outcome::Done(page) => {
+                let short = page.len() < PAGE_LIMIT;
+                all.extend(page);
+                if short {
+                    return Some(all);
+                }
+            }
+            Outcome::Failed(error) => {
+                ctx.row_failed();
+                ctx.write(Write::Failed {
+                    row: row.row_number,
+                    code: error.code(),
+                    message: error.to_string(),
+                })
+                .await;
+                return None;
+            }
+            Outcome::Stopped => return None,
+        }
+    }
+}
+
+/// Changes the row's order once: the order is found by
+/// `site_order_identifier` when the row has no `pnm_order_identifier`; intent
+/// is committed before the change leaves, and a change whose outcome is
+/// unknown (a killed run's) is checked against the order before it is resent.
+async fn change(
+    ctx: &Ctx,
+    header: &Header,
+    row: &Row,
+    stored: &StoredRow,
+    progress: &StageProgress,
+) {
+    let rows = [stored.row_number];
+    let pnm = match (&stored.pnm_order_identifier, &stored.site_order_identifier) {
+        (Some(pnm), _) => pnm.clone(),
+        (None, Some(site)) => {
+            let found = ctx
+                .request(Endpoint::FindOrders, &rows, || async {
+                    ctx.permit(Endpoint::FindOrders).await;
+                    ctx.client.find_orders("site_order_identifier", site).await
+                })
+                .await;
+            match found {
+                Outcome::Done(orders) => {
+                    match orders.into_iter().find_map(|o| o.pnm_order_identifier) {
+                        Some(pnm) => pnm,
+                        None => {
+                            let error = ProviderError::Api {
+                                endpoint: Endpoint::FindOrders.as_str(),
+                                status: 404,
+                                code: "order_not_found".into(),
+                                description: format!("no order has site_order_identifier `{site}`"),
+                            };
+                            return fail(ctx, stored.row_number, &error, progress).await;
+                        }
+                    }
+                }
+                Outcome::Failed(error) => {
+                    return fail(ctx, stored.row_number, &error, progress).await
+                }
+                Outcome::Stopped => return,
+            }
+        }
+        (None, None) => return,
+    };
+    let mut params: Vec<(&str, &str)> = row
+        .params(header)
+        .into_iter()
+        .filter(|(k, _)| *k != "pnm_order_identifier" && *k != "site_order_identifier")
+        .collect();
+    if stored.state == RowState::Changing.as_str() {
+        // A killed run may have sent the change: if the order already has
+        // every value, it was applied.
+        let found = ctx
+            .request(Endpoint::FindOrders, &rows, || async {
+                ctx.permit(Endpoint::FindOrders).await;
+                ctx.client
+                    .find_orders_raw("pnm_order_identifier", &pnm)
+                    .await
+            })
+            .await;
+        match found {
+            Outcome::Done(orders) => {
+                let applied = orders.iter().any(|o| {
+                    params
+                        .iter()
+                        .all(|(k, v)| o.get(*k).and_then(|x| x.as_str()) == Some(*v))
+                });
+                if applied {
+                    ctx.write(Write::Changed {
+                        row: stored.row_number,
+                        pnm_order: pnm,
+                    })
+                    .await;
+                    progress.inc(1);
+                    return;
+                }
+            }
+            Outcome::Failed(error) => return fail(ctx, stored.row_number, &error, progress).await,
+            Outcome::Stopped => return,
+        }
+    } else if ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Changing).await
+    {
+        return;
+    }
+    params.push(("pnm_order_identifier", pnm.as_str()));
+    let outcome = ctx
+        .request(Endpoint::ChangeOrder, &rows, || async {
+            ctx.permit(Endpoint::ChangeOrder).await;
+            ctx.client.change_order(&params).await
+        })
+        .await;
+    match outcome {
+        Outcome::Done(()) => {
+            ctx.write(Write::Changed {
+                row: stored.row_number,
+                pnm_order: pnm.clone(),
+            })
+            .await;
+            progress.inc(1);
+        }
+        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
+        Outcome::Stopped => {}
+    }
 }

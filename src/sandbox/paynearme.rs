@@ -554,7 +554,9 @@ impl PnmState {
                 let o = &self.orders[i];
                 json!({
                     "pnm_order_identifier": o.pnm_order_identifier,
+                    "pnm_customer_identifier": o.pnm_customer_identifier,
                     "site_order_identifier": o.fields.get("site_order_identifier"),
+                    "site_customer_identifier": o.fields.get("site_customer_identifier"),
                     "embedded_js_url": o.embedded_js_url,
                     "embedded_js_url_expires_at": rfc3339(o.url_expires_at),
                 })

@@ -185,3 +185,53 @@ mod tests {
         assert!(err.to_string().contains("newer orderbatch"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::rows::NewRow;
+    use super::*;
+
+    #[test]
+    fn for_each_row_reads_every_matching_row_across_chunks_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let run = store.create_run("run", "in.csv", "fp", "{}").unwrap();
+        let rows: Vec<NewRow> = (1..=10_000u64)
+            .map(|n| NewRow {
+                row_number: n,
+                line: n + 1,
+                site_customer_identifier: (n % 7 != 0).then(|| format!("C{:03}", n % 300)),
+                site_order_identifier: Some(format!("O{n}")),
+                unique_order_id: true,
+                pnm_order_identifier: None,
+                pnm_customer_identifier: None,
+                rejection: None,
+            })
+            .collect();
+        store.insert_rows(run, &rows).unwrap();
+
+        let mut seen = Vec::new();
+        store
+            .for_each_row(run, &[RowState::Pending], false, |r| {
+                seen.push(r.row_number);
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, (1..=10_000).collect::<Vec<_>>());
+
+        let mut grouped = Vec::new();
+        store
+            .for_each_row(run, &[RowState::Pending], true, |r| {
+                grouped.push((r.site_customer_identifier, r.row_number));
+                true
+            })
+            .unwrap();
+        assert_eq!(grouped.len(), 10_000);
+        let mut expected = grouped.clone();
+        expected.sort();
+        assert_eq!(
+            grouped, expected,
+            "no-customer rows first, then by customer and row"
+        );
+    }
+}

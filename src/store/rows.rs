@@ -1,6 +1,6 @@
 //! Row progress: states, registration, and the queries stages and exports use.
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{Store, StoreError};
 
@@ -10,6 +10,8 @@ use super::{Store, StoreError};
 pub enum RowState {
     Pending,
     Creating,
+    /// A change request is about to leave (or may have); reconciled on resume.
+    Changing,
     Created,
     UrlsRefreshed,
     Done,
@@ -18,9 +20,10 @@ pub enum RowState {
 }
 
 impl RowState {
-    pub const ALL: [RowState; 7] = [
+    pub const ALL: [RowState; 8] = [
         RowState::Pending,
         RowState::Creating,
+        RowState::Changing,
         RowState::Created,
         RowState::UrlsRefreshed,
         RowState::Done,
@@ -32,6 +35,7 @@ impl RowState {
         match self {
             RowState::Pending => "pending",
             RowState::Creating => "creating",
+            RowState::Changing => "changing",
             RowState::Created => "created",
             RowState::UrlsRefreshed => "urls_refreshed",
             RowState::Done => "done",
@@ -57,6 +61,10 @@ pub struct NewRow {
     pub line: u64,
     pub site_customer_identifier: Option<String>,
     pub site_order_identifier: Option<String>,
+    /// Whether a repeat of `site_order_identifier` is rejected (`run`).
+    pub unique_order_id: bool,
+    pub pnm_order_identifier: Option<String>,
+    pub pnm_customer_identifier: Option<String>,
     /// `Some(reason)` for a row that failed validation.
     pub rejection: Option<(String, String)>,
 }
@@ -64,7 +72,11 @@ pub struct NewRow {
 /// A row's stored progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredRow {
+    /// The state row's own number: the input row's, or a new one for an
+    /// order a `refresh` customer row expanded into.
     pub row_number: u64,
+    /// The input row it came from.
+    pub input_row: u64,
     pub line: u64,
     pub site_customer_identifier: Option<String>,
     pub site_order_identifier: Option<String>,
@@ -80,26 +92,27 @@ pub struct StoredRow {
     pub secure_smart_link: Option<String>,
 }
 
-const COLUMNS: &str = "row_number, line, site_customer_identifier, site_order_identifier, \
+const COLUMNS: &str = "row_number, COALESCE(input_row, row_number), line, site_customer_identifier, site_order_identifier, \
      pnm_order_identifier, pnm_customer_identifier, state, attempts, last_error_code, last_error, \
      embedded_js_url, embedded_js_url_expires_at, secure_smart_token, secure_smart_link";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     Ok(StoredRow {
         row_number: r.get(0)?,
-        line: r.get(1)?,
-        site_customer_identifier: r.get(2)?,
-        site_order_identifier: r.get(3)?,
-        pnm_order_identifier: r.get(4)?,
-        pnm_customer_identifier: r.get(5)?,
-        state: r.get(6)?,
-        attempts: r.get(7)?,
-        last_error_code: r.get(8)?,
-        last_error: r.get(9)?,
-        embedded_js_url: r.get(10)?,
-        embedded_js_url_expires_at: r.get(11)?,
-        secure_smart_token: r.get(12)?,
-        secure_smart_link: r.get(13)?,
+        input_row: r.get(1)?,
+        line: r.get(2)?,
+        site_customer_identifier: r.get(3)?,
+        site_order_identifier: r.get(4)?,
+        pnm_order_identifier: r.get(5)?,
+        pnm_customer_identifier: r.get(6)?,
+        state: r.get(7)?,
+        attempts: r.get(8)?,
+        last_error_code: r.get(9)?,
+        last_error: r.get(10)?,
+        embedded_js_url: r.get(11)?,
+        embedded_js_url_expires_at: r.get(12)?,
+        secure_smart_token: r.get(13)?,
+        secure_smart_link: r.get(14)?,
     })
 }
 
@@ -108,32 +121,6 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
 pub const DUPLICATE_ORDER_ID: &str = "duplicate_site_order_identifier";
 
 fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Result<()> {
-    let (state, code, error) = match &row.rejection {
-        Some((code, error)) => (
-            RowState::Rejected,
-            Some(code.as_str()),
-            Some(error.as_str()),
-        ),
-        None => (RowState::Pending, None, None),
-    };
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO rows (run_id, row_number, line, site_customer_identifier,
-             site_order_identifier, state, last_error_code, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            run_id,
-            row.row_number,
-            row.line,
-            row.site_customer_identifier,
-            row.site_order_identifier,
-            state.as_str(),
-            code,
-            error
-        ],
-    )?;
-    if inserted == 1 {
-        return Ok(());
-    }
     let exists: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM rows WHERE run_id = ?1 AND row_number = ?2)",
         params![run_id, row.row_number],
@@ -143,26 +130,51 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         // Recorded by an earlier, interrupted registration.
         return Ok(());
     }
-    let first: u64 = tx.query_row(
-        "SELECT row_number FROM rows WHERE run_id = ?1 AND site_order_identifier = ?2",
-        params![run_id, row.site_order_identifier],
-        |r| r.get(0),
-    )?;
+    let mut rejection = row.rejection.clone();
+    let mut order_id = row.site_order_identifier.as_deref();
+    if let (Some(id), true) = (order_id, row.unique_order_id) {
+        let first: Option<u64> = tx
+            .query_row(
+                "SELECT row_number FROM rows WHERE run_id = ?1 AND site_order_identifier = ?2
+                 ORDER BY row_number LIMIT 1",
+                params![run_id, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(first) = first {
+            rejection = Some((
+                DUPLICATE_ORDER_ID.to_string(),
+                format!(
+                    "line {}: site_order_identifier: `{id}` is already used by row {first}; each order needs its own",
+                    row.line
+                ),
+            ));
+            order_id = None;
+        }
+    }
+    let (state, code, error) = match &rejection {
+        Some((code, error)) => (
+            RowState::Rejected,
+            Some(code.as_str()),
+            Some(error.as_str()),
+        ),
+        None => (RowState::Pending, None, None),
+    };
     tx.execute(
-        "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, state,
-             last_error_code, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, site_order_identifier,
+             pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             run_id,
             row.row_number,
             row.line,
             row.site_customer_identifier,
-            RowState::Rejected.as_str(),
-            DUPLICATE_ORDER_ID,
-            format!(
-                "site_order_identifier: `{}` is already used by row {first}; each order needs its own",
-                row.site_order_identifier.as_deref().unwrap_or_default()
-            ),
+            order_id,
+            row.pnm_order_identifier,
+            row.pnm_customer_identifier,
+            state.as_str(),
+            code,
+            error
         ],
     )?;
     Ok(())
@@ -185,8 +197,12 @@ impl Store {
         tx.commit().map_err(err)
     }
 
-    /// Calls `f` for each row of the run in `states`, ordered by customer
-    /// then row number when `by_customer`, else by row number.
+    /// Calls `f` for each row of the run in `states` (until `f` says
+    /// stop), by customer then row number when `by_customer`, else by row
+    /// number. Reads in chunks, each its own short read transaction, so a
+    /// long stage never holds back WAL checkpoints (which would grow the WAL
+    /// and memory with the input); rows that leave `states` meanwhile are
+    /// simply not seen again.
     pub fn for_each_row(
         &self,
         run_id: i64,
@@ -194,39 +210,71 @@ impl Store {
         by_customer: bool,
         mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
+        const CHUNK: i64 = 4096;
         let list = states
             .iter()
             .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(",");
-        let order = if by_customer {
-            "site_customer_identifier, row_number"
+        let base = format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})");
+        // Rows with no customer first (by row number), then by customer.
+        let passes: &[&str] = if by_customer {
+            &[
+                "AND site_customer_identifier IS NULL AND row_number > ?3 ORDER BY row_number",
+                "AND (site_customer_identifier, row_number) > (?2, ?3)
+                 ORDER BY site_customer_identifier, row_number",
+            ]
         } else {
-            "row_number"
+            &["AND row_number > ?3 ORDER BY row_number"]
         };
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list}) ORDER BY {order}"
-            ))
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query(params![run_id]).map_err(|e| self.err(e))?;
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let row = from_row(r).map_err(|e| self.err(e))?;
-            if !f(row) {
-                break;
+        for pass in passes {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("{base} {pass} LIMIT {CHUNK}"))
+                .map_err(|e| self.err(e))?;
+            let (mut customer, mut after) = (String::new(), 0u64);
+            loop {
+                let chunk: Vec<StoredRow> = stmt
+                    .query_map(params![run_id, customer, after], from_row)
+                    .and_then(Iterator::collect)
+                    .map_err(|e| self.err(e))?;
+                let full = chunk.len() as i64 == CHUNK;
+                for row in chunk {
+                    customer = row.site_customer_identifier.clone().unwrap_or_default();
+                    after = row.row_number;
+                    if !f(row) {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    break;
+                }
             }
         }
         Ok(())
     }
 
-    /// Every row of the run, by row number.
+    /// Every row of the run in input order (a row's expansions after it),
+    /// read in one query: for exports, when nothing else writes.
     pub fn all_rows(
         &self,
         run_id: i64,
-        f: impl FnMut(StoredRow) -> bool,
+        mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
-        self.for_each_row(run_id, &RowState::ALL, false, f)
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1
+                 ORDER BY COALESCE(input_row, row_number), row_number"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query(params![run_id]).map_err(|e| self.err(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            if !f(from_row(r).map_err(|e| self.err(e))?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Puts failed rows (only those with `error_code`, if given) back in the

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::rows::RowState;
 use super::runs::now;
 use super::{Store, StoreError};
+use crate::provider::paynearme::PnmOrder;
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -18,20 +19,30 @@ pub const MAX_BATCH: usize = 1024;
 /// One change to the state of the run's rows.
 #[derive(Debug)]
 pub enum Write {
-    /// The row's create request is about to leave; acknowledged once committed.
-    Intent { row: u64, ack: oneshot::Sender<()> },
+    /// The row's create (`creating`) or change (`changing`) request is about
+    /// to leave; acknowledged once committed.
+    Intent {
+        row: u64,
+        state: RowState,
+        ack: oneshot::Sender<()>,
+    },
     /// The order exists on the provider.
     Created {
         row: u64,
         pnm_order: String,
         pnm_customer: Option<String>,
     },
-    /// The row's embedded JS URL is fresh.
-    Urls {
-        row: u64,
-        url: String,
-        expires_at: Option<String>,
-    },
+    /// The row's order was found and its embedded JS URL is fresh (or URLs
+    /// were skipped); identifiers the answer names fill in unknown ones.
+    Urls { row: u64, order: PnmOrder },
+    /// A `refresh` customer row found these orders: the row takes the
+    /// first, each other becomes a new row of the same input row. No order
+    /// fails the row.
+    Expand { parent: u64, orders: Vec<PnmOrder> },
+    /// The row's order was changed: the row is done.
+    Changed { row: u64, pnm_order: String },
+    /// Moves every row in `from` to `to` (e.g. done without tokens).
+    MoveAll { from: RowState, to: RowState },
     /// The row's smart token and link were issued: the row is done.
     Token {
         row: u64,
@@ -101,6 +112,14 @@ fn write_loop(
 ) -> Result<WriterStats, StoreError> {
     let mut stats = WriterStats::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut next_row: u64 = store
+        .conn
+        .query_row(
+            "SELECT COALESCE(MAX(row_number), 0) + 1 FROM rows WHERE run_id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| store.err(e))?;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -109,7 +128,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let acks = apply(&mut store, run_id, &mut batch)?;
+        let acks = apply(&mut store, run_id, &mut batch, &mut next_row)?;
         stats.transactions += 1;
         stats.operations += acks.1 as u64;
         for ack in acks.0 {
@@ -121,7 +140,78 @@ fn write_loop(
 
 type Acks = (Vec<oneshot::Sender<()>>, usize);
 
-fn apply(store: &mut Store, run_id: i64, batch: &mut Vec<Write>) -> Result<Acks, StoreError> {
+/// Records an order's identifiers and URL (URL may be absent).
+fn set_urls(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    row: u64,
+    order: &PnmOrder,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE rows SET state = ?3, embedded_js_url = COALESCE(?4, embedded_js_url),
+             embedded_js_url_expires_at = COALESCE(?5, embedded_js_url_expires_at),
+             pnm_order_identifier = COALESCE(pnm_order_identifier, ?6),
+             pnm_customer_identifier = COALESCE(pnm_customer_identifier, ?7),
+             site_order_identifier = COALESCE(site_order_identifier, ?8),
+             site_customer_identifier = COALESCE(site_customer_identifier, ?9)
+         WHERE run_id = ?1 AND row_number = ?2",
+    )?
+    .execute(params![
+        run_id,
+        row,
+        RowState::UrlsRefreshed.as_str(),
+        order.embedded_js_url,
+        order.embedded_js_url_expires_at,
+        order.pnm_order_identifier,
+        order.pnm_customer_identifier,
+        order.site_order_identifier,
+        order.site_customer_identifier
+    ])?;
+    Ok(())
+}
+
+/// The parent row takes the first order; every other becomes a new row.
+fn expand(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: i64,
+    parent: u64,
+    orders: &[PnmOrder],
+    next_row: &mut u64,
+) -> rusqlite::Result<()> {
+    let Some((first, rest)) = orders.split_first() else {
+        tx.execute(
+            "UPDATE rows SET state = ?3, last_error_code = 'order_not_found',
+                 last_error = 'the provider has no orders for this customer'
+             WHERE run_id = ?1 AND row_number = ?2",
+            params![run_id, parent, RowState::Failed.as_str()],
+        )?;
+        return Ok(());
+    };
+    set_urls(tx, run_id, parent, first)?;
+    for (i, order) in rest.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO rows (run_id, row_number, input_row, line, site_customer_identifier,
+                 state, attempts)
+             SELECT run_id, ?3, row_number, line, site_customer_identifier, ?4, 0
+             FROM rows WHERE run_id = ?1 AND row_number = ?2",
+            params![
+                run_id,
+                parent,
+                *next_row + i as u64,
+                RowState::Pending.as_str()
+            ],
+        )?;
+        set_urls(tx, run_id, *next_row + i as u64, order)?;
+    }
+    Ok(())
+}
+
+fn apply(
+    store: &mut Store,
+    run_id: i64,
+    batch: &mut Vec<Write>,
+    next_row: &mut u64,
+) -> Result<Acks, StoreError> {
     let path = store.path().to_path_buf();
     let sql_err = |source| StoreError::Sqlite {
         path: path.clone(),
@@ -137,9 +227,9 @@ fn apply(store: &mut Store, run_id: i64, batch: &mut Vec<Write>) -> Result<Acks,
             .map_err(sql_err)?;
         for op in batch.drain(..) {
             match op {
-                Write::Intent { row, ack } => {
+                Write::Intent { row, state, ack } => {
                     set_state
-                        .execute(params![run_id, row, RowState::Creating.as_str()])
+                        .execute(params![run_id, row, state.as_str()])
                         .map_err(sql_err)?;
                     acks.push(ack);
                 }
@@ -163,24 +253,28 @@ fn apply(store: &mut Store, run_id: i64, batch: &mut Vec<Write>) -> Result<Acks,
                     })
                     .map_err(sql_err)?;
                 }
-                Write::Urls {
-                    row,
-                    url,
-                    expires_at,
-                } => {
+                Write::Urls { row, order } => {
+                    set_urls(&tx, run_id, row, &order).map_err(sql_err)?;
+                }
+                Write::Expand { parent, orders } => {
+                    expand(&tx, run_id, parent, &orders, next_row).map_err(sql_err)?;
+                    *next_row += orders.len().saturating_sub(1) as u64;
+                }
+                Write::Changed { row, pnm_order } => {
                     tx.prepare_cached(
-                        "UPDATE rows SET state = ?3, embedded_js_url = ?4,
-                             embedded_js_url_expires_at = ?5 WHERE run_id = ?1 AND row_number = ?2",
+                        "UPDATE rows SET state = ?3, pnm_order_identifier = ?4
+                             WHERE run_id = ?1 AND row_number = ?2",
                     )
                     .and_then(|mut s| {
-                        s.execute(params![
-                            run_id,
-                            row,
-                            RowState::UrlsRefreshed.as_str(),
-                            url,
-                            expires_at
-                        ])
+                        s.execute(params![run_id, row, RowState::Done.as_str(), pnm_order])
                     })
+                    .map_err(sql_err)?;
+                }
+                Write::MoveAll { from, to } => {
+                    tx.execute(
+                        "UPDATE rows SET state = ?3 WHERE run_id = ?1 AND state = ?2",
+                        params![run_id, from.as_str(), to.as_str()],
+                    )
                     .map_err(sql_err)?;
                 }
                 Write::Token { row, token, link } => {

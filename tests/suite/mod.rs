@@ -1,5 +1,6 @@
 mod chaos;
 mod input;
+mod nightly;
 mod ops;
 mod resume;
 mod run;

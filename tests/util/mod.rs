@@ -235,3 +235,28 @@ pub fn read_export(path: &Path) -> Vec<std::collections::HashMap<String, String>
         .map(|r| header.iter().cloned().zip(r).collect())
         .collect()
 }
+
+impl Sandbox {
+    /// Moves the sandbox clock forward (`POST /__sandbox/age`).
+    pub fn age(&self, seconds: i64) {
+        let url = format!("{}/__sandbox/age", self.base_url());
+        self.runtime.block_on(async {
+            let status = reqwest::Client::new()
+                .post(url)
+                .body(format!("{{\"seconds\": {seconds}}}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success());
+        })
+    }
+
+    /// The sandbox's order with this `site_order_identifier`.
+    pub fn order(&self, site_order_identifier: &str) -> Value {
+        self.orders()
+            .into_iter()
+            .find(|o| o["fields"]["site_order_identifier"] == site_order_identifier)
+            .unwrap_or_else(|| panic!("no order {site_order_identifier}"))
+    }
+}

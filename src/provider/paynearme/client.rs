@@ -174,6 +174,21 @@ impl PnmClient {
         Ok(types::orders(&body))
     }
 
+    /// `find_orders` by one identifier, each order as the provider sent it.
+    pub async fn find_orders_raw(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<Map<String, Value>>, ProviderError> {
+        let body = self.call(Endpoint::FindOrders, &[(key, value)]).await?;
+        Ok(types::order_objects(&body).into_iter().cloned().collect())
+    }
+
+    /// `change_order` with the order's `pnm_order_identifier` and new values.
+    pub async fn change_order(&self, params: &[(&str, &str)]) -> Result<(), ProviderError> {
+        self.call(Endpoint::ChangeOrder, params).await.map(drop)
+    }
+
     /// `refresh_embedded_js_urls` with the given selector and paging.
     pub async fn refresh_urls(
         &self,

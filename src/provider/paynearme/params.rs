@@ -225,6 +225,28 @@ pub const CREATE_REQUIRED: &[&str] = &[
     "order_is_standing",
 ];
 
+/// Payment flows of `get_smart_token`: each name is sent as `flow_<name>=true`.
+pub const FLOWS: &[&str] = &[
+    "debit",
+    "credit",
+    "ach",
+    "retailer",
+    "apple_pay",
+    "google_pay",
+    "paypal",
+    "venmo",
+    "pin4",
+    "push_debit",
+    "push_ach",
+    "cash_app",
+    "push_paypal",
+    "secure_all",
+    "edit_schedule",
+    "tokenize",
+    "trustly",
+    "show_all_ppas",
+];
+
 /// Looks a parameter up by name.
 pub fn find(name: &str) -> Option<&'static Param> {
     PARAMS.iter().find(|p| p.name == name)

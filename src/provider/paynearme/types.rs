@@ -43,8 +43,8 @@ impl PnmOrder {
     }
 }
 
-/// The `orders` of an answer: an `orders` list, or a single `order`.
-pub fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
+/// The order objects of an answer: an `orders` list, or a single `order`.
+pub fn order_objects(body: &Map<String, Value>) -> Vec<&Map<String, Value>> {
     let list = match (body.get("orders"), body.get("order")) {
         (Some(Value::Array(items)), _) => items.iter().collect(),
         (Some(Value::Object(_)), _) => vec![&body["orders"]],
@@ -52,8 +52,13 @@ pub fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
         (_, Some(Value::Object(_))) => vec![&body["order"]],
         _ => Vec::new(),
     };
-    list.into_iter()
-        .filter_map(Value::as_object)
+    list.into_iter().filter_map(Value::as_object).collect()
+}
+
+/// The orders of an answer.
+pub fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
+    order_objects(body)
+        .into_iter()
         .map(PnmOrder::from_json)
         .collect()
 }

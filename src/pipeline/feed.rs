@@ -1,0 +1,126 @@
+//! Feeders: read a stage's rows from the state database (and, for stages
+//! that send input fields, the input file) and route each job to the worker
+//! that owns its customer.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+
+use tokio::sync::mpsc;
+
+use super::mode::{Mode, Stage};
+use super::stages::{Group, Job};
+use super::{PipelineError, Shutdown};
+use crate::input::{ColumnOptions, OrderReader};
+use crate::store::{Store, StoredRow};
+
+/// The worker that owns `key` (a customer, or an order when the customer is
+/// not known).
+fn shard(key: &str, workers: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % workers as u64) as usize
+}
+
+/// What routes a row: its customer, else its order.
+fn route_key(row: &StoredRow) -> String {
+    row.site_customer_identifier
+        .clone()
+        .or_else(|| row.pnm_customer_identifier.clone())
+        .or_else(|| row.pnm_order_identifier.clone())
+        .or_else(|| row.site_order_identifier.clone())
+        .unwrap_or_else(|| row.row_number.to_string())
+}
+
+/// Sends each row the stage takes, with its input fields re-read from the
+/// file (both are in row order), to its customer's worker.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn feed_rows(
+    db: &Path,
+    run_id: i64,
+    mode: Mode,
+    stage: Stage,
+    input: &Path,
+    columns: &ColumnOptions,
+    shutdown: &Shutdown,
+    senders: Vec<mpsc::Sender<Job>>,
+) -> Result<(), PipelineError> {
+    let store = Store::open_reader(db)?;
+    let mut reader = OrderReader::open(input, mode.schema(columns))?;
+    let mut failure = None;
+    store.for_each_row(run_id, stage.takes(), false, |stored| {
+        let row = loop {
+            match reader.next_row() {
+                Some(Ok(row)) if row.number < stored.row_number => continue,
+                Some(Ok(row)) if row.number == stored.row_number => break row,
+                Some(Err(e)) => {
+                    failure = Some(PipelineError::Input(e));
+                    return false;
+                }
+                _ => {
+                    failure = Some(PipelineError::Conflict(format!(
+                        "{}: row {} is missing; the file changed while the run was going",
+                        input.display(),
+                        stored.row_number
+                    )));
+                    return false;
+                }
+            }
+        };
+        let target = &senders[shard(&route_key(&stored), senders.len())];
+        let job = match stage {
+            Stage::Change => Job::Change(Box::new((row, stored))),
+            _ => Job::Create(Box::new((row, stored))),
+        };
+        target.blocking_send(job).is_ok() && !shutdown.is_stopping()
+    })?;
+    failure.map_or(Ok(()), Err)
+}
+
+/// Sends each customer's rows the stage takes as one group to its worker;
+/// rows whose customer is not known go one by one.
+pub(super) fn feed_groups(
+    db: &Path,
+    run_id: i64,
+    stage: Stage,
+    shutdown: &Shutdown,
+    senders: Vec<mpsc::Sender<Job>>,
+) -> Result<(), PipelineError> {
+    let store = Store::open_reader(db)?;
+    let send = |customer: String, rows: Vec<StoredRow>| {
+        let key = if customer.is_empty() {
+            route_key(&rows[0])
+        } else {
+            customer.clone()
+        };
+        let target = &senders[shard(&key, senders.len())];
+        let group = Group { customer, rows };
+        let job = match stage {
+            Stage::Lookup => Job::Lookup(group),
+            Stage::Refresh => Job::Refresh(group),
+            _ => Job::Token(group),
+        };
+        target.blocking_send(job).is_ok() && !shutdown.is_stopping()
+    };
+    let mut current: Option<(String, Vec<StoredRow>)> = None;
+    let mut going = true;
+    store.for_each_row(run_id, stage.takes(), true, |row| {
+        let Some(customer) = row.site_customer_identifier.clone() else {
+            going = send(String::new(), vec![row]);
+            return going;
+        };
+        match &mut current {
+            Some((c, rows)) if *c == customer => rows.push(row),
+            _ => {
+                if let Some((c, rows)) = current.replace((customer, vec![row])) {
+                    going = send(c, rows);
+                }
+            }
+        }
+        going
+    })?;
+    if let (true, Some((c, rows))) = (going, current) {
+        send(c, rows);
+    }
+    Ok(())
+}

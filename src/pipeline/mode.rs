@@ -1,0 +1,136 @@
+//! What each command does with its rows: which columns its input takes,
+//! how a row is checked, and which stages the rows go through.
+
+use serde::{Deserialize, Serialize};
+
+use crate::input::reader::Schema;
+use crate::input::validate::{check_row, Rejection};
+use crate::input::{ColumnOptions, Header, Row};
+use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
+use crate::store::RowState;
+
+/// Columns that name existing orders, in the order `refresh` prefers them.
+pub const SELECTORS: [&str; 4] = [
+    "pnm_order_identifier",
+    "site_order_identifier",
+    "pnm_customer_identifier",
+    "site_customer_identifier",
+];
+
+/// The command a run belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Create orders, refresh their URLs, issue smart tokens.
+    Run,
+    /// Orders that already exist: regenerate URLs (unless `urls` is off)
+    /// and issue smart tokens (unless `tokens` is off).
+    Refresh {
+        force: bool,
+        urls: bool,
+        tokens: bool,
+    },
+    /// Change existing orders.
+    Change,
+}
+
+/// A stage: the rows it takes and the work it does on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Create,
+    Change,
+    /// `refresh`: find each row's orders (expanding customer rows) and
+    /// refresh their URLs.
+    Lookup,
+    Refresh,
+    Token,
+}
+
+impl Stage {
+    /// The name shown in progress and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Create => "create_order",
+            Stage::Change => "change_order",
+            Stage::Lookup | Stage::Refresh => "refresh_embedded_js_urls",
+            Stage::Token => "get_smart_token",
+        }
+    }
+
+    /// The row states the stage works on.
+    pub fn takes(self) -> &'static [RowState] {
+        match self {
+            Stage::Create => &[RowState::Pending, RowState::Creating],
+            Stage::Change => &[RowState::Pending, RowState::Changing],
+            Stage::Lookup => &[RowState::Pending],
+            Stage::Refresh => &[RowState::Created],
+            Stage::Token => &[RowState::UrlsRefreshed],
+        }
+    }
+
+    /// Whether the stage needs each row's input fields (re-read from the file).
+    pub fn reads_input(self) -> bool {
+        matches!(self, Stage::Create | Stage::Change)
+    }
+}
+
+impl Mode {
+    /// The command name runs are stored under.
+    pub fn command(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Refresh { .. } => "refresh",
+            Mode::Change => "change",
+        }
+    }
+
+    /// The header the command accepts.
+    pub fn schema(self, columns: &ColumnOptions) -> Schema<'_> {
+        let (endpoints, required): (u8, &'static [&'static str]) = match self {
+            Mode::Run => (ep::CREATE, CREATE_REQUIRED),
+            Mode::Refresh { .. } => (ep::REFRESH | ep::TOKEN, &[]),
+            Mode::Change => (ep::CHANGE | ep::FIND, &[]),
+        };
+        Schema {
+            endpoints,
+            required,
+            columns,
+        }
+    }
+
+    /// The stages, in order.
+    pub fn stages(self) -> &'static [Stage] {
+        match self {
+            Mode::Run => &[Stage::Create, Stage::Refresh, Stage::Token],
+            Mode::Refresh { tokens: true, .. } => &[Stage::Lookup, Stage::Token],
+            Mode::Refresh { tokens: false, .. } => &[Stage::Lookup],
+            Mode::Change => &[Stage::Change],
+        }
+    }
+
+    /// Whether a repeated `site_order_identifier` is rejected.
+    pub fn unique_order_ids(self) -> bool {
+        matches!(self, Mode::Run | Mode::Change)
+    }
+
+    /// Checks one row for this command.
+    pub fn check(self, header: &Header, row: &Row) -> Result<(), Rejection> {
+        check_row(header, row, self.schema(&ColumnOptions::default()).required)?;
+        let has = |name: &str| {
+            header
+                .index(name)
+                .and_then(|i| row.get(i))
+                .is_some_and(|v| !v.is_empty())
+        };
+        let missing = |names: &[&str]| Rejection {
+            column: None,
+            reason: format!("names no order: fill in one of {}", names.join(", ")),
+        };
+        match self {
+            Mode::Run => Ok(()),
+            Mode::Refresh { .. } if SELECTORS.iter().any(|s| has(s)) => Ok(()),
+            Mode::Refresh { .. } => Err(missing(&SELECTORS)),
+            Mode::Change if has(SELECTORS[0]) || has(SELECTORS[1]) => Ok(()),
+            Mode::Change => Err(missing(&SELECTORS[..2])),
+        }
+    }
+}

@@ -34,6 +34,9 @@ pub struct Cli {
     /// No progress display and warnings only.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Config file (default: ./orderbatch.toml when present; samples/orderbatch.toml documents every key).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
     /// More log detail: -v for every request, -vv for everything (RUST_LOG overrides).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -84,6 +87,9 @@ pub enum Command {
     /// List the runs in a state database.
     #[command(after_help = "Example:\n  orderbatch runs --db nightly.db")]
     Runs(RunsArgs),
+    /// Show the effective configuration and where each value comes from (the secret redacted).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  orderbatch completions bash > /etc/bash_completion.d/orderbatch"
@@ -191,6 +197,20 @@ pub struct RunArgs {
     pub pace: PaceArgs,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting with its source: command line > environment > config file > default.
+    #[command(
+        after_help = "Example:\n  orderbatch config show --config /etc/orderbatch.toml --rate 20"
+    )]
+    Show {
+        #[command(flatten)]
+        pace: PaceArgs,
+        #[command(flatten)]
+        token: TokenArgs,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// State database.
@@ -276,8 +296,10 @@ pub struct ChangeArgs {
     pub pace: PaceArgs,
 }
 
-/// Options sent with every `get_smart_token` call.
-#[derive(Debug, Args, Default)]
+/// Options sent with every `get_smart_token` call (also the `[token]`
+/// table of the config file).
+#[derive(Debug, Args, Default, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenArgs {
     /// Payment flows to offer, comma separated (debit, credit, ach, apple_pay, ...); each sends flow_<name>=true.
     #[arg(long, value_delimiter = ',')]
@@ -309,6 +331,27 @@ pub struct TokenArgs {
 }
 
 impl TokenArgs {
+    /// These options, each unset one taken from `file`.
+    pub fn over(self, file: TokenArgs) -> TokenArgs {
+        TokenArgs {
+            flow: if self.flow.is_empty() {
+                file.flow
+            } else {
+                self.flow
+            },
+            link_lifetime_seconds: self.link_lifetime_seconds.or(file.link_lifetime_seconds),
+            flow_pay_url: self.flow_pay_url.or(file.flow_pay_url),
+            flow_no_pay_url: self.flow_no_pay_url.or(file.flow_no_pay_url),
+            flow_return_url: self.flow_return_url.or(file.flow_return_url),
+            flow_expired_url: self.flow_expired_url.or(file.flow_expired_url),
+            flow_error_url: self.flow_error_url.or(file.flow_error_url),
+            short_order_url: self.short_order_url.or(file.short_order_url),
+            flow_hide_saved_payment_methods: self
+                .flow_hide_saved_payment_methods
+                .or(file.flow_hide_saved_payment_methods),
+        }
+    }
+
     /// The parameters to send, or an error naming an unknown flow.
     pub fn params(&self) -> Result<Vec<(String, String)>, String> {
         use crate::provider::paynearme::params::FLOWS;
@@ -382,18 +425,18 @@ pub struct RetryArgs {
 /// How a run talks to the provider: where, how fast, how patiently.
 #[derive(Debug, Args)]
 pub struct PaceArgs {
-    /// Provider base URL, e.g. https://api.paynearme-sandbox.com [env: PNM_BASE_URL]
+    /// Provider base URL, e.g. https://api.paynearme-sandbox.com [env: PNM_BASE_URL; config: base_url]
     #[arg(long)]
     pub base_url: Option<String>,
-    /// Requests per second across all endpoints, or `unlimited`.
-    #[arg(long, default_value = "10", value_parser = parse_rate)]
-    pub rate: Rate,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub concurrency: u16,
-    /// Seconds to wait for each answer.
-    #[arg(long, default_value_t = 30)]
-    pub timeout: u64,
+    /// Requests per second across all endpoints, or `unlimited` [config: rate; default: 10]
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+    /// Requests in flight at once [config: concurrency; default: 8]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
+    /// Seconds to wait for each answer [config: timeout; default: 30]
+    #[arg(long)]
+    pub timeout: Option<u64>,
     /// Tries per request for timeouts, dropped connections and 5xx answers.
     #[arg(long, default_value_t = 8)]
     pub max_attempts: u32,
@@ -435,6 +478,19 @@ pub struct ColumnArgs {
     /// Ignore unknown columns (they are not sent) instead of refusing the file.
     #[arg(long)]
     pub allow_unknown_columns: bool,
+}
+
+impl PaceArgs {
+    /// The flags settings resolve, with the token options given.
+    pub fn flags(&self, token: &TokenArgs) -> crate::config::Flags {
+        crate::config::Flags {
+            base_url: self.base_url.clone(),
+            rate: self.rate.map(|r| r.0),
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+            token: token.clone(),
+        }
+    }
 }
 
 impl ColumnArgs {

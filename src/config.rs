@@ -1,6 +1,7 @@
 //! Credentials and endpoints from the environment (never from a command-line
 //! value, which `ps` would show).
 
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
@@ -20,6 +21,8 @@ pub enum ConfigError {
     InsecureUrl(String),
     #[error("base URL `{0}` is not a valid http(s) URL")]
     BadUrl(String),
+    #[error("config file {path}: {detail}", path = path.display())]
+    File { path: PathBuf, detail: String },
 }
 
 /// Reads the secret from a file that only its owner can read.
@@ -78,35 +81,307 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// PayNearMe credentials: `PNM_SITE_IDENTIFIER`, `PNM_SECRET_KEY` or
-/// `PNM_SECRET_KEY_FILE`, optional `PNM_API_KEY_ID`, and the base URL from
-/// `--base-url` or `PNM_BASE_URL` (no default: never production by accident).
-pub fn pnm_credentials(base_url: Option<String>) -> Result<PnmCredentials, ConfigError> {
-    let base_url = base_url.or_else(|| env("PNM_BASE_URL")).ok_or(ConfigError::Missing(
-        "PNM_BASE_URL",
-        "set it or pass --base-url (e.g. https://api.paynearme-sandbox.com, or the URL `orderbatch sandbox` prints)",
-    ))?;
-    check_base_url(&base_url)?;
-    let site_identifier = env("PNM_SITE_IDENTIFIER").ok_or(ConfigError::Missing(
-        "PNM_SITE_IDENTIFIER",
-        "set it to your PayNearMe site identifier",
-    ))?;
-    let secret = match (env("PNM_SECRET_KEY"), env("PNM_SECRET_KEY_FILE")) {
-        (Some(secret), _) => SecretString::from(secret),
-        (None, Some(file)) => read_secret_file(Path::new(&file))?,
-        (None, None) => {
-            return Err(ConfigError::Missing(
-                "PNM_SECRET_KEY",
-                "set it, or PNM_SECRET_KEY_FILE to a file (mode 600) holding the secret",
-            ))
+/// The config file read when `--config` is not given and it exists.
+pub const DEFAULT_FILE: &str = "orderbatch.toml";
+/// Requests per second when nothing says otherwise.
+pub const DEFAULT_RATE: u32 = 10;
+/// Requests in flight when nothing says otherwise.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+/// Seconds to wait for an answer when nothing says otherwise.
+pub const DEFAULT_TIMEOUT: u64 = 30;
+
+/// `orderbatch.toml`: everything but the secret itself (only where to find it).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub base_url: Option<String>,
+    pub site_identifier: Option<String>,
+    pub api_key_id: Option<String>,
+    /// Name of an environment variable that holds the secret.
+    pub secret_env: Option<String>,
+    /// A file (mode 600) that holds the secret.
+    pub secret_file: Option<PathBuf>,
+    /// Requests per second, or `"unlimited"`.
+    pub rate: Option<RateSetting>,
+    pub concurrency: Option<u16>,
+    pub timeout: Option<u64>,
+    /// Options sent with every `get_smart_token` call.
+    #[serde(default)]
+    pub token: crate::cli::TokenArgs,
+    /// Refused: the secret never lives in the config file.
+    secret: Option<toml::Value>,
+}
+
+/// `rate = 20` or `rate = "unlimited"`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RateSetting {
+    PerSecond(u32),
+    Named(Unlimited),
+}
+
+/// The word `unlimited`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unlimited {
+    Unlimited,
+}
+
+impl RateSetting {
+    fn value(self) -> Option<NonZeroU32> {
+        match self {
+            RateSetting::PerSecond(n) => NonZeroU32::new(n),
+            RateSetting::Named(Unlimited::Unlimited) => None,
         }
+    }
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env(&'static str),
+    File(PathBuf),
+    Default,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Flag => f.write_str("command line"),
+            Source::Env(name) => write!(f, "environment {name}"),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone)]
+pub struct Sourced<T> {
+    pub value: T,
+    pub source: Source,
+}
+
+/// The first candidate that has a value (callers list them flags first,
+/// then environment, config file, default).
+fn pick<T>(candidates: impl IntoIterator<Item = (Option<T>, Source)>) -> Option<Sourced<T>> {
+    candidates
+        .into_iter()
+        .find_map(|(value, source)| value.map(|value| Sourced { value, source }))
+}
+
+/// Reads `explicit`, else `./orderbatch.toml` when it exists.
+pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)>, ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_FILE).exists() => PathBuf::from(DEFAULT_FILE),
+        None => return Ok(None),
     };
-    Ok(PnmCredentials {
-        base_url,
-        site_identifier,
-        secret,
-        api_key_id: env("PNM_API_KEY_ID"),
-    })
+    let file_err = |detail: String| ConfigError::File {
+        path: path.clone(),
+        detail,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(e.to_string()))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+    if file.secret.is_some() {
+        return Err(file_err(
+            "`secret` must not be in the config file; say where it is with \
+             secret_env = \"VAR\" or secret_file = \"/path/to/mode-600-file\""
+                .into(),
+        ));
+    }
+    Ok(Some((path, file)))
+}
+
+/// Flags a command was given that settings resolve.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub base_url: Option<String>,
+    pub rate: Option<Option<NonZeroU32>>,
+    pub concurrency: Option<u16>,
+    pub timeout: Option<u64>,
+    pub token: crate::cli::TokenArgs,
+}
+
+/// Where the secret is read from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(name) => write!(f, "environment variable {name}"),
+            SecretSource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+/// The effective settings of a command, each with its source.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub base_url: Option<Sourced<String>>,
+    pub site_identifier: Option<Sourced<String>>,
+    pub api_key_id: Option<Sourced<String>>,
+    /// Where the secret comes from; [`Settings::credentials`] reads it.
+    pub secret: Option<Sourced<SecretSource>>,
+    pub rate: Sourced<Option<NonZeroU32>>,
+    pub concurrency: Sourced<u16>,
+    pub timeout: Sourced<u64>,
+    /// `get_smart_token` options: flags over the file's, key by key.
+    pub token: crate::cli::TokenArgs,
+}
+
+impl Settings {
+    /// Resolves flags > environment > config file > defaults.
+    pub fn resolve(flags: Flags, file: Option<(PathBuf, FileConfig)>) -> Settings {
+        let (path, file) = file.unwrap_or_default();
+        let from_file = || Source::File(path.clone());
+        let secret = pick([
+            (
+                env("PNM_SECRET_KEY").map(|_| SecretSource::Env("PNM_SECRET_KEY".into())),
+                Source::Env("PNM_SECRET_KEY"),
+            ),
+            (
+                env("PNM_SECRET_KEY_FILE").map(|p| SecretSource::File(p.into())),
+                Source::Env("PNM_SECRET_KEY_FILE"),
+            ),
+            (file.secret_env.clone().map(SecretSource::Env), from_file()),
+            (
+                file.secret_file.clone().map(SecretSource::File),
+                from_file(),
+            ),
+        ]);
+        let default = |v| (Some(v), Source::Default);
+        Settings {
+            base_url: pick([
+                (flags.base_url, Source::Flag),
+                (env("PNM_BASE_URL"), Source::Env("PNM_BASE_URL")),
+                (file.base_url.clone(), from_file()),
+            ]),
+            site_identifier: pick([
+                (
+                    env("PNM_SITE_IDENTIFIER"),
+                    Source::Env("PNM_SITE_IDENTIFIER"),
+                ),
+                (file.site_identifier.clone(), from_file()),
+            ]),
+            api_key_id: pick([
+                (env("PNM_API_KEY_ID"), Source::Env("PNM_API_KEY_ID")),
+                (file.api_key_id.clone(), from_file()),
+            ]),
+            secret,
+            rate: pick([
+                (flags.rate, Source::Flag),
+                (file.rate.map(RateSetting::value), from_file()),
+                (Some(NonZeroU32::new(DEFAULT_RATE)), Source::Default),
+            ])
+            .expect("has a default"),
+            concurrency: pick([
+                (flags.concurrency, Source::Flag),
+                (file.concurrency, from_file()),
+                default(DEFAULT_CONCURRENCY),
+            ])
+            .expect("has a default"),
+            timeout: pick([
+                (flags.timeout, Source::Flag),
+                (file.timeout, from_file()),
+                (Some(DEFAULT_TIMEOUT), Source::Default),
+            ])
+            .expect("has a default"),
+            token: flags.token.over(file.token),
+        }
+    }
+
+    /// PayNearMe credentials, reading the secret from its source.
+    pub fn credentials(&self) -> Result<PnmCredentials, ConfigError> {
+        let base_url = self.base_url.as_ref().ok_or(ConfigError::Missing(
+            "PNM_BASE_URL",
+            "set it, pass --base-url, or put base_url in orderbatch.toml \
+             (e.g. https://api.paynearme-sandbox.com, or the URL `orderbatch sandbox` prints)",
+        ))?;
+        check_base_url(&base_url.value)?;
+        let site = self.site_identifier.as_ref().ok_or(ConfigError::Missing(
+            "PNM_SITE_IDENTIFIER",
+            "set it, or put site_identifier in orderbatch.toml",
+        ))?;
+        let secret = match self.secret.as_ref().map(|s| &s.value) {
+            Some(SecretSource::Env(name)) => {
+                env(name)
+                    .map(SecretString::from)
+                    .ok_or(ConfigError::Missing(
+                        "the secret",
+                        "the environment variable named by secret_env is not set",
+                    ))?
+            }
+            Some(SecretSource::File(path)) => read_secret_file(path)?,
+            None => {
+                return Err(ConfigError::Missing(
+                    "PNM_SECRET_KEY",
+                    "set it, or PNM_SECRET_KEY_FILE to a file (mode 600) holding the secret, \
+                     or secret_env / secret_file in orderbatch.toml",
+                ))
+            }
+        };
+        Ok(PnmCredentials {
+            base_url: base_url.value.clone(),
+            site_identifier: site.value.clone(),
+            secret,
+            api_key_id: self.api_key_id.as_ref().map(|k| k.value.clone()),
+        })
+    }
+
+    /// `orderbatch config show`: every setting and where it came from; the
+    /// secret only by where it is read from.
+    pub fn render(&self) -> String {
+        fn line(out: &mut String, key: &str, value: Option<(String, &Source)>) {
+            match value {
+                Some((v, source)) => out.push_str(&format!("{key:<32} = {v:<44} # {source}\n")),
+                None => out.push_str(&format!("{key:<32}   (not set)\n")),
+            }
+        }
+        fn text(s: &Option<Sourced<String>>) -> Option<(String, &Source)> {
+            s.as_ref().map(|s| (s.value.clone(), &s.source))
+        }
+        let mut out = String::new();
+        line(&mut out, "base_url", text(&self.base_url));
+        line(&mut out, "site_identifier", text(&self.site_identifier));
+        line(&mut out, "api_key_id", text(&self.api_key_id));
+        line(
+            &mut out,
+            "secret",
+            self.secret
+                .as_ref()
+                .map(|s| (format!("[redacted], read from {}", s.value), &s.source)),
+        );
+        let rate = self
+            .rate
+            .value
+            .map_or("unlimited".to_string(), |r| r.to_string());
+        line(&mut out, "rate", Some((rate, &self.rate.source)));
+        line(
+            &mut out,
+            "concurrency",
+            Some((self.concurrency.value.to_string(), &self.concurrency.source)),
+        );
+        line(
+            &mut out,
+            "timeout",
+            Some((self.timeout.value.to_string(), &self.timeout.source)),
+        );
+        match self.token.params() {
+            Ok(params) => {
+                for (k, v) in params {
+                    out.push_str(&format!("{:<32} = {v}\n", format!("token.{k}")));
+                }
+            }
+            Err(e) => out.push_str(&format!("token options: {e}\n")),
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -21,11 +21,18 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
+    let env = orders::Env {
+        quiet,
+        config: cli.config.clone(),
+    };
     match cli.command {
-        Command::Run(args) => orders::run(args, quiet),
-        Command::Refresh(args) => orders::refresh(args, quiet),
-        Command::Change(args) => orders::change(args, quiet),
-        Command::Retry(args) => orders::retry(args, quiet),
+        Command::Run(args) => orders::run(args, &env),
+        Command::Refresh(args) => orders::refresh(args, &env),
+        Command::Change(args) => orders::change(args, &env),
+        Command::Retry(args) => orders::retry(args, &env),
+        Command::Config(crate::cli::ConfigCommand::Show { pace, token }) => {
+            orders::config_show(&pace, &token, &env)
+        }
         Command::Validate(args) => inspect::validate(args),
         Command::Export(args) => inspect::export(args),
         Command::Status(args) => inspect::status(args),

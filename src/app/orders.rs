@@ -7,10 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{runtime, EXIT_ABORTED, EXIT_INTERRUPTED};
+use std::num::NonZeroU32;
+
 use crate::cli::{
     ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs, RetryArgs,
-    RunArgs,
+    RunArgs, TokenArgs,
 };
+use crate::config::Settings;
 use crate::input::ColumnOptions;
 use crate::pipeline::plan::plan;
 use crate::pipeline::{self, Mode, RunOptions, RunSummary, Shutdown, Stop};
@@ -19,11 +22,25 @@ use crate::report::{self, shell_quote, Report};
 use crate::store::{RowState, Store};
 use crate::{config, export, lock, status};
 
-pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let token_options = args.token.params().map_err(anyhow::Error::msg)?;
+/// What every command that sends requests gets from the command line.
+pub struct Env {
+    pub quiet: bool,
+    pub config: Option<PathBuf>,
+}
+
+impl Env {
+    /// Settings from the flags, environment, config file and defaults.
+    fn settings(&self, pace: &PaceArgs, token: &TokenArgs) -> anyhow::Result<Settings> {
+        let file = config::load_file(self.config.as_deref())?;
+        Ok(Settings::resolve(pace.flags(token), file))
+    }
+}
+
+pub fn run(args: RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let settings = env.settings(&args.pace, &args.token)?;
     start(
         Mode::Run,
-        token_options,
+        settings,
         Inputs {
             input: args.input,
             db: args.db,
@@ -33,12 +50,12 @@ pub fn run(args: RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             outcome: &args.outcome,
         },
         &args.pace,
-        quiet,
+        env.quiet,
     )
 }
 
-pub fn refresh(args: RefreshArgs, quiet: bool) -> anyhow::Result<ExitCode> {
-    let token_options = args.token.params().map_err(anyhow::Error::msg)?;
+pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let settings = env.settings(&args.pace, &args.token)?;
     let mode = Mode::Refresh {
         force: args.force,
         urls: !args.no_urls,
@@ -46,7 +63,7 @@ pub fn refresh(args: RefreshArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     start(
         mode,
-        token_options,
+        settings,
         Inputs {
             input: args.input,
             db: args.db,
@@ -56,14 +73,15 @@ pub fn refresh(args: RefreshArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             outcome: &args.outcome,
         },
         &args.pace,
-        quiet,
+        env.quiet,
     )
 }
 
-pub fn change(args: ChangeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let settings = env.settings(&args.pace, &TokenArgs::default())?;
     start(
         Mode::Change,
-        Vec::new(),
+        settings,
         Inputs {
             input: args.input,
             db: args.db,
@@ -73,7 +91,7 @@ pub fn change(args: ChangeArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             outcome: &args.outcome,
         },
         &args.pace,
-        quiet,
+        env.quiet,
     )
 }
 
@@ -90,17 +108,21 @@ struct Inputs<'a> {
 /// Dry-runs, or locks the database and runs.
 fn start(
     mode: Mode,
-    token_options: Vec<(String, String)>,
+    settings: Settings,
     args: Inputs<'_>,
     pace: &PaceArgs,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
+    let token_options = match mode {
+        Mode::Change => Vec::new(),
+        _ => settings.token.params().map_err(anyhow::Error::msg)?,
+    };
     let columns = args.columns.options();
     if args.outcome.dry_run {
-        return dry_run(mode, &args.input, &columns, pace, &args.db);
+        return dry_run(mode, &args.input, &columns, settings.rate.value, &args.db);
     }
     // Check the configuration before touching the state database.
-    config::pnm_credentials(pace.base_url.clone())?;
+    settings.credentials()?;
     let held = lock::lock(&args.db)?;
     execute(
         Job {
@@ -117,15 +139,17 @@ fn start(
             export: args.export,
             report: args.outcome.report.clone(),
         },
+        &settings,
         pace,
         quiet,
         held,
     )
 }
 
-pub fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let settings = env.settings(&args.pace, &TokenArgs::default())?;
     // Check the configuration before touching the state database.
-    config::pnm_credentials(args.pace.base_url.clone())?;
+    settings.credentials()?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     println!(
@@ -143,10 +167,16 @@ pub fn retry(args: RetryArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             export: args.export,
             report: args.report,
         },
+        &settings,
         &args.pace,
-        quiet,
+        env.quiet,
         held,
     )
+}
+
+pub fn config_show(pace: &PaceArgs, token: &TokenArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    print!("{}", env.settings(pace, token)?.render());
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -181,10 +211,10 @@ fn dry_run(
     mode: Mode,
     input: &Path,
     columns: &ColumnOptions,
-    pace: &PaceArgs,
+    rate: Option<NonZeroU32>,
     db: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let plan = plan(mode, input, columns, pace.rate.0, db)?;
+    let plan = plan(mode, input, columns, rate, db)?;
     println!("dry run of {}: nothing will be sent", input.display());
     println!(
         "  {} valid rows for {} customers, {} rejected",
@@ -199,7 +229,7 @@ fn dry_run(
         plan.total_requests(),
         plan.total_requests() as f64 / plan.valid.max(1) as f64
     );
-    match (plan.duration, pace.rate.0) {
+    match (plan.duration, rate) {
         (Some(d), Some(rate)) => println!("  about {} at --rate {rate}", human(d)),
         _ => println!("  --rate unlimited: as fast as the provider answers"),
     }
@@ -229,20 +259,21 @@ fn human(d: Duration) -> String {
 /// prints the summary, exports, reports.
 fn execute(
     job: Job,
+    settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,
     _held: lock::DbLock,
 ) -> anyhow::Result<ExitCode> {
-    let credentials = config::pnm_credentials(pace.base_url.clone())?;
-    let client = PnmClient::new(credentials, Duration::from_secs(pace.timeout))
+    let credentials = settings.credentials()?;
+    let client = PnmClient::new(credentials, Duration::from_secs(settings.timeout.value))
         .context("cannot build the HTTP client")?;
     let options = RunOptions {
         mode: job.mode,
         token_options: job.token_options,
         input: job.input,
         db: job.db,
-        rate: pace.rate.0,
-        concurrency: usize::from(pace.concurrency),
+        rate: settings.rate.value,
+        concurrency: usize::from(settings.concurrency.value),
         max_attempts: pace.max_attempts,
         retry_base: Duration::from_millis(pace.retry_base_ms),
         columns: job.columns,

@@ -1,4 +1,5 @@
 mod chaos;
+mod config;
 mod input;
 mod nightly;
 mod ops;

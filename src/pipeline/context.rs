@@ -36,6 +36,19 @@ pub struct CallOptions {
     pub urls: bool,
 }
 
+/// The limiter's quota for `rate` requests per second. Requests are spaced
+/// evenly; a burst of 1% of the rate absorbs timer granularity and short
+/// idle gaps, and the steady rate is lowered by the same amount, so that no
+/// one-second window (sliding, as a provider counts) sees more than `rate`.
+pub fn quota(rate: NonZeroU32) -> Quota {
+    let burst = rate.get() / 100;
+    if burst < 2 {
+        return Quota::per_second(rate).allow_burst(NonZeroU32::MIN);
+    }
+    let steady = NonZeroU32::new(rate.get() - burst).expect("burst is 1% of rate");
+    Quota::per_second(steady).allow_burst(NonZeroU32::new(burst).expect("at least 2"))
+}
+
 /// Shared by all workers of a run.
 pub struct Ctx {
     pub client: PnmClient,
@@ -60,13 +73,7 @@ impl Ctx {
         shutdown: Shutdown,
         run_id: i64,
     ) -> Self {
-        // Requests are spaced evenly; a burst of 1% of the rate lets the
-        // limiter make up for short idle gaps without any second going more
-        // than 1% over `rate`.
-        let limiter = options.rate.map(|r| {
-            let burst = NonZeroU32::new(r.get() / 100).unwrap_or(NonZeroU32::MIN);
-            RateLimiter::direct(Quota::per_second(r).allow_burst(burst))
-        });
+        let limiter = options.rate.map(|r| RateLimiter::direct(quota(r)));
         let (force, urls) = match options.mode {
             super::Mode::Refresh { force, urls, .. } => (force, urls),
             _ => (false, true),
@@ -223,5 +230,52 @@ fn endpoint_of(error: &ProviderError) -> &'static str {
         | ProviderError::RateLimited { endpoint, .. }
         | ProviderError::Api { endpoint, .. }
         | ProviderError::UnexpectedBody { endpoint, .. } => endpoint,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::{Clock, FakeRelativeClock, Reference};
+
+    /// Takes cells as fast as the quota allows for `secs` seconds; returns
+    /// when each was granted.
+    fn grants(rate: u32, secs: u64) -> Vec<Duration> {
+        let clock = FakeRelativeClock::default();
+        let limiter =
+            RateLimiter::direct_with_clock(quota(NonZeroU32::new(rate).unwrap()), clock.clone());
+        let start = clock.now();
+        let mut granted = Vec::new();
+        while clock.now().duration_since(start) < Duration::from_secs(secs).into() {
+            match limiter.check() {
+                Ok(()) => granted.push(Duration::from(clock.now().duration_since(start))),
+                Err(not_until) => clock.advance(not_until.wait_time_from(clock.now())),
+            }
+        }
+        granted
+    }
+
+    #[test]
+    fn no_sliding_second_exceeds_the_rate_and_almost_all_of_it_is_used() {
+        for rate in [1u32, 10, 100, 1000, 5000] {
+            let granted = grants(rate, 5);
+            let busiest = granted
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    granted[i..]
+                        .iter()
+                        .take_while(|u| **u < *t + Duration::from_secs(1))
+                        .count()
+                })
+                .max()
+                .unwrap();
+            assert!(
+                busiest <= rate as usize,
+                "rate {rate}: {busiest} in one second"
+            );
+            let used = granted.len() as f64 / (5.0 * rate as f64);
+            assert!(used >= 0.98, "rate {rate}: only {used:.3} of the rate used");
+        }
     }
 }

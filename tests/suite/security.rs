@@ -67,7 +67,13 @@ fn state_db_and_export_are_private_files() {
         &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
     ));
     assert_eq!(code(&out), 0, "{}", text(&out));
-    for name in ["s.db", "e.csv"] {
+    for name in [
+        "s.db",
+        "e.csv",
+        "s.db.report.md",
+        "s.db.report.json",
+        "s.db.lock",
+    ] {
         let mode = std::fs::metadata(dir.path(name))
             .unwrap()
             .permissions()
@@ -75,6 +81,52 @@ fn state_db_and_export_are_private_files() {
             & 0o777;
         assert_eq!(mode, 0o600, "{name}");
     }
+
+    // An existing export readable by others is written, with a warning.
+    dir.write("wide.csv", "old");
+    std::fs::set_permissions(dir.path("wide.csv"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(dir.bare_cmd(&["export", "--db", "s.db", "--out", "wide.csv"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_wal_of_a_running_state_db_is_private_too() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((20, 40)));
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(40, 10, true));
+    let child = spawn(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--concurrency",
+            "2",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    wait_until(std::time::Duration::from_secs(30), || {
+        sandbox.orders().len() >= 5 && dir.path("s.db-wal").exists()
+    });
+    for name in ["s.db-wal", "s.db-shm"] {
+        let mode = std::fs::metadata(dir.path(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
 #[test]

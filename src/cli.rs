@@ -11,7 +11,8 @@ Exit codes:
   0    every row done
   1    finished, but some rows failed or were rejected (see the export or `status`)
   2    invalid invocation, configuration or input file (nothing was sent)
-  3    stopped early: the provider rejected the credentials or the clock
+  3    stopped early: the provider rejected the credentials or the clock, or --max-errors
+  4    rows deferred (ce retry-payments): run the same command again after the time shown
   130  interrupted (state kept: run the same command again to resume)";
 
 const VERSION: &str = concat!(
@@ -63,6 +64,9 @@ pub enum Command {
     /// Change existing orders in bulk (change_order), each exactly once.
     #[command(after_help = CHANGE_HELP)]
     Change(ChangeArgs),
+    /// Commerce Engine storefront commands.
+    #[command(subcommand)]
+    Ce(CeCommand),
     /// Put a run's failed rows back in the queue and run them again.
     #[command(
         after_help = "Re-reads the run's input file (it must be unchanged).\n\nExample:\n  orderbatch retry --db nightly.db --error-code timeout --export links.csv"
@@ -187,6 +191,80 @@ pub struct RunArgs {
     pub export: Option<PathBuf>,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub rejects: RejectsArgs,
+    #[command(flatten)]
+    pub outcome: OutcomeArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CeCommand {
+    /// Re-issue payment requests (retry-payment) for orders whose payment failed or expired.
+    #[command(after_help = CE_HELP)]
+    RetryPayments(CeRetryArgs),
+}
+
+const CE_HELP: &str = "\
+Credentials come from the environment: CE_BASE_URL (API host), CE_STORE_ID, and
+CE_API_KEY (or CE_API_KEY_FILE, mode 600) or CE_ACCESS_TOKEN (+ CE_REFRESH_TOKEN).
+
+Each row names an order_number; optional columns payment_provider_slug,
+integration_type, return_url, action, gateway_reference_id override the flags.
+Paid orders are skipped; a retry is allowed 15 minutes after the previous
+payment request, or at once when it failed. Rows whose window opens within
+--max-wait are waited for; the others stay scheduled, the run exits 4, and the
+same command later picks them up.
+
+Example:
+  orderbatch ce retry-payments outage.csv --db ce.db --export links.csv --max-wait 20m";
+
+/// `20m`, `90s`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (number, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 20m, 90s or 1h"))?;
+    match unit {
+        "" | "s" => Ok(n),
+        "m" => Ok(n * 60),
+        "h" => Ok(n * 3600),
+        _ => Err(format!("`{s}` is not a duration like 20m, 90s or 1h")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CeRetryArgs {
+    /// CSV with an order_number column.
+    pub input: PathBuf,
+    /// State database; the same command with the same --db resumes.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Write the results to this CSV when the run ends.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Wait for retry windows that open within this long (e.g. 20m, 90s); later ones are left for the next run (exit 4).
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub max_wait: u64,
+    /// Default payment_provider_slug (the payment_method is sent only when a slug is known).
+    #[arg(long)]
+    pub payment_provider_slug: Option<String>,
+    /// Default integration_type.
+    #[arg(long)]
+    pub integration_type: Option<String>,
+    /// Default return_url.
+    #[arg(long)]
+    pub return_url: Option<String>,
+    /// Default action (paymentPage when not given).
+    #[arg(long)]
+    pub action: Option<String>,
     #[command(flatten)]
     pub columns: ColumnArgs,
     #[command(flatten)]

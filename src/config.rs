@@ -81,6 +81,41 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Commerce Engine credentials from the environment: `CE_BASE_URL`,
+/// `CE_STORE_ID`, and `CE_API_KEY` (or `CE_API_KEY_FILE`) or
+/// `CE_ACCESS_TOKEN` (+ optional `CE_REFRESH_TOKEN`).
+pub fn ce_credentials() -> Result<crate::provider::commerce_engine::CeCredentials, ConfigError> {
+    use crate::provider::commerce_engine::{CeAuth, CeCredentials};
+    let base_url = env("CE_BASE_URL").ok_or(ConfigError::Missing(
+        "CE_BASE_URL",
+        "set it to the API host, e.g. https://staging.api.commercengine.io (or the URL `orderbatch sandbox` prints)",
+    ))?;
+    check_base_url(&base_url)?;
+    let store_id = env("CE_STORE_ID").ok_or(ConfigError::Missing(
+        "CE_STORE_ID",
+        "set it to your store id",
+    ))?;
+    let auth = match (env("CE_API_KEY"), env("CE_API_KEY_FILE"), env("CE_ACCESS_TOKEN")) {
+        (Some(key), _, _) => CeAuth::ApiKey(SecretString::from(key)),
+        (None, Some(file), _) => CeAuth::ApiKey(read_secret_file(Path::new(&file))?),
+        (None, None, Some(access)) => CeAuth::Tokens {
+            access: SecretString::from(access),
+            refresh: env("CE_REFRESH_TOKEN").map(SecretString::from),
+        },
+        (None, None, None) => {
+            return Err(ConfigError::Missing(
+                "CE_API_KEY",
+                "set it (or CE_API_KEY_FILE, mode 600), or CE_ACCESS_TOKEN with an optional CE_REFRESH_TOKEN",
+            ))
+        }
+    };
+    Ok(CeCredentials {
+        base_url,
+        store_id,
+        auth,
+    })
+}
+
 /// The config file read when `--config` is not given and it exists.
 pub const DEFAULT_FILE: &str = "orderbatch.toml";
 /// Requests per second when nothing says otherwise.

@@ -74,6 +74,7 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
     let options = RunOptions {
         mode: crate::pipeline::Mode::Run,
         token_options: Vec::new(),
+        payment_defaults: Default::default(),
         input,
         db: db.clone(),
         rate: NonZeroU32::new(50),
@@ -85,7 +86,11 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
         rejects: None,
         quiet,
     };
-    let summary = pipeline::run(&options, client, shutdown).await?;
+    let clients = pipeline::Clients {
+        pnm: Some(client),
+        ce: None,
+    };
+    let summary = pipeline::run(&options, clients, shutdown).await?;
     let store = Store::open_reader(&db).map_err(PipelineError::from)?;
     let exported_rows = crate::export::export(&store, summary.run_id, &export)?;
     let sandbox_orders = server.state()["orders"].as_array().map_or(0, Vec::len);

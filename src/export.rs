@@ -20,6 +20,18 @@ pub const COLUMNS: [&str; 11] = [
     "error",
 ];
 
+/// Export columns of a Commerce Engine `retry-payments` run.
+pub const CE_COLUMNS: [&str; 8] = [
+    "row_number",
+    "order_number",
+    "payment_id",
+    "payment_status",
+    "payment_link",
+    "payment_link_expiry",
+    "status",
+    "error",
+];
+
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -40,14 +52,35 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn record(row: &StoredRow) -> [String; 11] {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    let error = if row.state == RowState::Done.as_str() {
+/// A row's error text for the export: none for a clean `done` row.
+fn error_text(row: &StoredRow) -> String {
+    let clean = row.state == RowState::Done.as_str()
+        && row.last_error_code.as_deref() != Some("link_not_recorded");
+    if clean {
         String::new()
     } else {
-        opt(&row.last_error)
-    };
-    [
+        row.last_error.clone().unwrap_or_default()
+    }
+}
+
+fn ce_record(row: &StoredRow) -> Vec<String> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        row.input_row.to_string(),
+        opt(&row.site_order_identifier),
+        opt(&row.payment_id),
+        opt(&row.payment_status),
+        opt(&row.payment_link),
+        opt(&row.payment_link_expiry),
+        row.state.clone(),
+        error_text(row),
+    ]
+}
+
+fn record(row: &StoredRow) -> Vec<String> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let error = error_text(row);
+    vec![
         row.input_row.to_string(),
         opt(&row.site_customer_identifier),
         opt(&row.site_order_identifier),
@@ -62,6 +95,9 @@ fn record(row: &StoredRow) -> [String; 11] {
     ]
 }
 
+/// Turns a stored row into export cells.
+type ToRecord = fn(&StoredRow) -> Vec<String>;
+
 /// Writes every row of `run_id` to `out` (mode 0600); returns the row count.
 pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError> {
     let write_err = |e: &dyn std::fmt::Display| ExportError::Write {
@@ -70,11 +106,19 @@ pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError
     };
     let file = crate::files::write_private(out).map_err(|e| write_err(&e))?;
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    writer.write_record(COLUMNS).map_err(|e| write_err(&e))?;
+    let commerce_engine = store.run(run_id)?.is_some_and(|r| {
+        r.command == crate::pipeline::Mode::CeRetry { max_wait_secs: 0 }.command()
+    });
+    let (columns, to_record): (&[&str], ToRecord) = if commerce_engine {
+        (&CE_COLUMNS, ce_record)
+    } else {
+        (&COLUMNS, record)
+    };
+    writer.write_record(columns).map_err(|e| write_err(&e))?;
     let mut count = 0u64;
     let mut failure = None;
     store.all_rows(run_id, |row| {
-        let cells = record(&row);
+        let cells = to_record(&row);
         match writer.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned())) {
             Ok(()) => {
                 count += 1;

@@ -15,6 +15,8 @@ use crate::cli::{Cli, Command};
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for a run stopped early (credentials rejected, --max-errors).
 pub const EXIT_ABORTED: u8 = 3;
+/// Exit code for a run that left rows deferred to a later run.
+pub const EXIT_DEFERRED: u8 = 4;
 /// Exit code for an interrupted run.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -30,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Refresh(args) => orders::refresh(args, &env),
         Command::Change(args) => orders::change(args, &env),
         Command::Retry(args) => orders::retry(args, &env),
+        Command::Ce(crate::cli::CeCommand::RetryPayments(args)) => orders::ce_retry(args, &env),
         Command::Config(crate::cli::ConfigCommand::Show { pace, token }) => {
             orders::config_show(&pace, &token, &env)
         }

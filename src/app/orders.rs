@@ -6,17 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{runtime, EXIT_ABORTED, EXIT_INTERRUPTED};
+use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED, EXIT_INTERRUPTED};
 use std::num::NonZeroU32;
 
 use crate::cli::{
-    ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs, RetryArgs,
-    RunArgs, TokenArgs,
+    CeRetryArgs, ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs,
+    RetryArgs, RunArgs, TokenArgs,
 };
 use crate::config::Settings;
 use crate::input::ColumnOptions;
 use crate::pipeline::plan::plan;
 use crate::pipeline::{self, Mode, RunOptions, RunSummary, Shutdown, Stop};
+use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::report::{self, shell_quote, Report};
 use crate::store::{RowState, Store};
@@ -95,6 +96,34 @@ pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
     )
 }
 
+pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let defaults = PaymentMethod {
+        payment_provider_slug: args.payment_provider_slug.clone(),
+        integration_type: args.integration_type.clone(),
+        return_url: args.return_url.clone(),
+        action: args.action.clone(),
+        gateway_reference_id: None,
+    };
+    start_with(
+        Mode::CeRetry {
+            max_wait_secs: args.max_wait,
+        },
+        settings,
+        defaults,
+        Inputs {
+            input: args.input,
+            db: args.db,
+            export: args.export,
+            columns: &args.columns,
+            rejects: &args.rejects,
+            outcome: &args.outcome,
+        },
+        &args.pace,
+        env.quiet,
+    )
+}
+
 /// The arguments `run`, `refresh` and `change` share.
 struct Inputs<'a> {
     input: PathBuf,
@@ -113,21 +142,34 @@ fn start(
     pace: &PaceArgs,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
+    start_with(mode, settings, PaymentMethod::default(), args, pace, quiet)
+}
+
+/// [`start`] with Commerce Engine payment defaults.
+fn start_with(
+    mode: Mode,
+    settings: Settings,
+    payment_defaults: PaymentMethod,
+    args: Inputs<'_>,
+    pace: &PaceArgs,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let token_options = match mode {
-        Mode::Change => Vec::new(),
-        _ => settings.token.params().map_err(anyhow::Error::msg)?,
+        Mode::Run | Mode::Refresh { .. } => settings.token.params().map_err(anyhow::Error::msg)?,
+        _ => Vec::new(),
     };
     let columns = args.columns.options();
     if args.outcome.dry_run {
         return dry_run(mode, &args.input, &columns, settings.rate.value, &args.db);
     }
     // Check the configuration before touching the state database.
-    settings.credentials()?;
+    clients(mode, &settings)?;
     let held = lock::lock(&args.db)?;
     execute(
         Job {
             mode,
             token_options,
+            payment_defaults,
             input: args.input,
             db: args.db,
             columns,
@@ -148,10 +190,10 @@ fn start(
 
 pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenArgs::default())?;
-    // Check the configuration before touching the state database.
-    settings.credentials()?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
+    // Check the configuration before running.
+    clients(plan.mode, &settings)?;
     println!(
         "run {}: {} failed rows back in the queue",
         plan.run_id, plan.requeued
@@ -160,6 +202,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
         Job {
             mode: plan.mode,
             token_options: plan.token_options,
+            payment_defaults: PaymentMethod::default(),
             input: plan.input,
             db: args.db,
             columns: plan.columns,
@@ -199,6 +242,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 struct Job {
     mode: Mode,
     token_options: Vec<(String, String)>,
+    payment_defaults: PaymentMethod,
     input: PathBuf,
     db: PathBuf,
     columns: ColumnOptions,
@@ -264,12 +308,11 @@ fn execute(
     quiet: bool,
     _held: lock::DbLock,
 ) -> anyhow::Result<ExitCode> {
-    let credentials = settings.credentials()?;
-    let client = PnmClient::new(credentials, Duration::from_secs(settings.timeout.value))
-        .context("cannot build the HTTP client")?;
+    let clients = clients(job.mode, settings)?;
     let options = RunOptions {
         mode: job.mode,
         token_options: job.token_options,
+        payment_defaults: job.payment_defaults,
         input: job.input,
         db: job.db,
         rate: settings.rate.value,
@@ -284,7 +327,7 @@ fn execute(
     let summary = runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         pipeline::handle_ctrl_c(shutdown.clone());
-        pipeline::run(&options, client, shutdown).await
+        pipeline::run(&options, clients, shutdown).await
     })?;
     if summary.total == 0 {
         println!(
@@ -342,7 +385,35 @@ fn write_report(
     Ok(())
 }
 
+/// The provider client the mode needs, built from its credentials.
+fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
+    let timeout = Duration::from_secs(settings.timeout.value);
+    Ok(match mode {
+        Mode::CeRetry { .. } => pipeline::Clients {
+            pnm: None,
+            ce: Some(std::sync::Arc::new(
+                CeClient::new(config::ce_credentials()?, timeout)
+                    .context("cannot build the HTTP client")?,
+            )),
+        },
+        _ => pipeline::Clients {
+            pnm: Some(PnmClient::new(settings.credentials()?, timeout)?),
+            ce: None,
+        },
+    })
+}
+
 fn exit_code(summary: &RunSummary) -> ExitCode {
+    if let (Stop::Running, Some(until)) = (&summary.stop, summary.deferred_until) {
+        let at = chrono::DateTime::from_timestamp(until, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        eprintln!(
+            "{} rows deferred: run the same command again after {at}",
+            summary.count(RowState::Deferred)
+        );
+        return ExitCode::from(EXIT_DEFERRED);
+    }
     match &summary.stop {
         Stop::Interrupted => {
             eprintln!("interrupted; state saved: run the same command again to resume");
@@ -352,7 +423,12 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
             eprintln!("error: run stopped: {why}");
             ExitCode::from(EXIT_ABORTED)
         }
-        Stop::Running if summary.count(RowState::Done) == summary.total => ExitCode::SUCCESS,
+        Stop::Running
+            if summary.count(RowState::Done) + summary.count(RowState::Skipped)
+                == summary.total =>
+        {
+            ExitCode::SUCCESS
+        }
         Stop::Running => ExitCode::from(1),
     }
 }

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use super::retry::{Attempts, Gate, Next};
 use super::shutdown::{Shutdown, Stop};
 use super::RunOptions;
-use crate::provider::paynearme::{Endpoint, PnmClient};
+use crate::provider::commerce_engine::{CeClient, PaymentMethod};
+use crate::provider::paynearme::PnmClient;
 use crate::provider::ProviderError;
 use crate::store::writer::Write;
 
@@ -49,9 +50,18 @@ pub fn quota(rate: NonZeroU32) -> Quota {
     Quota::per_second(steady).allow_burst(NonZeroU32::new(burst).expect("at least 2"))
 }
 
+/// The provider clients a run uses (only its provider's is set).
+#[derive(Debug, Clone, Default)]
+pub struct Clients {
+    pub pnm: Option<PnmClient>,
+    pub ce: Option<std::sync::Arc<CeClient>>,
+}
+
 /// Shared by all workers of a run.
 pub struct Ctx {
-    pub client: PnmClient,
+    clients: Clients,
+    /// Default `payment_method` of Commerce Engine retries.
+    pub payment_defaults: PaymentMethod,
     pub options: CallOptions,
     limiter: Option<DefaultDirectRateLimiter>,
     gate: Gate,
@@ -67,7 +77,7 @@ pub struct Ctx {
 impl Ctx {
     /// Shared state for the workers of run `run_id` under `options`.
     pub fn new(
-        client: PnmClient,
+        clients: Clients,
         options: &RunOptions,
         writes: mpsc::Sender<Write>,
         shutdown: Shutdown,
@@ -79,7 +89,8 @@ impl Ctx {
             _ => (false, true),
         };
         Ctx {
-            client,
+            clients,
+            payment_defaults: options.payment_defaults.clone(),
             options: CallOptions {
                 refresh: if force {
                     vec![("force".to_string(), "true".to_string())]
@@ -99,6 +110,22 @@ impl Ctx {
             failed_rows: AtomicU64::new(0),
             run_id,
         }
+    }
+
+    /// The PayNearMe client (runs of PayNearMe commands always have one).
+    pub fn pnm(&self) -> &PnmClient {
+        self.clients
+            .pnm
+            .as_ref()
+            .expect("a PayNearMe command runs with a PayNearMe client")
+    }
+
+    /// The Commerce Engine client (runs of `ce` commands always have one).
+    pub fn ce(&self) -> &CeClient {
+        self.clients
+            .ce
+            .as_deref()
+            .expect("a Commerce Engine command runs with its client")
     }
 
     /// Counts a failed row; past `--max-errors` the run stops taking work.
@@ -132,15 +159,13 @@ impl Ctx {
 
     /// Waits until a request to `endpoint` may leave (429 gate, then rate
     /// limit) and counts it.
-    pub async fn permit(&self, endpoint: Endpoint) {
+    pub async fn permit(&self, endpoint: impl Into<&'static str>) {
+        let endpoint: &'static str = endpoint.into();
         self.gate.wait().await;
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
-        self.write(Write::Request {
-            endpoint: endpoint.as_str(),
-        })
-        .await;
+        self.write(Write::Request { endpoint }).await;
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.
@@ -150,13 +175,14 @@ impl Ctx {
     /// level, failures at warn.
     pub async fn request<T, F>(
         &self,
-        endpoint: Endpoint,
+        endpoint: impl Into<&'static str>,
         rows: &[u64],
         mut attempt: impl FnMut() -> F,
     ) -> Outcome<T>
     where
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
+        let endpoint: &'static str = endpoint.into();
         let mut attempts = Attempts::new(self.max_attempts, self.retry_base);
         let row_number = rows.first().copied().unwrap_or_default();
         let mut number = 0u32;
@@ -174,7 +200,7 @@ impl Ctx {
                         run_id = self.run_id,
                         row_number,
                         rows = rows.len(),
-                        endpoint = endpoint.as_str(),
+                        endpoint,
                         attempt = number,
                         outcome = "ok",
                         latency_ms,

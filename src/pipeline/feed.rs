@@ -70,6 +70,7 @@ pub(super) fn feed_rows(
         let target = &senders[shard(&route_key(&stored), senders.len())];
         let job = match stage {
             Stage::Change => Job::Change(Box::new((row, stored))),
+            Stage::CeRetry => Job::CeRetry(Box::new((row, stored))),
             _ => Job::Create(Box::new((row, stored))),
         };
         target.blocking_send(job).is_ok() && !shutdown.is_stopping()

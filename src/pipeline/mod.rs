@@ -3,6 +3,7 @@
 //! share one rate limiter. Every customer belongs to one worker, so requests
 //! for a customer are never in flight together.
 
+mod ce_stage;
 mod context;
 mod feed;
 pub mod mode;
@@ -24,10 +25,10 @@ use crate::input::check::check_quotes;
 use crate::input::fingerprint::{fingerprint, scan};
 use crate::input::reader::Schema;
 use crate::input::{ColumnOptions, Header, InputError, OrderReader};
-use crate::provider::paynearme::PnmClient;
 use crate::report::StageTiming;
 use crate::store::writer::{Write, Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
+pub use context::Clients;
 use context::Ctx;
 use feed::{feed_groups, feed_rows};
 pub use mode::{Mode, Stage};
@@ -46,6 +47,8 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Parameters added to every `get_smart_token` call.
     pub token_options: Vec<(String, String)>,
+    /// Default `payment_method` of Commerce Engine retries.
+    pub payment_defaults: crate::provider::commerce_engine::PaymentMethod,
     pub input: PathBuf,
     pub db: PathBuf,
     /// Requests per second across all endpoints; `None` is unlimited.
@@ -78,6 +81,8 @@ pub struct RunSummary {
     pub writer: WriterStats,
     /// Stages this invocation worked on.
     pub stages: Vec<StageTiming>,
+    /// When the earliest deferred row may go (unix seconds), if any wait.
+    pub deferred_until: Option<i64>,
 }
 
 impl RunSummary {
@@ -122,7 +127,7 @@ pub fn derived_order_id(fingerprint: &str, row_number: u64) -> String {
 /// Takes every row of `options.input` through create, refresh and token.
 pub async fn run(
     options: &RunOptions,
-    client: PnmClient,
+    clients: Clients,
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
@@ -188,7 +193,7 @@ pub async fn run(
 
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(Ctx::new(
-        client,
+        clients,
         options,
         writer.sender(),
         shutdown.clone(),
@@ -207,6 +212,7 @@ pub async fn run(
     let store = Store::open_reader(&options.db)?;
     let states = store.state_counts(run_id)?;
     let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
+    let deferred_until = store.next_deferred(run_id)?;
     if !unfinished {
         store.set_finished(run_id, true)?;
     }
@@ -220,6 +226,7 @@ pub async fn run(
         stop: shutdown.state(),
         writer: writer_stats,
         stages: timings,
+        deferred_until,
     })
 }
 
@@ -275,6 +282,18 @@ async fn run_stages(
             seconds: started.elapsed().as_secs_f64(),
         });
     }
+    if let Mode::CeRetry { max_wait_secs } = options.mode {
+        wait_for_deferred(
+            options,
+            run_id,
+            ctx,
+            header,
+            writer,
+            max_wait_secs,
+            &mut timings,
+        )
+        .await?;
+    }
     if let Mode::Refresh { tokens: false, .. } = options.mode {
         if !ctx.shutdown.is_stopping() {
             ctx.write(Write::MoveAll {
@@ -286,6 +305,56 @@ async fn run_stages(
         }
     }
     Ok(timings)
+}
+
+/// `ce retry-payments`: while a deferred row's window opens within
+/// `max_wait_secs` of now, sleeps until it does and runs the stage again.
+async fn wait_for_deferred(
+    options: &RunOptions,
+    run_id: i64,
+    ctx: &Arc<Ctx>,
+    header: &Arc<Header>,
+    writer: &Writer,
+    max_wait_secs: u64,
+    timings: &mut Vec<StageTiming>,
+) -> Result<(), PipelineError> {
+    let deadline = chrono::Utc::now().timestamp() + max_wait_secs as i64;
+    loop {
+        let db = options.db.clone();
+        let next = blocking(move || Ok(Store::open_reader(&db)?.next_deferred(run_id)?)).await?;
+        let Some(next) = next.filter(|&t| t <= deadline) else {
+            return Ok(());
+        };
+        let wait = (next - chrono::Utc::now().timestamp()).max(0) as u64;
+        tracing::info!("waiting {wait}s for the retry window of deferred rows (--max-wait)");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)) => {}
+            _ = ctx.shutdown.stopped() => return Ok(()),
+        }
+        let started = Instant::now();
+        let stage = Stage::CeRetry;
+        let progress = StageProgress::start(stage.name(), 0, options.quiet);
+        let (db, stopping, input, columns, mode) = (
+            options.db.clone(),
+            ctx.shutdown.clone(),
+            options.input.clone(),
+            options.columns.clone(),
+            options.mode,
+        );
+        let feed: Feeder = Box::new(move |senders| {
+            feed_rows(
+                &db, run_id, mode, stage, &input, &columns, &stopping, senders,
+            )
+        });
+        run_stage(ctx, header, options.concurrency, &progress, feed).await?;
+        progress.finish();
+        flush(writer).await;
+        timings.push(StageTiming {
+            stage: format!("{} (after waiting {wait}s)", stage.name()),
+            rows: progress.done(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
 }
 
 /// Sends a stage's jobs to the workers, from a blocking thread.

@@ -31,6 +31,9 @@ pub enum Mode {
     },
     /// Change existing orders.
     Change,
+    /// Commerce Engine: re-issue payment requests; rows whose window opens
+    /// within `max_wait_secs` of the start are waited for.
+    CeRetry { max_wait_secs: u64 },
 }
 
 /// A stage: the rows it takes and the work it does on each.
@@ -43,6 +46,8 @@ pub enum Stage {
     Lookup,
     Refresh,
     Token,
+    /// Commerce Engine payment status, then retry-payment.
+    CeRetry,
 }
 
 impl Stage {
@@ -53,6 +58,7 @@ impl Stage {
             Stage::Change => "change_order",
             Stage::Lookup | Stage::Refresh => "refresh_embedded_js_urls",
             Stage::Token => "get_smart_token",
+            Stage::CeRetry => "retry-payment",
         }
     }
 
@@ -64,12 +70,13 @@ impl Stage {
             Stage::Lookup => &[RowState::Pending],
             Stage::Refresh => &[RowState::Created],
             Stage::Token => &[RowState::UrlsRefreshed],
+            Stage::CeRetry => &[RowState::Pending, RowState::Retrying, RowState::Deferred],
         }
     }
 
     /// Whether the stage needs each row's input fields (re-read from the file).
     pub fn reads_input(self) -> bool {
-        matches!(self, Stage::Create | Stage::Change)
+        matches!(self, Stage::Create | Stage::Change | Stage::CeRetry)
     }
 }
 
@@ -80,6 +87,7 @@ impl Mode {
             Mode::Run => "run",
             Mode::Refresh { .. } => "refresh",
             Mode::Change => "change",
+            Mode::CeRetry { .. } => "ce-retry-payments",
         }
     }
 
@@ -89,6 +97,7 @@ impl Mode {
             Mode::Run => (ep::CREATE, CREATE_REQUIRED),
             Mode::Refresh { .. } => (ep::REFRESH | ep::TOKEN, &[]),
             Mode::Change => (ep::CHANGE | ep::FIND, &[]),
+            Mode::CeRetry { .. } => (ep::CE_RETRY, &["order_number"]),
         };
         Schema {
             endpoints,
@@ -104,17 +113,21 @@ impl Mode {
             Mode::Refresh { tokens: true, .. } => &[Stage::Lookup, Stage::Token],
             Mode::Refresh { tokens: false, .. } => &[Stage::Lookup],
             Mode::Change => &[Stage::Change],
+            Mode::CeRetry { .. } => &[Stage::CeRetry],
         }
     }
 
     /// Whether a repeated `site_order_identifier` is rejected.
     pub fn unique_order_ids(self) -> bool {
-        matches!(self, Mode::Run | Mode::Change)
+        matches!(self, Mode::Run | Mode::Change | Mode::CeRetry { .. })
     }
 
     /// Checks one row for this command.
     pub fn check(self, header: &Header, row: &Row) -> Result<(), Rejection> {
         check_row(header, row, self.schema(&ColumnOptions::default()).required)?;
+        if let Mode::CeRetry { .. } = self {
+            return Ok(());
+        }
         let has = |name: &str| {
             header
                 .index(name)
@@ -126,7 +139,7 @@ impl Mode {
             reason: format!("names no order: fill in one of {}", names.join(", ")),
         };
         match self {
-            Mode::Run => Ok(()),
+            Mode::Run | Mode::CeRetry { .. } => Ok(()),
             Mode::Refresh { .. } if SELECTORS.iter().any(|s| has(s)) => Ok(()),
             Mode::Refresh { .. } => Err(missing(&SELECTORS)),
             Mode::Change if has(SELECTORS[0]) || has(SELECTORS[1]) => Ok(()),

@@ -99,6 +99,10 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
             }
             r
         }
+        Mode::CeRetry { .. } => vec![
+            (crate::provider::commerce_engine::PAYMENT_STATUS, valid),
+            (crate::provider::commerce_engine::RETRY_PAYMENT, valid),
+        ],
         Mode::Run => unreachable!("run is planned from its rows"),
     };
     Ok(Plan {

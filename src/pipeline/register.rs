@@ -26,10 +26,12 @@ pub(super) fn register(
     let mut reader = OrderReader::open(input, mode.schema(columns))?;
     let header = reader.header().clone();
     let col = |name: &str| header.index(name);
-    let (customer_col, order_col) = (
-        col("site_customer_identifier"),
-        col("site_order_identifier"),
-    );
+    let customer_col = col("site_customer_identifier");
+    // A Commerce Engine row's order is its order_number.
+    let order_col = match mode {
+        Mode::CeRetry { .. } => col("order_number"),
+        _ => col("site_order_identifier"),
+    };
     let (pnm_order_col, pnm_customer_col) =
         (col("pnm_order_identifier"), col("pnm_customer_identifier"));
     let mut batch = Vec::with_capacity(REGISTER_BATCH);

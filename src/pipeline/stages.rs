@@ -21,6 +21,7 @@ pub enum Job {
     Lookup(Group),
     Refresh(Group),
     Token(Group),
+    CeRetry(Box<(Row, StoredRow)>),
 }
 
 /// A customer's rows that are ready for the same stage.
@@ -35,6 +36,7 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
         Job::Create(job) => create(ctx, header, &job.0, &job.1, progress).await,
         Job::Change(job) => change(ctx, header, &job.0, &job.1, progress).await,
         Job::Lookup(group) => lookup(ctx, group, progress).await,
+        Job::CeRetry(job) => super::ce_stage::ce_retry(ctx, header, &job.0, &job.1, progress).await,
         Job::Refresh(group) => refresh(ctx, group, progress).await,
         Job::Token(group) => token(ctx, group, progress).await,
     }
@@ -116,7 +118,7 @@ async fn create_attempt(
     if maybe_exists.load(Ordering::Relaxed) {
         ctx.permit(Endpoint::FindOrders).await;
         let found = ctx
-            .client
+            .pnm()
             .find_orders("site_order_identifier", order_id)
             .await?;
         if let Some(order) = found
@@ -129,7 +131,7 @@ async fn create_attempt(
         maybe_exists.store(false, Ordering::Relaxed);
     }
     ctx.permit(Endpoint::CreateOrder).await;
-    let result = ctx.client.create_order(params).await;
+    let result = ctx.pnm().create_order(params).await;
     if let Err(e) = &result {
         if matches!(
             e.class(),
@@ -216,7 +218,7 @@ impl GroupStage {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str())),
                 );
-                ctx.client.refresh_urls(&all).await
+                ctx.pnm().refresh_urls(&all).await
             }
             GroupStage::Token => {
                 all.extend(
@@ -225,7 +227,7 @@ impl GroupStage {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str())),
                 );
-                ctx.client.smart_token(&all).await
+                ctx.pnm().smart_token(&all).await
             }
         }
     }
@@ -451,7 +453,7 @@ async fn customer_orders(
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
                 ctx.permit(Endpoint::FindOrders).await;
-                ctx.client.find_orders(selector.0, &selector.1).await
+                ctx.pnm().find_orders(selector.0, &selector.1).await
             })
             .await;
         return match found {
@@ -524,7 +526,7 @@ async fn change(
             let found = ctx
                 .request(Endpoint::FindOrders, &rows, || async {
                     ctx.permit(Endpoint::FindOrders).await;
-                    ctx.client.find_orders("site_order_identifier", site).await
+                    ctx.pnm().find_orders("site_order_identifier", site).await
                 })
                 .await;
             match found {
@@ -561,7 +563,7 @@ async fn change(
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
                 ctx.permit(Endpoint::FindOrders).await;
-                ctx.client
+                ctx.pnm()
                     .find_orders_raw("pnm_order_identifier", &pnm)
                     .await
             })
@@ -594,7 +596,7 @@ async fn change(
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
             ctx.permit(Endpoint::ChangeOrder).await;
-            ctx.client.change_order(&params).await
+            ctx.pnm().change_order(&params).await
         })
         .await;
     match outcome {

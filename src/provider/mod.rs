@@ -1,5 +1,6 @@
 //! Provider clients and the error type they share with the pipeline.
 
+pub mod commerce_engine;
 pub mod paynearme;
 
 use std::time::Duration;

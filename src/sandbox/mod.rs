@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and read its state back through [`SandboxHandle::state`] or
 //! `GET /__sandbox/state`.
 
+mod commerce_engine;
 mod paynearme;
 
 use std::net::SocketAddr;
@@ -39,6 +40,12 @@ pub struct SandboxConfig {
     pub drop_rate: f64,
     /// Requests per second above which the answer is `429` with `Retry-After`.
     pub rate_limit: Option<u32>,
+    /// Commerce Engine store served under `/api/v1/{store}/storefront`.
+    pub ce_store_id: String,
+    /// Commerce Engine key accepted by `auth/anonymous`.
+    pub ce_api_key: SecretString,
+    /// How long a Commerce Engine access token lives.
+    pub ce_token_ttl: std::time::Duration,
 }
 
 impl SandboxConfig {
@@ -53,6 +60,9 @@ impl SandboxConfig {
             fail_rate: 0.0,
             drop_rate: 0.0,
             rate_limit: None,
+            ce_store_id: "store_1".into(),
+            ce_api_key: SecretString::from("ce-sandbox-key"),
+            ce_token_ttl: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -61,6 +71,7 @@ impl SandboxConfig {
 pub(crate) struct Shared {
     pub config: SandboxConfig,
     pub pnm: Mutex<PnmState>,
+    pub ce: Mutex<commerce_engine::CeState>,
     pub rng: Mutex<StdRng>,
     /// When the requests of the last second arrived (for `rate_limit`).
     pub window: Mutex<std::collections::VecDeque<std::time::Instant>>,
@@ -113,12 +124,30 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         window: Mutex::new(std::collections::VecDeque::new()),
         config,
         pnm: Mutex::new(PnmState::default()),
+        ce: Mutex::new(commerce_engine::CeState::default()),
     });
     let app = Router::new()
         .route("/json-api/{endpoint}", post(paynearme::handle))
         .route("/__sandbox/state", get(paynearme::state_handler))
         .route("/__sandbox/counters", get(paynearme::counters_handler))
         .route("/__sandbox/age", post(paynearme::age_handler))
+        .route("/__sandbox/ce/orders", post(commerce_engine::seed))
+        .route(
+            "/api/v1/{store}/storefront/auth/anonymous",
+            post(commerce_engine::anonymous),
+        )
+        .route(
+            "/api/v1/{store}/storefront/auth/refresh-token",
+            post(commerce_engine::refresh),
+        )
+        .route(
+            "/api/v1/{store}/storefront/orders/{number}/payment-status",
+            get(commerce_engine::payment_status),
+        )
+        .route(
+            "/api/v1/{store}/storefront/orders/{number}/retry-payment",
+            post(commerce_engine::retry_payment),
+        )
         .with_state(shared.clone());
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(async move {

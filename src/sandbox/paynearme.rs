@@ -667,9 +667,11 @@ impl PnmState {
     }
 }
 
-/// The sandbox's state as JSON.
+/// The sandbox's state as JSON (Commerce Engine under `ce`).
 pub(crate) fn state_json(shared: &Shared) -> Value {
-    shared.pnm.lock().unwrap().to_json()
+    let mut state = shared.pnm.lock().unwrap().to_json();
+    state["ce"] = shared.ce.lock().unwrap().to_json();
+    state
 }
 
 /// `GET /__sandbox/counters`: the counters without the orders (cheap to poll).
@@ -690,6 +692,7 @@ pub(crate) async fn age_handler(State(shared): State<Arc<Shared>>, body: Bytes) 
     let Some(seconds) = seconds else {
         return invalid(r#"body must be {"seconds": N}"#);
     };
+    shared.ce.lock().unwrap().age(seconds);
     let mut pnm = shared.pnm.lock().unwrap();
     pnm.clock_offset_secs += seconds;
     (

@@ -12,6 +12,12 @@ pub enum RowState {
     Creating,
     /// A change request is about to leave (or may have); reconciled on resume.
     Changing,
+    /// A retry-payment request is about to leave (or may have); checked on resume.
+    Retrying,
+    /// Waiting for its retry window (`next_attempt_at`).
+    Deferred,
+    /// Nothing to do (e.g. already paid); the reason is in the error columns.
+    Skipped,
     Created,
     UrlsRefreshed,
     Done,
@@ -20,10 +26,13 @@ pub enum RowState {
 }
 
 impl RowState {
-    pub const ALL: [RowState; 8] = [
+    pub const ALL: [RowState; 11] = [
         RowState::Pending,
         RowState::Creating,
         RowState::Changing,
+        RowState::Retrying,
+        RowState::Deferred,
+        RowState::Skipped,
         RowState::Created,
         RowState::UrlsRefreshed,
         RowState::Done,
@@ -36,6 +45,9 @@ impl RowState {
             RowState::Pending => "pending",
             RowState::Creating => "creating",
             RowState::Changing => "changing",
+            RowState::Retrying => "retrying",
+            RowState::Deferred => "deferred",
+            RowState::Skipped => "skipped",
             RowState::Created => "created",
             RowState::UrlsRefreshed => "urls_refreshed",
             RowState::Done => "done",
@@ -50,7 +62,10 @@ impl RowState {
 
     /// Whether the row needs no more work in this run.
     pub fn is_final(self) -> bool {
-        matches!(self, RowState::Done | RowState::Failed | RowState::Rejected)
+        matches!(
+            self,
+            RowState::Done | RowState::Failed | RowState::Rejected | RowState::Skipped
+        )
     }
 }
 
@@ -90,11 +105,18 @@ pub struct StoredRow {
     pub embedded_js_url_expires_at: Option<String>,
     pub secure_smart_token: Option<String>,
     pub secure_smart_link: Option<String>,
+    /// Unix seconds before which a deferred row waits.
+    pub next_attempt_at: Option<i64>,
+    pub payment_id: Option<String>,
+    pub payment_status: Option<String>,
+    pub payment_link: Option<String>,
+    pub payment_link_expiry: Option<String>,
 }
 
 const COLUMNS: &str = "row_number, COALESCE(input_row, row_number), line, site_customer_identifier, site_order_identifier, \
      pnm_order_identifier, pnm_customer_identifier, state, attempts, last_error_code, last_error, \
-     embedded_js_url, embedded_js_url_expires_at, secure_smart_token, secure_smart_link";
+     embedded_js_url, embedded_js_url_expires_at, secure_smart_token, secure_smart_link, \
+     next_attempt_at, payment_id, payment_status, payment_link, payment_link_expiry";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     Ok(StoredRow {
@@ -113,6 +135,11 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         embedded_js_url_expires_at: r.get(12)?,
         secure_smart_token: r.get(13)?,
         secure_smart_link: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+        payment_id: r.get(16)?,
+        payment_status: r.get(17)?,
+        payment_link: r.get(18)?,
+        payment_link_expiry: r.get(19)?,
     })
 }
 
@@ -336,6 +363,17 @@ impl Store {
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e));
         rows
+    }
+
+    /// The earliest time (unix seconds) a deferred row of the run may go.
+    pub fn next_deferred(&self, run_id: i64) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(next_attempt_at) FROM rows WHERE run_id = ?1 AND state = ?2",
+                params![run_id, RowState::Deferred.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Row counts per state for the run.

@@ -41,6 +41,25 @@ pub enum Write {
     Expand { parent: u64, orders: Vec<PnmOrder> },
     /// The row's order was changed: the row is done.
     Changed { row: u64, pnm_order: String },
+    /// A retry-payment made a new payment (or, `note` says, an interrupted
+    /// run's retry went through): the row is done.
+    Retried {
+        row: u64,
+        payment: crate::provider::commerce_engine::PaymentInfo,
+        note: Option<String>,
+    },
+    /// The row waits until `until` (unix seconds).
+    Deferred {
+        row: u64,
+        until: i64,
+        message: String,
+    },
+    /// Nothing to do for the row.
+    Skipped {
+        row: u64,
+        code: String,
+        message: String,
+    },
     /// Moves every row in `from` to `to` (e.g. done without tokens).
     MoveAll { from: RowState, to: RowState },
     /// The row's smart token and link were issued: the row is done.
@@ -267,6 +286,58 @@ fn apply(
                     )
                     .and_then(|mut s| {
                         s.execute(params![run_id, row, RowState::Done.as_str(), pnm_order])
+                    })
+                    .map_err(sql_err)?;
+                }
+                Write::Retried { row, payment, note } => {
+                    tx.prepare_cached(
+                        "UPDATE rows SET state = ?3, payment_id = ?4, payment_status = ?5,
+                             payment_link = ?6, payment_link_expiry = ?7, next_attempt_at = NULL,
+                             last_error_code = CASE WHEN ?8 IS NULL THEN last_error_code ELSE 'link_not_recorded' END,
+                             last_error = COALESCE(?8, last_error)
+                         WHERE run_id = ?1 AND row_number = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            run_id,
+                            row,
+                            RowState::Done.as_str(),
+                            payment.id,
+                            payment.status,
+                            payment.link,
+                            payment.link_expiry,
+                            note
+                        ])
+                    })
+                    .map_err(sql_err)?;
+                }
+                Write::Deferred {
+                    row,
+                    until,
+                    message,
+                } => {
+                    tx.prepare_cached(
+                        "UPDATE rows SET state = ?3, next_attempt_at = ?4, last_error_code = 'retry_too_early',
+                             last_error = ?5 WHERE run_id = ?1 AND row_number = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![run_id, row, RowState::Deferred.as_str(), until, message])
+                    })
+                    .map_err(sql_err)?;
+                }
+                Write::Skipped { row, code, message } => {
+                    tx.prepare_cached(
+                        "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
+                             WHERE run_id = ?1 AND row_number = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            run_id,
+                            row,
+                            RowState::Skipped.as_str(),
+                            code,
+                            message
+                        ])
                     })
                     .map_err(sql_err)?;
                 }

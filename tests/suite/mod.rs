@@ -1,4 +1,5 @@
 mod chaos;
+mod commerce;
 mod config;
 mod input;
 mod nightly;

@@ -260,3 +260,52 @@ impl Sandbox {
             .unwrap_or_else(|| panic!("no order {site_order_identifier}"))
     }
 }
+
+impl Sandbox {
+    /// Seeds Commerce Engine orders: (order_number, status, seconds since the last payment request).
+    pub fn seed_ce(&self, orders: &[(&str, &str, i64)]) {
+        let body: Vec<Value> = orders
+            .iter()
+            .map(|(n, s, ago)| serde_json::json!({"order_number": n, "status": s, "last_request_seconds_ago": ago}))
+            .collect();
+        let url = format!("{}/__sandbox/ce/orders", self.base_url());
+        self.runtime.block_on(async {
+            let status = reqwest::Client::new()
+                .post(url)
+                .body(serde_json::to_vec(&body).unwrap())
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success());
+        })
+    }
+
+    /// The Commerce Engine order's state.
+    pub fn ce_order(&self, number: &str) -> Value {
+        self.state()["ce"]["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["order_number"] == number)
+            .cloned()
+            .unwrap_or_else(|| panic!("no CE order {number}"))
+    }
+
+    pub fn ce_requests(&self, name: &str) -> u64 {
+        self.state()["ce"]["requests"][name].as_u64().unwrap_or(0)
+    }
+}
+
+impl Dir {
+    /// The binary with the sandbox's Commerce Engine credentials.
+    pub fn ce_cmd(&self, sandbox: &Sandbox, args: &[&str]) -> Command {
+        let mut cmd = self.bare_cmd(args);
+        cmd.env("CE_BASE_URL", sandbox.base_url())
+            .env("CE_STORE_ID", "store_1")
+            .env("CE_API_KEY", "ce-sandbox-key")
+            .env_remove("CE_ACCESS_TOKEN")
+            .env_remove("CE_REFRESH_TOKEN");
+        cmd
+    }
+}

@@ -32,6 +32,12 @@ pub enum Endpoint {
     ChangeOrder = 4,
 }
 
+impl From<Endpoint> for &'static str {
+    fn from(e: Endpoint) -> Self {
+        e.as_str()
+    }
+}
+
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

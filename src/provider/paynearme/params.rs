@@ -1,4 +1,5 @@
-//! The one table of every PayNearMe parameter the tool knows.
+//! The one table of every PayNearMe parameter the tool knows (and the few
+//! Commerce Engine retry-payment columns, flagged `ep::CE_RETRY`).
 //!
 //! A name that turns out to be wrong is corrected here, in one line. Each entry
 //! says which endpoints take it, how its value is checked, whether it is
@@ -12,6 +13,8 @@ pub mod ep {
     pub const TOKEN: u8 = 4;
     pub const REFRESH: u8 = 8;
     pub const FIND: u8 = 16;
+    /// Commerce Engine retry-payment input.
+    pub const CE_RETRY: u8 = 32;
 }
 
 /// How a value is checked before it is sent.
@@ -211,6 +214,13 @@ pub const PARAMS: &[Param] = &[
     p("ext_customer_date_of_birth_pii", TOKEN, Text, true, true),
     p("ext_customer_tax_id_pii", TOKEN, Text, true, true),
     p("flow_bank_oauth_redirect_url", TOKEN, Text, false, true),
+    // Commerce Engine retry-payment rows (not PayNearMe parameters).
+    p("order_number", ep::CE_RETRY, Text, false, true),
+    p("payment_provider_slug", ep::CE_RETRY, Text, false, true),
+    p("integration_type", ep::CE_RETRY, Text, false, true),
+    p("return_url", ep::CE_RETRY, Text, false, true),
+    p("action", ep::CE_RETRY, Text, false, true),
+    p("gateway_reference_id", ep::CE_RETRY, Text, false, true),
     p("force", REFRESH, Bool, false, true),
     p("limit", REFRESH, PositiveInt, false, true),
     p("offset", REFRESH, Count, false, true),

@@ -200,3 +200,70 @@ fn dry_run_and_missing_credentials() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("CE_BASE_URL"));
     assert!(!dir.path("ce.db").exists());
 }
+
+#[test]
+fn given_access_and_refresh_tokens_are_used_and_never_logged() {
+    let sandbox = Sandbox::start();
+    sandbox.seed_ce(&[("T-1", "failed", 60)]);
+    let url = format!(
+        "{}/api/v1/store_1/storefront/auth/anonymous",
+        sandbox.base_url()
+    );
+    let body: serde_json::Value = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let bytes = reqwest::Client::new()
+                .post(url)
+                .header("X-Api-Key", "ce-sandbox-key")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        })
+    };
+    let access = body["content"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refresh = body["content"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dir = Dir::new();
+    dir.write("o.csv", "order_number\nT-1\n");
+    let mut cmd = dir.ce_cmd(
+        &sandbox,
+        &[
+            "ce",
+            "retry-payments",
+            "o.csv",
+            "--db",
+            "ce.db",
+            "--export",
+            "e.csv",
+        ],
+    );
+    cmd.env_remove("CE_API_KEY")
+        .env("CE_ACCESS_TOKEN", &access)
+        .env("CE_REFRESH_TOKEN", &refresh)
+        .env("RUST_LOG", "trace");
+    let out = run(cmd);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.ce_order("T-1")["retries"], 1);
+    for secret in [&access, &refresh] {
+        let found = [&out.stdout, &out.stderr]
+            .iter()
+            .any(|o| String::from_utf8_lossy(o).contains(secret.as_str()));
+        assert!(!found, "token in output");
+        for f in ["ce.db", "e.csv", "ce.db.report.md", "ce.db.report.json"] {
+            let bytes = std::fs::read(dir.path(f)).unwrap_or_default();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(secret.as_str()),
+                "token in {f}"
+            );
+        }
+    }
+}

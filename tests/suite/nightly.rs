@@ -261,3 +261,39 @@ fn change_applies_every_row_once_by_either_identifier() {
     assert_eq!(code(&again), 1);
     assert!((1..=20).all(|i| sandbox.order(&format!("S{i}"))["changes"] == 1));
 }
+
+#[test]
+fn refresh_without_urls_only_looks_orders_up_and_issues_tokens() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    nightly_setup(&sandbox, &dir);
+    dir.write(
+        "n.csv",
+        "site_customer_identifier,site_order_identifier\nA,\n,C2\n",
+    );
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "refresh",
+            "n.csv",
+            "--db",
+            "n.db",
+            "--no-urls",
+            "--export",
+            "e.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        sandbox.requests("refresh_embedded_js_urls"),
+        before,
+        "--no-urls"
+    );
+    assert!(generations(&sandbox).values().all(|&g| g == 1));
+    let export = read_export(&dir.path("e.csv"));
+    assert_eq!(export.len(), 8);
+    assert!(export
+        .iter()
+        .all(|r| r["status"] == "done" && r["secure_smart_token"].starts_with("sst_")));
+}

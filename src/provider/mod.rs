@@ -123,6 +123,40 @@ impl ProviderError {
     }
 }
 
+/// A transport error from reqwest, sorted by whether the request may have
+/// been sent. reqwest's message names the URL, never the body.
+pub(crate) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ProviderError {
+    let kind = if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Closed
+    };
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    ProviderError::Transport {
+        endpoint,
+        kind,
+        detail,
+    }
+}
+
+/// The `Retry-After` of a 429, in seconds (fractions accepted).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

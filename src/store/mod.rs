@@ -62,18 +62,7 @@ impl Store {
             detail: e.to_string(),
         })?;
         let mut store = Self::connect(path)?;
-        let found: usize = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| store.err(e))?;
-        let known = schema_version();
-        if found > known {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                known,
-            });
-        }
+        store.schema_found()?;
         MIGRATIONS
             .to_latest(&mut store.conn)
             .map_err(|e| StoreError::Migration {
@@ -93,23 +82,29 @@ impl Store {
             });
         }
         let store = Self::connect(path)?;
-        let found: usize = store
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| store.err(e))?;
-        let known = schema_version();
-        if found > known {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                known,
-            });
-        }
-        if found < known {
+        if store.schema_found()? < schema_version() {
             drop(store);
             return Self::open(path);
         }
         Ok(store)
+    }
+
+    /// The schema version the database was written with; refuses one newer
+    /// than this build knows.
+    fn schema_found(&self) -> Result<usize, StoreError> {
+        let found: usize = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let known = schema_version();
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                known,
+            });
+        }
+        Ok(found)
     }
 
     /// A second connection to an already migrated database, for reading

@@ -159,6 +159,19 @@ fn write_loop(
 
 type Acks = (Vec<oneshot::Sender<()>>, usize);
 
+/// Runs one cached statement in the transaction.
+fn exec(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
+/// Sets a row's final state with an error code and message.
+const SET_OUTCOME: &str = "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
+     WHERE run_id = ?1 AND row_number = ?2";
+
 /// Records an order's identifiers and URL (URL may be absent).
 fn set_urls(
     tx: &rusqlite::Transaction<'_>,
@@ -257,19 +270,18 @@ fn apply(
                     pnm_order,
                     pnm_customer,
                 } => {
-                    tx.prepare_cached(
+                    exec(
+                        &tx,
                         "UPDATE rows SET state = ?3, pnm_order_identifier = ?4,
                              pnm_customer_identifier = ?5 WHERE run_id = ?1 AND row_number = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
+                        params![
                             run_id,
                             row,
                             RowState::Created.as_str(),
                             pnm_order,
                             pnm_customer
-                        ])
-                    })
+                        ],
+                    )
                     .map_err(sql_err)?;
                 }
                 Write::Urls { row, order } => {
@@ -280,25 +292,20 @@ fn apply(
                     *next_row += orders.len().saturating_sub(1) as u64;
                 }
                 Write::Changed { row, pnm_order } => {
-                    tx.prepare_cached(
+                    exec(
+                        &tx,
                         "UPDATE rows SET state = ?3, pnm_order_identifier = ?4
                              WHERE run_id = ?1 AND row_number = ?2",
+                        params![run_id, row, RowState::Done.as_str(), pnm_order],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![run_id, row, RowState::Done.as_str(), pnm_order])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::Retried { row, payment, note } => {
-                    tx.prepare_cached(
-                        "UPDATE rows SET state = ?3, payment_id = ?4, payment_status = ?5,
+                    exec(&tx, "UPDATE rows SET state = ?3, payment_id = ?4, payment_status = ?5,
                              payment_link = ?6, payment_link_expiry = ?7, next_attempt_at = NULL,
                              last_error_code = CASE WHEN ?8 IS NULL THEN last_error_code ELSE 'link_not_recorded' END,
                              last_error = COALESCE(?8, last_error)
-                         WHERE run_id = ?1 AND row_number = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
+                         WHERE run_id = ?1 AND row_number = ?2", params![
                             run_id,
                             row,
                             RowState::Done.as_str(),
@@ -308,7 +315,6 @@ fn apply(
                             payment.link_expiry,
                             note
                         ])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::Deferred {
@@ -316,29 +322,16 @@ fn apply(
                     until,
                     message,
                 } => {
-                    tx.prepare_cached(
-                        "UPDATE rows SET state = ?3, next_attempt_at = ?4, last_error_code = 'retry_too_early',
-                             last_error = ?5 WHERE run_id = ?1 AND row_number = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![run_id, row, RowState::Deferred.as_str(), until, message])
-                    })
+                    exec(&tx, "UPDATE rows SET state = ?3, next_attempt_at = ?4, last_error_code = 'retry_too_early',
+                             last_error = ?5 WHERE run_id = ?1 AND row_number = ?2", params![run_id, row, RowState::Deferred.as_str(), until, message])
                     .map_err(sql_err)?;
                 }
                 Write::Skipped { row, code, message } => {
-                    tx.prepare_cached(
-                        "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
-                             WHERE run_id = ?1 AND row_number = ?2",
+                    exec(
+                        &tx,
+                        SET_OUTCOME,
+                        params![run_id, row, RowState::Skipped.as_str(), code, message],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            run_id,
-                            row,
-                            RowState::Skipped.as_str(),
-                            code,
-                            message
-                        ])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::MoveAll { from, to } => {
@@ -349,29 +342,20 @@ fn apply(
                     .map_err(sql_err)?;
                 }
                 Write::Token { row, token, link } => {
-                    tx.prepare_cached(
+                    exec(
+                        &tx,
                         "UPDATE rows SET state = ?3, secure_smart_token = ?4,
                              secure_smart_link = ?5 WHERE run_id = ?1 AND row_number = ?2",
+                        params![run_id, row, RowState::Done.as_str(), token, link],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![run_id, row, RowState::Done.as_str(), token, link])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::Failed { row, code, message } => {
-                    tx.prepare_cached(
-                        "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
-                             WHERE run_id = ?1 AND row_number = ?2",
+                    exec(
+                        &tx,
+                        SET_OUTCOME,
+                        params![run_id, row, RowState::Failed.as_str(), code, message],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            run_id,
-                            row,
-                            RowState::Failed.as_str(),
-                            code,
-                            message
-                        ])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::Attempt {
@@ -381,29 +365,21 @@ fn apply(
                     message,
                     latency_ms,
                 } => {
-                    tx.prepare_cached(
+                    exec(
+                        &tx,
                         "UPDATE rows SET attempts = attempts + 1, last_error_code = ?3,
                              last_error = ?4 WHERE run_id = ?1 AND row_number = ?2",
+                        params![run_id, row, code, message],
                     )
-                    .and_then(|mut s| s.execute(params![run_id, row, code, message]))
                     .map_err(sql_err)?;
-                    tx.prepare_cached(
+                    exec(
+                        &tx,
                         "INSERT INTO attempts (run_id, row_number, endpoint, attempt, error_code,
                              error, latency_ms, at)
                          SELECT ?1, ?2, ?3, attempts, ?4, ?5, ?6, ?7 FROM rows
                              WHERE run_id = ?1 AND row_number = ?2",
+                        params![run_id, row, endpoint, code, message, latency_ms, now()],
                     )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            run_id,
-                            row,
-                            endpoint,
-                            code,
-                            message,
-                            latency_ms,
-                            now()
-                        ])
-                    })
                     .map_err(sql_err)?;
                 }
                 Write::Request { endpoint } => *requests.entry(endpoint).or_default() += 1,
@@ -411,11 +387,12 @@ fn apply(
             }
         }
         for (endpoint, n) in requests {
-            tx.prepare_cached(
+            exec(
+                &tx,
                 "INSERT INTO requests (run_id, endpoint, count) VALUES (?1, ?2, ?3)
                  ON CONFLICT (run_id, endpoint) DO UPDATE SET count = count + excluded.count",
+                params![run_id, endpoint, n],
             )
-            .and_then(|mut s| s.execute(params![run_id, endpoint, n]))
             .map_err(sql_err)?;
         }
     }

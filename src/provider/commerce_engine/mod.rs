@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use crate::provider::{ProviderError, TransportKind};
+use crate::provider::{retry_after, transport_error, ProviderError};
 
 /// Counter names of the endpoints.
 pub const PAYMENT_STATUS: &str = "payment-status";
@@ -111,21 +111,6 @@ impl std::fmt::Debug for CeClient {
     }
 }
 
-fn transport(endpoint: &'static str, e: &reqwest::Error) -> ProviderError {
-    let kind = if e.is_connect() {
-        TransportKind::Connect
-    } else if e.is_timeout() {
-        TransportKind::Timeout
-    } else {
-        TransportKind::Closed
-    };
-    ProviderError::Transport {
-        endpoint,
-        kind,
-        detail: e.to_string(),
-    }
-}
-
 /// Reads the `{message, success, content, code}` envelope.
 fn envelope(
     endpoint: &'static str,
@@ -212,12 +197,15 @@ impl CeClient {
         if let (None, CeAuth::ApiKey(key)) = (bearer, &self.auth) {
             request = request.header("X-Api-Key", key.expose_secret());
         }
-        let response = request.send().await.map_err(|e| transport(endpoint, &e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(endpoint, &e))?;
         let status = response.status().as_u16();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| transport(endpoint, &e))?;
+            .map_err(|e| transport_error(endpoint, &e))?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -296,15 +284,10 @@ impl CeClient {
                 .bearer_auth(token.expose_secret())
                 .send()
                 .await
-                .map_err(|e| transport(endpoint, &e))?;
+                .map_err(|e| transport_error(endpoint, &e))?;
             let status = response.status().as_u16();
             if status == 429 {
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .map(Duration::from_secs_f64);
+                let retry_after = retry_after(response.headers());
                 return Err(ProviderError::RateLimited {
                     endpoint,
                     retry_after,
@@ -313,7 +296,7 @@ impl CeClient {
             let bytes = response
                 .bytes()
                 .await
-                .map_err(|e| transport(endpoint, &e))?;
+                .map_err(|e| transport_error(endpoint, &e))?;
             if status == 401 && !renewed {
                 let mut slot = self.tokens.lock().await;
                 // Another request may have renewed them meanwhile.

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::sign::sign;
 use super::types::{self, PnmOrder};
-use crate::provider::{ProviderError, TransportKind};
+use crate::provider::{retry_after, transport_error, ProviderError};
 
 /// API version sent with every request.
 pub const API_VERSION: &str = "3.0";
@@ -142,13 +142,7 @@ impl PnmClient {
             .map_err(|e| transport_error(name, &e))?;
         let status = response.status().as_u16();
         if status == 429 {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s >= 0.0)
-                .map(Duration::from_secs_f64);
+            let retry_after = retry_after(response.headers());
             return Err(ProviderError::RateLimited {
                 endpoint: name,
                 retry_after,
@@ -219,29 +213,6 @@ fn missing_order(endpoint: Endpoint, body: &Map<String, Value>) -> ProviderError
         endpoint: endpoint.as_str(),
         status: 200,
         snippet: snippet(Value::Object(body.clone()).to_string().as_bytes()),
-    }
-}
-
-fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ProviderError {
-    let kind = if e.is_connect() {
-        TransportKind::Connect
-    } else if e.is_timeout() {
-        TransportKind::Timeout
-    } else {
-        TransportKind::Closed
-    };
-    // reqwest's message names the URL, never the form body.
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
-    ProviderError::Transport {
-        endpoint,
-        kind,
-        detail,
     }
 }
 

@@ -69,6 +69,13 @@ impl Header {
         }
     }
 
+    /// Whether the file has per-row smart-token columns.
+    pub fn has_token_columns(&self) -> bool {
+        self.params
+            .iter()
+            .any(|p| p.is_some_and(|p| p.endpoints & params::ep::TOKEN_ROW != 0))
+    }
+
     /// The column index of `name`.
     pub fn index(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
@@ -162,18 +169,24 @@ impl Row {
     }
 
     /// The non-empty fields of sent columns as `(column name, value)` pairs,
-    /// in column order. Empty for a row that is not UTF-8 (never sent).
-    pub fn params<'a>(&'a self, header: &'a Header) -> Vec<(&'a str, &'a str)> {
+    /// in column order, for a request to `endpoint` (flags of `params::ep`):
+    /// known parameters of that endpoint, and pass-through columns except for
+    /// token calls. Empty for a row that is not UTF-8 (never sent).
+    pub fn params_for<'a>(&'a self, header: &'a Header, endpoint: u8) -> Vec<(&'a str, &'a str)> {
         let Some(text) = self.text() else {
             return Vec::new();
+        };
+        let wanted = |i: usize| match header.params[i] {
+            Some(p) => p.endpoints & endpoint != 0,
+            None => endpoint != params::ep::TOKEN_ROW,
         };
         header
             .names
             .iter()
-            .zip(&header.send)
+            .enumerate()
             .zip(text.iter())
-            .filter(|((_, send), value)| **send && !value.is_empty())
-            .map(|((name, _), value)| (name.as_str(), value))
+            .filter(|((i, _), value)| header.send[*i] && wanted(*i) && !value.is_empty())
+            .map(|((_, name), value)| (name.as_str(), value))
             .collect()
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::mode::{Mode, Stage};
 use super::stages::{Group, Job};
 use super::{PipelineError, Shutdown};
-use crate::input::{ColumnOptions, OrderReader};
+use crate::input::{ColumnOptions, OrderReader, Row};
 use crate::store::{Store, StoredRow};
 
 /// The worker that owns `key` (a customer, or an order when the customer is
@@ -32,8 +32,9 @@ fn route_key(row: &StoredRow) -> String {
         .unwrap_or_else(|| row.row_number.to_string())
 }
 
-/// Sends each row the stage takes, with its input fields re-read from the
-/// file (both are in row order), to its customer's worker.
+/// Sends each row the stage takes, with its input row's fields re-read from
+/// the file (both in row order), to its customer's worker: first the rows
+/// of the input itself, then the rows customer rows expanded into.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn feed_rows(
     db: &Path,
@@ -46,35 +47,53 @@ pub(super) fn feed_rows(
     senders: Vec<mpsc::Sender<Job>>,
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
-    let mut reader = OrderReader::open(input, mode.schema(columns))?;
     let mut failure = None;
-    store.for_each_row(run_id, stage.takes(), false, |stored| {
-        let row = loop {
-            match reader.next_row() {
-                Some(Ok(row)) if row.number < stored.row_number => continue,
-                Some(Ok(row)) if row.number == stored.row_number => break row,
-                Some(Err(e)) => {
-                    failure = Some(PipelineError::Input(e));
-                    return false;
-                }
-                _ => {
-                    failure = Some(PipelineError::Conflict(format!(
-                        "{}: row {} is missing; the file changed while the run was going",
-                        input.display(),
-                        stored.row_number
-                    )));
-                    return false;
-                }
-            }
-        };
+    let send = |row: &Row, stored: StoredRow| {
         let target = &senders[shard(&route_key(&stored), senders.len())];
+        let job = (row.clone(), stored);
         let job = match stage {
-            Stage::Change => Job::Change(Box::new((row, stored))),
-            Stage::CeRetry => Job::CeRetry(Box::new((row, stored))),
-            _ => Job::Create(Box::new((row, stored))),
+            Stage::Change => Job::Change(Box::new(job)),
+            Stage::CeRetry => Job::CeRetry(Box::new(job)),
+            Stage::Token => Job::TokenRow(Box::new(job)),
+            _ => Job::Create(Box::new(job)),
         };
         target.blocking_send(job).is_ok() && !shutdown.is_stopping()
-    })?;
+    };
+    for expanded in [false, true] {
+        let mut reader = OrderReader::open(input, mode.schema(columns))?;
+        let mut current: Option<Row> = None;
+        let mut each = |stored: StoredRow| {
+            let wanted = stored.input_row;
+            loop {
+                if current.as_ref().is_some_and(|r| r.number == wanted) {
+                    break;
+                }
+                match reader.next_row() {
+                    Some(Ok(row)) if row.number <= wanted => current = Some(row),
+                    Some(Err(e)) => {
+                        failure = Some(PipelineError::Input(e));
+                        return false;
+                    }
+                    _ => {
+                        failure = Some(PipelineError::Conflict(format!(
+                            "{}: row {wanted} is missing; the file changed while the run was going",
+                            input.display()
+                        )));
+                        return false;
+                    }
+                }
+            }
+            send(current.as_ref().expect("row found"), stored)
+        };
+        if expanded {
+            store.for_each_expanded(run_id, stage.takes(), &mut each)?;
+        } else {
+            store.for_each_row(run_id, stage.takes(), false, &mut each)?;
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
     failure.map_or(Ok(()), Err)
 }
 

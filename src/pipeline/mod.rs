@@ -262,7 +262,8 @@ async fn run_stages(
         let started = Instant::now();
         let progress = StageProgress::start(stage.name(), todo, options.quiet);
         let (db, stopping) = (db.clone(), ctx.shutdown.clone());
-        let feed: Feeder = if stage.reads_input() {
+        let per_row_tokens = stage == Stage::Token && header.has_token_columns();
+        let feed: Feeder = if stage.reads_input() || per_row_tokens {
             let (input, columns, mode) =
                 (options.input.clone(), options.columns.clone(), options.mode);
             Box::new(move |senders| {

@@ -94,8 +94,8 @@ impl Mode {
     /// The header the command accepts.
     pub fn schema(self, columns: &ColumnOptions) -> Schema<'_> {
         let (endpoints, required): (u8, &'static [&'static str]) = match self {
-            Mode::Run => (ep::CREATE, CREATE_REQUIRED),
-            Mode::Refresh { .. } => (ep::REFRESH | ep::TOKEN, &[]),
+            Mode::Run => (ep::CREATE | ep::TOKEN_ROW, CREATE_REQUIRED),
+            Mode::Refresh { .. } => (ep::REFRESH | ep::TOKEN_ROW | ep::FIND, &[]),
             Mode::Change => (ep::CHANGE | ep::FIND, &[]),
             Mode::CeRetry { .. } => (ep::CE_RETRY, &["order_number"]),
         };

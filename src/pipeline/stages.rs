@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::context::{Ctx, Outcome};
 use super::progress::StageProgress;
 use crate::input::{Header, Row};
+use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::Write;
@@ -22,6 +23,8 @@ pub enum Job {
     Refresh(Group),
     Token(Group),
     CeRetry(Box<(Row, StoredRow)>),
+    /// A smart token for one order with its input row's token columns.
+    TokenRow(Box<(Row, StoredRow)>),
 }
 
 /// A customer's rows that are ready for the same stage.
@@ -36,6 +39,7 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
         Job::Create(job) => create(ctx, header, &job.0, &job.1, progress).await,
         Job::Change(job) => change(ctx, header, &job.0, &job.1, progress).await,
         Job::Lookup(group) => lookup(ctx, group, progress).await,
+        Job::TokenRow(job) => token_row(ctx, header, &job.0, &job.1, progress).await,
         Job::CeRetry(job) => super::ce_stage::ce_retry(ctx, header, &job.0, &job.1, progress).await,
         Job::Refresh(group) => refresh(ctx, group, progress).await,
         Job::Token(group) => token(ctx, group, progress).await,
@@ -66,7 +70,7 @@ async fn create(
     let Some(order_id) = stored.site_order_identifier.as_deref() else {
         return;
     };
-    let mut params = row.params(header);
+    let mut params = row.params_for(header, ep::CREATE);
     if !params.iter().any(|(k, _)| *k == "site_order_identifier") {
         params.push(("site_order_identifier", order_id));
     }
@@ -553,7 +557,7 @@ async fn change(
         (None, None) => return,
     };
     let mut params: Vec<(&str, &str)> = row
-        .params(header)
+        .params_for(header, ep::CHANGE)
         .into_iter()
         .filter(|(k, _)| *k != "pnm_order_identifier" && *k != "site_order_identifier")
         .collect();
@@ -607,6 +611,47 @@ async fn change(
             })
             .await;
             progress.inc(1);
+        }
+        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
+        Outcome::Stopped => {}
+    }
+}
+
+/// A smart token for one order, with its input row's token columns
+/// (`payment_amount`, Guaranteed ACH fields, ...): rows with their own
+/// values cannot share a customer-wide call.
+async fn token_row(
+    ctx: &Ctx,
+    header: &Header,
+    row: &Row,
+    stored: &StoredRow,
+    progress: &StageProgress,
+) {
+    let stage = GroupStage::Token;
+    let Some((key, id)) = order_selector(stored) else {
+        return;
+    };
+    let mut params = vec![(key, id.as_str())];
+    params.extend(row.params_for(header, ep::TOKEN_ROW));
+    match ctx
+        .request(stage.endpoint(), &[stored.row_number], || {
+            stage.call(ctx, &params)
+        })
+        .await
+    {
+        Outcome::Done(orders) => {
+            let mut remaining = vec![stored.clone()];
+            let answered = take_answered(&mut remaining, orders);
+            record_answers(ctx, stage, answered, progress).await;
+            for row in remaining {
+                fail(
+                    ctx,
+                    row.row_number,
+                    &not_returned(stage.endpoint()),
+                    progress,
+                )
+                .await;
+            }
         }
         Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
         Outcome::Stopped => {}

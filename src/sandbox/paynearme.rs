@@ -573,10 +573,18 @@ impl PnmState {
         if found.is_empty() && !by_customer {
             return error(StatusCode::NOT_FOUND, "order_not_found", "no such order");
         }
+        // PII fields are noted as received, not kept.
         let options: BTreeMap<String, String> = params
             .iter()
-            .filter(|(k, _)| !SELECTORS.contains(&k.as_str()) && !k.ends_with("_pii"))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| !SELECTORS.contains(&k.as_str()))
+            .map(|(k, v)| {
+                let v = if k.ends_with("_pii") {
+                    "[received]".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
             .collect();
         for &i in &found {
             let token = format!("sst_{}", random_hex(rng, 12));

@@ -226,7 +226,8 @@ impl Store {
 
     /// Calls `f` for each row of the run in `states` (until `f` says
     /// stop), by customer then row number when `by_customer`, else by row
-    /// number. Reads in chunks, each its own short read transaction, so a
+    /// number and leaving out rows a customer row expanded into (see
+    /// [`Store::for_each_expanded`]). Reads in chunks, each its own short read transaction, so a
     /// long stage never holds back WAL checkpoints (which would grow the WAL
     /// and memory with the input); rows that leave `states` meanwhile are
     /// simply not seen again.
@@ -252,7 +253,7 @@ impl Store {
                  ORDER BY site_customer_identifier, row_number",
             ]
         } else {
-            &["AND row_number > ?3 ORDER BY row_number"]
+            &["AND input_row IS NULL AND row_number > ?3 ORDER BY row_number"]
         };
         for pass in passes {
             let mut stmt = self
@@ -279,6 +280,47 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Calls `f` for each row in `states` that a customer row expanded into,
+    /// by input row, in chunks like [`Store::for_each_row`].
+    pub fn for_each_expanded(
+        &self,
+        run_id: i64,
+        states: &[RowState],
+        mut f: impl FnMut(StoredRow) -> bool,
+    ) -> Result<(), StoreError> {
+        const CHUNK: i64 = 4096;
+        let list = states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})
+                 AND input_row IS NOT NULL AND (input_row, row_number) > (?2, ?3)
+                 ORDER BY input_row, row_number LIMIT {CHUNK}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let (mut input, mut after) = (0u64, 0u64);
+        loop {
+            let chunk: Vec<StoredRow> = stmt
+                .query_map(params![run_id, input, after], from_row)
+                .and_then(Iterator::collect)
+                .map_err(|e| self.err(e))?;
+            let full = chunk.len() as i64 == CHUNK;
+            for row in chunk {
+                (input, after) = (row.input_row, row.row_number);
+                if !f(row) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// Every row of the run in input order (a row's expansions after it),

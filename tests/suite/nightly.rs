@@ -297,3 +297,75 @@ fn refresh_without_urls_only_looks_orders_up_and_issues_tokens() {
         .iter()
         .all(|r| r["status"] == "done" && r["secure_smart_token"].starts_with("sst_")));
 }
+
+#[test]
+fn per_row_token_columns_reach_their_orders_and_pii_is_never_kept() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    // A run whose rows carry their own payment amounts.
+    dir.write(
+        "o.csv",
+        "site_customer_identifier,site_order_identifier,order_amount,order_currency,order_type,order_is_standing,payment_amount,payment_field_fixed\n\
+         P,P1,10.00,USD,exact,true,4.00,true\n\
+         P,P2,20.00,USD,exact,true,,\n",
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "r.db", "--flow", "debit"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let p1 = sandbox.order("P1");
+    assert_eq!(p1["token_options"]["payment_amount"], "4.00");
+    assert_eq!(p1["token_options"]["payment_field_fixed"], "true");
+    assert_eq!(p1["token_options"]["flow_debit"], "true");
+    assert!(
+        p1["fields"].get("payment_amount").is_none(),
+        "not sent to create_order"
+    );
+    assert!(sandbox.order("P2")["token_options"]
+        .get("payment_amount")
+        .is_none());
+
+    // Guaranteed ACH on a refresh customer row: every order of the customer.
+    let secret_dob = "1971-02-03";
+    let secret_tax = "987-65-4321";
+    dir.write(
+        "ach.csv",
+        format!(
+            "site_customer_identifier,flow_trustly,ext_customer_enrollment_date,ext_customer_date_of_birth_pii,ext_customer_tax_id_pii,flow_bank_oauth_redirect_url\n\
+             P,true,2020-01-01,{secret_dob},{secret_tax},https://bank.example/back\n"
+        ),
+    );
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &["refresh", "ach.csv", "--db", "a.db", "--export", "a.csv"],
+    );
+    cmd.env("RUST_LOG", "trace");
+    let out = run(cmd);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for id in ["P1", "P2"] {
+        let o = sandbox.order(id);
+        assert_eq!(o["token_options"]["flow_trustly"], "true", "{o}");
+        assert_eq!(
+            o["token_options"]["ext_customer_date_of_birth_pii"],
+            "[received]"
+        );
+        assert_eq!(o["token_options"]["ext_customer_tax_id_pii"], "[received]");
+    }
+    let outputs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for pii in [secret_dob, secret_tax] {
+        assert!(!outputs.contains(pii), "{pii} logged");
+        for f in ["a.db", "a.csv", "a.db.report.md", "a.db.report.json"] {
+            let bytes = std::fs::read(dir.path(f)).unwrap_or_default();
+            assert!(
+                !bytes.windows(pii.len()).any(|w| w == pii.as_bytes()),
+                "{pii} in {f}"
+            );
+        }
+    }
+    assert_eq!(read_export(&dir.path("a.csv")).len(), 2);
+}

@@ -15,6 +15,8 @@ pub mod ep {
     pub const FIND: u8 = 16;
     /// Commerce Engine retry-payment input.
     pub const CE_RETRY: u8 = 32;
+    /// Per-row `get_smart_token` columns of `run` and `refresh` files.
+    pub const TOKEN_ROW: u8 = 64;
 }
 
 /// How a value is checked before it is sent.
@@ -208,12 +210,37 @@ pub const PARAMS: &[Param] = &[
     p("accepted_payment_types", ORDER, Text, false, false),
     p("order_is_suspended", CHANGE, Bool, false, false),
     p("order_suspension_reason", CHANGE, Text, false, false),
-    p("payment_amount", TOKEN, Amount, false, true),
-    p("payment_field_fixed", TOKEN, Bool, false, true),
-    p("ext_customer_enrollment_date", TOKEN, Text, false, true),
-    p("ext_customer_date_of_birth_pii", TOKEN, Text, true, true),
-    p("ext_customer_tax_id_pii", TOKEN, Text, true, true),
-    p("flow_bank_oauth_redirect_url", TOKEN, Text, false, true),
+    p("payment_amount", TOKEN | TOKEN_ROW, Amount, false, true),
+    p("payment_field_fixed", TOKEN | TOKEN_ROW, Bool, false, true),
+    p("flow_trustly", TOKEN | TOKEN_ROW, Bool, false, true),
+    p(
+        "ext_customer_enrollment_date",
+        TOKEN | TOKEN_ROW,
+        Text,
+        false,
+        true,
+    ),
+    p(
+        "ext_customer_date_of_birth_pii",
+        TOKEN | TOKEN_ROW,
+        Text,
+        true,
+        true,
+    ),
+    p(
+        "ext_customer_tax_id_pii",
+        TOKEN | TOKEN_ROW,
+        Text,
+        true,
+        true,
+    ),
+    p(
+        "flow_bank_oauth_redirect_url",
+        TOKEN | TOKEN_ROW,
+        Text,
+        false,
+        true,
+    ),
     // Commerce Engine retry-payment rows (not PayNearMe parameters).
     p("order_number", ep::CE_RETRY, Text, false, true),
     p("payment_provider_slug", ep::CE_RETRY, Text, false, true),

@@ -45,32 +45,46 @@ pub fn check_quotes(path: &Path, open_quote: Option<(u64, u64)>) -> Result<(), I
     }
 }
 
-/// Keys of `seen_ids` are already hashes: use them as they are.
-#[derive(Default)]
-struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type BuildIdentity = std::hash::BuildHasherDefault<Identity>;
-
-/// The stable hash used to spot a repeated `site_order_identifier` without
-/// keeping every identifier in memory.
+/// The hash used to spot a repeated `site_order_identifier` without keeping
+/// every identifier in memory (candidates are confirmed by comparing text).
 fn id_hash(id: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     id.hash(&mut h);
     h.finish()
+}
+
+/// How a pass treats repeated `site_order_identifier`s.
+enum Dups {
+    /// First pass: only note each row's identifier hash (sequential writes,
+    /// sorted afterwards: far cheaper than a hash map's random accesses).
+    Collect(Vec<(u64, u64)>),
+    /// Second pass: the rows whose hash repeats an earlier row's, to be
+    /// confirmed against that row's identifier.
+    Known {
+        /// Later row → the first row with the same hash.
+        later: HashMap<u64, u64>,
+        /// First rows and, once read, their identifier.
+        firsts: HashMap<u64, Option<String>>,
+    },
+}
+
+impl Dups {
+    /// The candidates a collected list holds, if any.
+    fn candidates(self) -> Option<Dups> {
+        let Dups::Collect(mut ids) = self else {
+            return None;
+        };
+        ids.sort_unstable();
+        let (mut later, mut firsts) = (HashMap::new(), HashMap::new());
+        for run in ids.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
+            let first = run[0].1;
+            firsts.insert(first, None);
+            for &(_, row) in &run[1..] {
+                later.insert(row, first);
+            }
+        }
+        (!later.is_empty()).then_some(Dups::Known { later, firsts })
+    }
 }
 
 /// Checks every row of `path`; writes rejected rows to `rejects` if given.
@@ -79,15 +93,38 @@ pub fn check_file(
     schema: Schema<'_>,
     rejects: Option<(&Path, bool)>,
 ) -> Result<FileCheck, InputError> {
-    check_file_with(path, schema, rejects, |_, _| {})
+    let mut dups = Dups::Collect(Vec::new());
+    let report = pass(path, schema, rejects, &mut dups, &mut |_, _| {})?;
+    match dups.candidates() {
+        None => Ok(report),
+        Some(mut known) => pass(path, schema, rejects, &mut known, &mut |_, _| {}),
+    }
 }
 
-/// [`check_file`], calling `on_valid` for every valid row.
+/// [`check_file`], calling `on_valid` for every valid row (reads the file
+/// twice).
 pub fn check_file_with(
     path: &Path,
     schema: Schema<'_>,
     rejects: Option<(&Path, bool)>,
     mut on_valid: impl FnMut(&Header, &Row),
+) -> Result<FileCheck, InputError> {
+    let mut dups = Dups::Collect(Vec::new());
+    pass(path, schema, None, &mut dups, &mut |_, _| {})?;
+    let mut known = dups.candidates().unwrap_or(Dups::Known {
+        later: HashMap::new(),
+        firsts: HashMap::new(),
+    });
+    pass(path, schema, rejects, &mut known, &mut on_valid)
+}
+
+/// One pass over the file.
+fn pass(
+    path: &Path,
+    schema: Schema<'_>,
+    rejects: Option<(&Path, bool)>,
+    dups: &mut Dups,
+    on_valid: &mut dyn FnMut(&Header, &Row),
 ) -> Result<FileCheck, InputError> {
     let io_err = |source| InputError::Io {
         path: path.to_path_buf(),
@@ -106,10 +143,6 @@ pub fn check_file_with(
         ),
         None => None,
     };
-    // Sized from the file so the map rarely grows (rows are rarely < 64 bytes).
-    let size_hint = std::fs::metadata(path).map_or(0, |m| m.len() / 64) as usize;
-    let mut seen_ids: HashMap<u64, u64, BuildIdentity> =
-        HashMap::with_capacity_and_hasher(size_hint.min(1 << 24), BuildIdentity::default());
     let mut report = FileCheck::default();
     let mut codes: HashMap<String, u64> = HashMap::new();
     let mut row = Row::default();
@@ -122,14 +155,23 @@ pub fn check_file_with(
             .and_then(|i| row.get(i))
             .filter(|id| !id.is_empty())
         {
-            let first = *seen_ids.entry(id_hash(id)).or_insert(row.number);
-            if first != row.number && outcome.is_ok() {
-                outcome = Err(Rejection {
-                    column: Some("site_order_identifier".into()),
-                    reason: format!(
-                        "`{id}` is already used by row {first}; each order needs its own"
-                    ),
-                });
+            match dups {
+                Dups::Collect(ids) => ids.push((id_hash(id), row.number)),
+                Dups::Known { later, firsts } => {
+                    if let Some(slot) = firsts.get_mut(&row.number) {
+                        *slot = Some(id.to_string());
+                    }
+                    let first = later.get(&row.number).copied();
+                    let same = first.and_then(|f| firsts.get(&f)?.as_deref().map(|t| t == id));
+                    if let (Some(first), Some(true), true) = (first, same, outcome.is_ok()) {
+                        outcome = Err(Rejection {
+                            column: Some("site_order_identifier".into()),
+                            reason: format!(
+                                "`{id}` is already used by row {first}; each order needs its own"
+                            ),
+                        });
+                    }
+                }
             }
         }
         match outcome {

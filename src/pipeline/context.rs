@@ -13,7 +13,7 @@ use super::shutdown::{Shutdown, Stop};
 use super::RunOptions;
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
-use crate::provider::ProviderError;
+use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::Write;
 
 /// How one request ended after all its retries.
@@ -35,6 +35,13 @@ pub struct CallOptions {
     pub token: Vec<(String, String)>,
     /// `refresh` regenerates URLs (off: it only looks orders up).
     pub urls: bool,
+}
+
+/// Transient failures in a row (no success between them, any worker) after
+/// which the provider is taken to be down: enough that every worker has
+/// gone through its retries a few times, never fewer than 50.
+fn breaker_threshold(concurrency: usize, max_attempts: u32) -> u64 {
+    (concurrency as u64 * u64::from(max_attempts) * 2).max(50)
 }
 
 /// The limiter's quota for `rate` requests per second. Requests are spaced
@@ -71,6 +78,10 @@ pub struct Ctx {
     retry_base: Duration,
     max_errors: Option<u64>,
     failed_rows: AtomicU64,
+    /// Transient failures since the last success, across all workers.
+    failing_in_a_row: AtomicU64,
+    /// Past this many, the provider is taken to be down and the run stops.
+    breaker_threshold: u64,
     run_id: i64,
 }
 
@@ -108,6 +119,8 @@ impl Ctx {
             retry_base: options.retry_base,
             max_errors: options.max_errors,
             failed_rows: AtomicU64::new(0),
+            failing_in_a_row: AtomicU64::new(0),
+            breaker_threshold: breaker_threshold(options.concurrency, options.max_attempts),
             run_id,
         }
     }
@@ -196,6 +209,7 @@ impl Ctx {
             let latency_ms = started.elapsed().as_millis() as u64;
             let error = match result {
                 Ok(value) => {
+                    self.failing_in_a_row.store(0, Ordering::Relaxed);
                     tracing::debug!(
                         run_id = self.run_id,
                         row_number,
@@ -210,6 +224,15 @@ impl Ctx {
                 }
                 Err(e) => e,
             };
+            if matches!(error.class(), ErrorClass::Transient { .. }) {
+                let in_a_row = self.failing_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_a_row >= self.breaker_threshold {
+                    self.shutdown.stop(Stop::Aborted(format!(
+                        "the provider failed {in_a_row} requests in a row with no success (last: {error}); \
+                         it looks down or unreachable. State is kept: run the same command again when it is back"
+                    )));
+                }
+            }
             tracing::warn!(
                 run_id = self.run_id,
                 row_number,

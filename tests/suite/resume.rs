@@ -181,3 +181,43 @@ fn retry_refuses_a_changed_input_naming_the_expected_fingerprint() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_provider_that_is_down_stops_the_run_instead_of_failing_every_row() {
+    let down = Sandbox::with(|c| c.fail_rate = 1.0);
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(300, 30, true));
+    let out = run(dir.cmd(
+        &down,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "e.csv",
+            "--max-attempts",
+            "3",
+            "--retry-base-ms",
+            "1",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "2",
+        ],
+    ));
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("looks down"),
+        "{}",
+        text(&out)
+    );
+    let export = read_export(&dir.path("e.csv"));
+    let failed = export.iter().filter(|r| r["status"] == "failed").count();
+    assert!(failed < 30, "{failed} rows failed before the run stopped");
+    assert!(
+        down.total_requests() < 100,
+        "{} requests",
+        down.total_requests()
+    );
+}

@@ -3,7 +3,6 @@
 //! share one rate limiter. Every customer belongs to one worker, so requests
 //! for a customer are never in flight together.
 
-mod ce_stage;
 mod context;
 mod feed;
 pub mod mode;

@@ -3,9 +3,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::context::{Ctx, Outcome};
-use super::progress::StageProgress;
+use super::fail;
 use crate::input::{Header, Row};
+use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::progress::StageProgress;
 use crate::provider::commerce_engine::{
     retry_time, PaymentInfo, PaymentMethod, PAYMENT_STATUS, RETRY_PAYMENT,
 };
@@ -71,7 +72,7 @@ pub async fn ce_retry(
         .await
     {
         Outcome::Done(status) => status,
-        Outcome::Failed(error) => return failed(ctx, stored, &error, progress).await,
+        Outcome::Failed(error) => return fail(ctx, stored.row_number, &error, progress).await,
         Outcome::Stopped => return,
     };
     if status.status == "success" {
@@ -160,7 +161,7 @@ pub async fn ce_retry(
             .await;
             progress.inc(1);
         }
-        Outcome::Failed(error) => failed(ctx, stored, &error, progress).await,
+        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
         Outcome::Stopped => {}
     }
 }
@@ -180,17 +181,6 @@ async fn done(ctx: &Ctx, stored: &StoredRow, retried: Retried, progress: &StageP
         row: stored.row_number,
         payment,
         note,
-    })
-    .await;
-    progress.inc(1);
-}
-
-async fn failed(ctx: &Ctx, stored: &StoredRow, error: &ProviderError, progress: &StageProgress) {
-    ctx.row_failed();
-    ctx.write(Write::Failed {
-        row: stored.row_number,
-        code: error.code(),
-        message: error.to_string(),
     })
     .await;
     progress.inc(1);

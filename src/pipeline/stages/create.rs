@@ -1,0 +1,105 @@
+//! `create_order`, exactly once per row.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::fail;
+use crate::input::{Header, Row};
+use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::progress::StageProgress;
+use crate::provider::paynearme::params::ep;
+use crate::provider::paynearme::{Endpoint, PnmOrder};
+use crate::provider::{ErrorClass, ProviderError};
+use crate::store::writer::Write;
+use crate::store::{RowState, StoredRow};
+
+/// Creates the row's order exactly once: intent is committed before the
+/// request leaves, and an attempt whose outcome is unknown (this run's or a
+/// killed run's) is reconciled with `find_orders` before anything is resent.
+pub(super) async fn create(
+    ctx: &Ctx,
+    header: &Header,
+    row: &Row,
+    stored: &StoredRow,
+    progress: &StageProgress,
+) {
+    let Some(order_id) = stored.site_order_identifier.as_deref() else {
+        return;
+    };
+    let mut params = row.params_for(header, ep::CREATE);
+    if !params.iter().any(|(k, _)| *k == "site_order_identifier") {
+        params.push(("site_order_identifier", order_id));
+    }
+    let maybe_exists = AtomicBool::new(stored.state == RowState::Creating.as_str());
+    if !maybe_exists.load(Ordering::Relaxed)
+        && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
+    {
+        return;
+    }
+    let outcome = ctx
+        .request(Endpoint::CreateOrder, &[stored.row_number], || {
+            create_attempt(ctx, &maybe_exists, stored.row_number, order_id, &params)
+        })
+        .await;
+    match outcome {
+        Outcome::Done(order) => match order.pnm_order_identifier {
+            Some(pnm_order) => {
+                ctx.write(Write::Created {
+                    row: stored.row_number,
+                    pnm_order,
+                    pnm_customer: order.pnm_customer_identifier,
+                })
+                .await;
+                progress.inc(1);
+            }
+            None => {
+                let error = ProviderError::UnexpectedBody {
+                    endpoint: Endpoint::CreateOrder.as_str(),
+                    status: 200,
+                    snippet: "order without pnm_order_identifier".into(),
+                };
+                fail(ctx, stored.row_number, &error, progress).await;
+            }
+        },
+        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
+        Outcome::Stopped => {}
+    }
+}
+
+/// One attempt: reconcile first when an earlier attempt may have created the
+/// order, then create.
+async fn create_attempt(
+    ctx: &Ctx,
+    maybe_exists: &AtomicBool,
+    row: u64,
+    order_id: &str,
+    params: &[(&str, &str)],
+) -> Result<PnmOrder, ProviderError> {
+    if maybe_exists.load(Ordering::Relaxed) {
+        ctx.permit(Endpoint::FindOrders).await;
+        let found = ctx
+            .pnm()
+            .find_orders("site_order_identifier", order_id)
+            .await?;
+        if let Some(order) = found
+            .into_iter()
+            .find(|o| o.site_order_identifier.as_deref() == Some(order_id))
+        {
+            tracing::info!(row, "adopted the order an earlier attempt created");
+            return Ok(order);
+        }
+        maybe_exists.store(false, Ordering::Relaxed);
+    }
+    ctx.permit(Endpoint::CreateOrder).await;
+    let result = ctx.pnm().create_order(params).await;
+    if let Err(e) = &result {
+        if matches!(
+            e.class(),
+            ErrorClass::Transient {
+                maybe_applied: true
+            }
+        ) {
+            maybe_exists.store(true, Ordering::Relaxed);
+        }
+    }
+    result
+}

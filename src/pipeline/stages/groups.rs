@@ -1,0 +1,292 @@
+//! Refresh URLs and issue smart tokens for a customer's rows, batched, and
+//! one order at a time where a batch cannot serve.
+
+use super::{fail, Group, PAGE_LIMIT};
+use crate::input::{Header, Row};
+use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::progress::StageProgress;
+use crate::provider::paynearme::params::ep;
+use crate::provider::paynearme::{Endpoint, PnmOrder};
+use crate::provider::ProviderError;
+use crate::store::writer::Write;
+use crate::store::StoredRow;
+
+/// Whether an answer's order is this row's.
+fn same_order(row: &StoredRow, order: &PnmOrder) -> bool {
+    match (&order.pnm_order_identifier, &row.pnm_order_identifier) {
+        (Some(a), Some(b)) => a == b,
+        _ => {
+            order.site_order_identifier.is_some()
+                && order.site_order_identifier == row.site_order_identifier
+        }
+    }
+}
+
+/// Takes the rows that `orders` answer for out of `remaining`.
+/// Several rows may name the same order; each gets the answer.
+fn take_answered(
+    remaining: &mut Vec<StoredRow>,
+    orders: Vec<PnmOrder>,
+) -> Vec<(StoredRow, PnmOrder)> {
+    let mut answered = Vec::new();
+    remaining.retain(|row| match orders.iter().find(|o| same_order(row, o)) {
+        Some(order) => {
+            answered.push((row.clone(), order.clone()));
+            false
+        }
+        None => true,
+    });
+    answered
+}
+
+fn row_numbers(rows: &[StoredRow]) -> Vec<u64> {
+    rows.iter().map(|r| r.row_number).collect()
+}
+
+fn not_returned(endpoint: Endpoint) -> ProviderError {
+    ProviderError::Api {
+        endpoint: endpoint.as_str(),
+        status: 200,
+        code: "order_not_found".into(),
+        description: "the provider's answer did not include this order".into(),
+    }
+}
+
+/// Which stage a group call is for.
+#[derive(Clone, Copy)]
+pub(super) enum GroupStage {
+    Refresh,
+    Token,
+}
+
+impl GroupStage {
+    fn endpoint(self) -> Endpoint {
+        match self {
+            GroupStage::Refresh => Endpoint::RefreshEmbeddedJsUrls,
+            GroupStage::Token => Endpoint::GetSmartToken,
+        }
+    }
+
+    /// Calls the stage's endpoint with `params` plus the run's options for
+    /// it (`force`, smart-token options).
+    pub(super) async fn call(
+        self,
+        ctx: &Ctx,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        ctx.permit(self.endpoint()).await;
+        let mut all = params.to_vec();
+        match self {
+            GroupStage::Refresh => {
+                all.extend(
+                    ctx.options
+                        .refresh
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                ctx.pnm().refresh_urls(&all).await
+            }
+            GroupStage::Token => {
+                all.extend(
+                    ctx.options
+                        .token
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                ctx.pnm().smart_token(&all).await
+            }
+        }
+    }
+
+    fn record(self, row: u64, order: PnmOrder) -> Option<Write> {
+        match self {
+            GroupStage::Refresh => {
+                order.embedded_js_url.as_ref()?;
+                Some(Write::Urls { row, order })
+            }
+            GroupStage::Token => Some(Write::Token {
+                row,
+                token: order.secure_smart_token?,
+                link: order.secure_smart_link,
+            }),
+        }
+    }
+}
+
+async fn record_answers(
+    ctx: &Ctx,
+    stage: GroupStage,
+    answered: Vec<(StoredRow, PnmOrder)>,
+    progress: &StageProgress,
+) {
+    for (row, order) in answered {
+        match stage.record(row.row_number, order) {
+            Some(write) => {
+                ctx.write(write).await;
+                progress.inc(1);
+            }
+            None => {
+                let error = ProviderError::UnexpectedBody {
+                    endpoint: stage.endpoint().as_str(),
+                    status: 200,
+                    snippet: "answer for the order lacks the expected field".into(),
+                };
+                fail(ctx, row.row_number, &error, progress).await;
+            }
+        }
+    }
+}
+
+/// How to name a row's order in a request: `pnm_order_identifier`, else
+/// `site_order_identifier`.
+pub(super) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> {
+    match (&row.pnm_order_identifier, &row.site_order_identifier) {
+        (Some(pnm), _) => Some(("pnm_order_identifier", pnm.clone())),
+        (None, Some(site)) => Some(("site_order_identifier", site.clone())),
+        (None, None) => None,
+    }
+}
+
+/// One call per order, for rows a customer-wide call did not cover.
+async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress: &StageProgress) {
+    for row in rows {
+        let Some((key, id)) = order_selector(&row) else {
+            continue;
+        };
+        let params = [(key, id.as_str())];
+        match ctx
+            .request(stage.endpoint(), &[row.row_number], || {
+                stage.call(ctx, &params)
+            })
+            .await
+        {
+            Outcome::Done(orders) => {
+                let mut remaining = vec![row];
+                let answered = take_answered(&mut remaining, orders);
+                record_answers(ctx, stage, answered, progress).await;
+                for row in remaining {
+                    fail(
+                        ctx,
+                        row.row_number,
+                        &not_returned(stage.endpoint()),
+                        progress,
+                    )
+                    .await;
+                }
+            }
+            Outcome::Failed(error) => fail(ctx, row.row_number, &error, progress).await,
+            Outcome::Stopped => return,
+        }
+    }
+}
+
+/// Refreshes the URLs of a customer's ready orders: pages of five through the
+/// customer's orders when it has several, one call per order otherwise.
+pub(super) async fn refresh(ctx: &Ctx, group: Group, progress: &StageProgress) {
+    let stage = GroupStage::Refresh;
+    let mut remaining = group.rows;
+    if remaining.len() > 1 {
+        let limit = PAGE_LIMIT.to_string();
+        let mut offset = 0usize;
+        loop {
+            let offset_text = offset.to_string();
+            let params = [
+                ("site_customer_identifier", group.customer.as_str()),
+                ("limit", limit.as_str()),
+                ("offset", offset_text.as_str()),
+            ];
+            let rows = row_numbers(&remaining);
+            match ctx
+                .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+                .await
+            {
+                Outcome::Done(page) => {
+                    let short = page.len() < PAGE_LIMIT;
+                    let answered = take_answered(&mut remaining, page);
+                    record_answers(ctx, stage, answered, progress).await;
+                    if short || remaining.is_empty() {
+                        break;
+                    }
+                    offset += PAGE_LIMIT;
+                }
+                Outcome::Failed(error) => {
+                    for row in remaining {
+                        fail(ctx, row.row_number, &error, progress).await;
+                    }
+                    return;
+                }
+                Outcome::Stopped => return,
+            }
+        }
+    }
+    per_order(ctx, stage, remaining, progress).await;
+}
+
+/// Issues smart tokens: one customer-wide call when the customer has several
+/// ready orders, one call per order otherwise.
+pub(super) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
+    let stage = GroupStage::Token;
+    let mut remaining = group.rows;
+    if remaining.len() > 1 {
+        let params = [("site_customer_identifier", group.customer.as_str())];
+        let rows = row_numbers(&remaining);
+        match ctx
+            .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+            .await
+        {
+            Outcome::Done(orders) => {
+                let answered = take_answered(&mut remaining, orders);
+                record_answers(ctx, stage, answered, progress).await;
+            }
+            Outcome::Failed(error) => {
+                for row in remaining {
+                    fail(ctx, row.row_number, &error, progress).await;
+                }
+                return;
+            }
+            Outcome::Stopped => return,
+        }
+    }
+    per_order(ctx, stage, remaining, progress).await;
+}
+
+/// A smart token for one order, with its input row's token columns
+/// (`payment_amount`, Guaranteed ACH fields, ...): rows with their own
+/// values cannot share a customer-wide call.
+pub(super) async fn token_row(
+    ctx: &Ctx,
+    header: &Header,
+    row: &Row,
+    stored: &StoredRow,
+    progress: &StageProgress,
+) {
+    let stage = GroupStage::Token;
+    let Some((key, id)) = order_selector(stored) else {
+        return;
+    };
+    let mut params = vec![(key, id.as_str())];
+    params.extend(row.params_for(header, ep::TOKEN_ROW));
+    match ctx
+        .request(stage.endpoint(), &[stored.row_number], || {
+            stage.call(ctx, &params)
+        })
+        .await
+    {
+        Outcome::Done(orders) => {
+            let mut remaining = vec![stored.clone()];
+            let answered = take_answered(&mut remaining, orders);
+            record_answers(ctx, stage, answered, progress).await;
+            for row in remaining {
+                fail(
+                    ctx,
+                    row.row_number,
+                    &not_returned(stage.endpoint()),
+                    progress,
+                )
+                .await;
+            }
+        }
+        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
+        Outcome::Stopped => {}
+    }
+}

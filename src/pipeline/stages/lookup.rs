@@ -1,0 +1,133 @@
+//! `refresh`: find each row's orders, expanding customer rows.
+
+use super::groups::{order_selector, refresh, GroupStage};
+use super::{Group, PAGE_LIMIT};
+use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::progress::StageProgress;
+use crate::provider::paynearme::{Endpoint, PnmOrder};
+use crate::store::writer::Write;
+use crate::store::StoredRow;
+
+/// `refresh`: finds each row's orders. A row naming a customer pages through
+/// all its orders (`limit` 5) and expands into one row per order; rows
+/// naming orders are refreshed like `run`'s, batched per customer when the
+/// customer is known. With URLs off, orders are only looked up.
+pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
+    let (order_rows, customer_rows): (Vec<StoredRow>, Vec<StoredRow>) = group
+        .rows
+        .into_iter()
+        .partition(|r| order_selector(r).is_some());
+    for row in customer_rows {
+        let selector = match (&row.site_customer_identifier, &row.pnm_customer_identifier) {
+            (Some(c), _) => ("site_customer_identifier", c.clone()),
+            (None, Some(p)) => ("pnm_customer_identifier", p.clone()),
+            (None, None) => continue,
+        };
+        let Some(orders) = customer_orders(ctx, &row, &selector).await else {
+            return;
+        };
+        let found = orders.len().max(1) as u64;
+        ctx.write(Write::Expand {
+            parent: row.row_number,
+            orders,
+        })
+        .await;
+        progress.inc(found);
+    }
+    if order_rows.is_empty() {
+        return;
+    }
+    if !ctx.options.urls {
+        for row in order_rows {
+            let order = PnmOrder {
+                pnm_order_identifier: row.pnm_order_identifier.clone(),
+                site_order_identifier: row.site_order_identifier.clone(),
+                ..PnmOrder::default()
+            };
+            ctx.write(Write::Urls {
+                row: row.row_number,
+                order,
+            })
+            .await;
+            progress.inc(1);
+        }
+        return;
+    }
+    refresh(
+        ctx,
+        Group {
+            customer: group.customer,
+            rows: order_rows,
+        },
+        progress,
+    )
+    .await;
+}
+
+/// Every order of a customer: pages of five through
+/// `refresh_embedded_js_urls` (or one `find_orders` with URLs off). `None`
+/// when the run stops; a failure fails the row.
+async fn customer_orders(
+    ctx: &Ctx,
+    row: &StoredRow,
+    selector: &(&'static str, String),
+) -> Option<Vec<PnmOrder>> {
+    let rows = [row.row_number];
+    if !ctx.options.urls {
+        let found = ctx
+            .request(Endpoint::FindOrders, &rows, || async {
+                ctx.permit(Endpoint::FindOrders).await;
+                ctx.pnm().find_orders(selector.0, &selector.1).await
+            })
+            .await;
+        return match found {
+            Outcome::Done(orders) => Some(orders),
+            Outcome::Failed(error) => {
+                ctx.row_failed();
+                ctx.write(Write::Failed {
+                    row: row.row_number,
+                    code: error.code(),
+                    message: error.to_string(),
+                })
+                .await;
+                None
+            }
+            Outcome::Stopped => None,
+        };
+    }
+    let limit = PAGE_LIMIT.to_string();
+    let mut all = Vec::new();
+    loop {
+        let offset = all.len().to_string();
+        let params = [
+            (selector.0, selector.1.as_str()),
+            ("limit", limit.as_str()),
+            ("offset", offset.as_str()),
+        ];
+        match ctx
+            .request(Endpoint::RefreshEmbeddedJsUrls, &rows, || {
+                GroupStage::Refresh.call(ctx, &params)
+            })
+            .await
+        {
+            Outcome::Done(page) => {
+                let short = page.len() < PAGE_LIMIT;
+                all.extend(page);
+                if short {
+                    return Some(all);
+                }
+            }
+            Outcome::Failed(error) => {
+                ctx.row_failed();
+                ctx.write(Write::Failed {
+                    row: row.row_number,
+                    code: error.code(),
+                    message: error.to_string(),
+                })
+                .await;
+                return None;
+            }
+            Outcome::Stopped => return None,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The work of each stage, one module per kind of work: create one order;
+//! refresh URLs and issue smart tokens for a customer's orders, batched;
+//! look orders up for `refresh`; change an order; retry a Commerce Engine
+//! payment.
+
+mod ce;
+mod change;
+mod create;
+mod groups;
+mod lookup;
+
+use super::context::Ctx;
+use super::progress::StageProgress;
+use crate::input::{Header, Row};
+use crate::provider::ProviderError;
+use crate::store::writer::Write;
+use crate::store::StoredRow;
+
+/// Most orders a customer-wide `refresh_embedded_js_urls` page returns.
+pub const PAGE_LIMIT: usize = 5;
+
+/// One unit of work, routed to the worker that owns its customer.
+pub enum Job {
+    Create(Box<(Row, StoredRow)>),
+    Change(Box<(Row, StoredRow)>),
+    Lookup(Group),
+    Refresh(Group),
+    Token(Group),
+    CeRetry(Box<(Row, StoredRow)>),
+    /// A smart token for one order with its input row's token columns.
+    TokenRow(Box<(Row, StoredRow)>),
+}
+
+/// A customer's rows that are ready for the same stage.
+pub struct Group {
+    pub customer: String,
+    pub rows: Vec<StoredRow>,
+}
+
+/// Runs one job to its end.
+pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgress) {
+    match job {
+        Job::Create(job) => create::create(ctx, header, &job.0, &job.1, progress).await,
+        Job::Change(job) => change::change(ctx, header, &job.0, &job.1, progress).await,
+        Job::Lookup(group) => lookup::lookup(ctx, group, progress).await,
+        Job::TokenRow(job) => groups::token_row(ctx, header, &job.0, &job.1, progress).await,
+        Job::CeRetry(job) => ce::ce_retry(ctx, header, &job.0, &job.1, progress).await,
+        Job::Refresh(group) => groups::refresh(ctx, group, progress).await,
+        Job::Token(group) => groups::token(ctx, group, progress).await,
+    }
+}
+
+pub(super) async fn fail(ctx: &Ctx, row: u64, error: &ProviderError, progress: &StageProgress) {
+    ctx.row_failed();
+    ctx.write(Write::Failed {
+        row,
+        code: error.code(),
+        message: error.to_string(),
+    })
+    .await;
+    progress.inc(1);
+}

@@ -95,7 +95,8 @@ impl Mode {
     pub fn schema(self, columns: &ColumnOptions) -> Schema<'_> {
         let (endpoints, required): (u8, &'static [&'static str]) = match self {
             Mode::Run => (ep::CREATE | ep::TOKEN_ROW, CREATE_REQUIRED),
-            Mode::Refresh { .. } => (ep::REFRESH | ep::TOKEN_ROW | ep::FIND, &[]),
+            // The four selectors and the per-row token columns.
+            Mode::Refresh { .. } => (ep::TOKEN, &[]),
             Mode::Change => (ep::CHANGE | ep::FIND, &[]),
             Mode::CeRetry { .. } => (ep::CE_RETRY, &["order_number"]),
         };

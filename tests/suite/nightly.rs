@@ -186,6 +186,12 @@ fn refresh_rejects_rows_naming_no_order_and_unknown_flows() {
     ));
     assert_eq!(code(&bad), 2, "{}", text(&bad));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("did you mean `debit`?"));
+
+    // Paging is the tool's business, not a column's.
+    dir.write("p.csv", "site_customer_identifier,limit\nA,50\n");
+    let paged = run(dir.cmd(&sandbox, &["refresh", "p.csv", "--db", "y.db"]));
+    assert_eq!(code(&paged), 2, "{}", text(&paged));
+    assert!(String::from_utf8_lossy(&paged.stderr).contains("unknown column `limit`"));
 }
 
 #[test]

@@ -23,6 +23,20 @@ use crate::report::{self, shell_quote, Report};
 use crate::store::{RowState, Store};
 use crate::{config, export, lock, status};
 
+/// The [`Inputs`] of a command's arguments (they share these fields).
+macro_rules! inputs {
+    ($args:expr) => {
+        Inputs {
+            input: $args.input,
+            db: $args.db,
+            export: $args.export,
+            columns: &$args.columns,
+            rejects: &$args.rejects,
+            outcome: &$args.outcome,
+        }
+    };
+}
+
 /// What every command that sends requests gets from the command line.
 pub struct Env {
     pub quiet: bool,
@@ -39,20 +53,7 @@ impl Env {
 
 pub fn run(args: RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
-    start(
-        Mode::Run,
-        settings,
-        Inputs {
-            input: args.input,
-            db: args.db,
-            export: args.export,
-            columns: &args.columns,
-            rejects: &args.rejects,
-            outcome: &args.outcome,
-        },
-        &args.pace,
-        env.quiet,
-    )
+    start(Mode::Run, settings, inputs!(args), &args.pace, env.quiet)
 }
 
 pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
@@ -62,38 +63,12 @@ pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
         urls: !args.no_urls,
         tokens: !args.no_token,
     };
-    start(
-        mode,
-        settings,
-        Inputs {
-            input: args.input,
-            db: args.db,
-            export: args.export,
-            columns: &args.columns,
-            rejects: &args.rejects,
-            outcome: &args.outcome,
-        },
-        &args.pace,
-        env.quiet,
-    )
+    start(mode, settings, inputs!(args), &args.pace, env.quiet)
 }
 
 pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenArgs::default())?;
-    start(
-        Mode::Change,
-        settings,
-        Inputs {
-            input: args.input,
-            db: args.db,
-            export: args.export,
-            columns: &args.columns,
-            rejects: &args.rejects,
-            outcome: &args.outcome,
-        },
-        &args.pace,
-        env.quiet,
-    )
+    start(Mode::Change, settings, inputs!(args), &args.pace, env.quiet)
 }
 
 pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
@@ -111,14 +86,7 @@ pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
         },
         settings,
         defaults,
-        Inputs {
-            input: args.input,
-            db: args.db,
-            export: args.export,
-            columns: &args.columns,
-            rejects: &args.rejects,
-            outcome: &args.outcome,
-        },
+        inputs!(args),
         &args.pace,
         env.quiet,
     )

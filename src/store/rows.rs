@@ -143,6 +143,15 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
+/// `'a','b'` for an `IN (...)` of states (their names are fixed words).
+fn sql_list(states: &[RowState]) -> String {
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The error recorded for a row whose `site_order_identifier` repeats an
 /// earlier row's.
 pub const DUPLICATE_ORDER_ID: &str = "duplicate_site_order_identifier";
@@ -239,11 +248,7 @@ impl Store {
         mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
         const CHUNK: i64 = 4096;
-        let list = states
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = sql_list(states);
         let base = format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})");
         // Rows with no customer first (by row number), then by customer.
         let passes: &[&str] = if by_customer {
@@ -291,11 +296,7 @@ impl Store {
         mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
         const CHUNK: i64 = 4096;
-        let list = states
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = sql_list(states);
         let mut stmt = self
             .conn
             .prepare(&format!(

@@ -1,7 +1,7 @@
 //! `refresh`: find each row's orders, expanding customer rows.
 
 use super::groups::{order_selector, refresh, GroupStage};
-use super::{Group, PAGE_LIMIT};
+use super::{fail, Group, PAGE_LIMIT};
 use crate::pipeline::context::{Ctx, Outcome};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
@@ -23,8 +23,13 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
             (None, Some(p)) => ("pnm_customer_identifier", p.clone()),
             (None, None) => continue,
         };
-        let Some(orders) = customer_orders(ctx, &row, &selector).await else {
-            return;
+        let orders = match customer_orders(ctx, &row, &selector).await {
+            Outcome::Done(orders) => orders,
+            Outcome::Failed(error) => {
+                fail(ctx, row.row_number, &error, progress).await;
+                continue;
+            }
+            Outcome::Stopped => return,
         };
         let found = orders.len().max(1) as u64;
         ctx.write(Write::Expand {
@@ -65,13 +70,12 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
 }
 
 /// Every order of a customer: pages of five through
-/// `refresh_embedded_js_urls` (or one `find_orders` with URLs off). `None`
-/// when the run stops; a failure fails the row.
+/// `refresh_embedded_js_urls` (or one `find_orders` with URLs off).
 async fn customer_orders(
     ctx: &Ctx,
     row: &StoredRow,
     selector: &(&'static str, String),
-) -> Option<Vec<PnmOrder>> {
+) -> Outcome<Vec<PnmOrder>> {
     let rows = [row.row_number];
     if !ctx.options.urls {
         let found = ctx
@@ -80,20 +84,7 @@ async fn customer_orders(
                 ctx.pnm().find_orders(selector.0, &selector.1).await
             })
             .await;
-        return match found {
-            Outcome::Done(orders) => Some(orders),
-            Outcome::Failed(error) => {
-                ctx.row_failed();
-                ctx.write(Write::Failed {
-                    row: row.row_number,
-                    code: error.code(),
-                    message: error.to_string(),
-                })
-                .await;
-                None
-            }
-            Outcome::Stopped => None,
-        };
+        return found;
     }
     let limit = PAGE_LIMIT.to_string();
     let mut all = Vec::new();
@@ -114,20 +105,11 @@ async fn customer_orders(
                 let short = page.len() < PAGE_LIMIT;
                 all.extend(page);
                 if short {
-                    return Some(all);
+                    return Outcome::Done(all);
                 }
             }
-            Outcome::Failed(error) => {
-                ctx.row_failed();
-                ctx.write(Write::Failed {
-                    row: row.row_number,
-                    code: error.code(),
-                    message: error.to_string(),
-                })
-                .await;
-                return None;
-            }
-            Outcome::Stopped => return None,
+            Outcome::Failed(error) => return Outcome::Failed(error),
+            Outcome::Stopped => return Outcome::Stopped,
         }
     }
 }

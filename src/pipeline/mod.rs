@@ -36,6 +36,9 @@ use register::{refuse_if_unfinished_other, register, write_rejects};
 pub use shutdown::{Shutdown, Stop};
 use stages::Job;
 
+/// Finished runs of at least this many rows may get their database compacted.
+const VACUUM_AFTER_ROWS: u64 = 10_000;
+
 /// Jobs queued per worker.
 const WORKER_QUEUE: usize = 16;
 
@@ -214,6 +217,13 @@ pub async fn run(
     let deferred_until = store.next_deferred(run_id)?;
     if !unfinished {
         store.set_finished(run_id, true)?;
+        // Rows grow stage by stage and leave pages part-empty: compact when
+        // this run is most of the database (a backfill, a first run), so a
+        // database of many nightly runs is not rewritten every night.
+        let this_run: u64 = states.iter().map(|(_, n)| n).sum();
+        if this_run >= VACUUM_AFTER_ROWS && this_run * 2 >= store.row_count()? {
+            store.vacuum()?;
+        }
     }
     Ok(RunSummary {
         run_id,

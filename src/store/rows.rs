@@ -143,6 +143,10 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
+/// The condition of the partial index `rows_by_state_customer`
+/// (migrations/03): rows still in work.
+const IN_WORK: &str = "state NOT IN ('done', 'failed', 'rejected', 'skipped')";
+
 /// `'a','b'` for an `IN (...)` of states (their names are fixed words).
 fn sql_list(states: &[RowState]) -> String {
     states
@@ -249,7 +253,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         const CHUNK: i64 = 4096;
         let list = sql_list(states);
-        let base = format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})");
+        // The term the partial index `rows_by_state_customer` is defined with,
+        // word for word, so the planner may use it.
+        let in_work = if states.iter().all(|s| !s.is_final()) {
+            format!(" AND {IN_WORK}")
+        } else {
+            String::new()
+        };
+        let base =
+            format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list}){in_work}");
         // Rows with no customer first (by row number), then by customer.
         let passes: &[&str] = if by_customer {
             &[

@@ -124,6 +124,28 @@ impl Writer {
     }
 }
 
+/// How long a batch of outcomes that nobody waits on may gather more, and
+/// how often it looks for an operation somebody waits on meanwhile.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Takes what is already queued, up to a full batch.
+fn drain(rx: &mut mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+}
+
+impl Write {
+    /// Whether a worker waits for this operation's commit.
+    fn awaited(&self) -> bool {
+        matches!(self, Write::Intent { .. } | Write::Flush { .. })
+    }
+}
+
 fn write_loop(
     mut store: Store,
     run_id: i64,
@@ -141,11 +163,14 @@ fn write_loop(
         .map_err(|e| store.err(e))?;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        drain(&mut rx, &mut batch);
+        // Nobody waits on a batch of outcomes alone: let it grow a little
+        // before paying for a commit. Intents and flushes commit at once.
+        let mut waited = std::time::Duration::ZERO;
+        while waited < GATHER && batch.len() < MAX_BATCH / 16 && !batch.iter().any(Write::awaited) {
+            std::thread::sleep(GATHER_STEP);
+            waited += GATHER_STEP;
+            drain(&mut rx, &mut batch);
         }
         let acks = apply(&mut store, run_id, &mut batch, &mut next_row)?;
         stats.transactions += 1;

@@ -342,6 +342,9 @@ pub struct RefreshArgs {
     /// Skip the smart-token step.
     #[arg(long)]
     pub no_token: bool,
+    /// Start a new run even when this --db finished one of the same file (a nightly refresh of an unchanged file).
+    #[arg(long)]
+    pub new_run: bool,
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]

@@ -83,6 +83,7 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
         retry_base: Duration::from_millis(200),
         columns: Default::default(),
         max_errors: None,
+        new_run: false,
         rejects: None,
         quiet,
     };

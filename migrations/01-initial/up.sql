@@ -1,4 +1,5 @@
--- Runs: one per (command, input fingerprint). No secrets, no customer PII.
+-- Runs: a command on an input (by fingerprint); the newest one of a command
+-- and fingerprint is the one a run resumes. No secrets, no customer PII.
 CREATE TABLE runs (
     id           INTEGER PRIMARY KEY,
     command      TEXT    NOT NULL,
@@ -8,9 +9,9 @@ CREATE TABLE runs (
     total_rows   INTEGER NOT NULL DEFAULT 0,
     registered   INTEGER NOT NULL DEFAULT 0,
     started_at   TEXT    NOT NULL,
-    finished_at  TEXT,
-    UNIQUE (command, fingerprint)
+    finished_at  TEXT
 );
+CREATE INDEX runs_by_fingerprint ON runs (command, fingerprint);
 
 -- Rows: progress of each input row. Identifiers and results only; the order's
 -- fields are re-read from the input file (checked by fingerprint) on resume.

@@ -33,6 +33,7 @@ macro_rules! inputs {
             columns: &$args.columns,
             rejects: &$args.rejects,
             outcome: &$args.outcome,
+            new_run: false,
         }
     };
 }
@@ -63,7 +64,11 @@ pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
         urls: !args.no_urls,
         tokens: !args.no_token,
     };
-    start(mode, settings, inputs!(args), &args.pace, env.quiet)
+    let inputs = Inputs {
+        new_run: args.new_run,
+        ..inputs!(args)
+    };
+    start(mode, settings, inputs, &args.pace, env.quiet)
 }
 
 pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
@@ -94,6 +99,8 @@ pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
 
 /// The arguments `run`, `refresh` and `change` share.
 struct Inputs<'a> {
+    /// Start a new run even if this input's last run is finished.
+    new_run: bool,
     input: PathBuf,
     db: PathBuf,
     export: Option<PathBuf>,
@@ -136,6 +143,7 @@ fn start_with(
     execute(
         Job {
             mode,
+            new_run: args.new_run,
             token_options,
             payment_defaults,
             input: args.input,
@@ -169,6 +177,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     execute(
         Job {
             mode: plan.mode,
+            new_run: false,
             token_options: plan.token_options,
             payment_defaults: PaymentMethod::default(),
             input: plan.input,
@@ -209,6 +218,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 /// What one invocation of `run` or `retry` works on.
 struct Job {
     mode: Mode,
+    new_run: bool,
     token_options: Vec<(String, String)>,
     payment_defaults: PaymentMethod,
     input: PathBuf,
@@ -289,6 +299,7 @@ fn execute(
         retry_base: Duration::from_millis(pace.retry_base_ms),
         columns: job.columns,
         max_errors: pace.max_errors,
+        new_run: job.new_run,
         rejects: job.rejects,
         quiet,
     };

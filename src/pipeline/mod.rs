@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub columns: ColumnOptions,
     /// Stop taking new rows after this many rows failed.
     pub max_errors: Option<u64>,
+    /// Start a new run even if this input's last run is finished (`refresh`).
+    pub new_run: bool,
     /// Write rejected rows here (with PII when the flag is set).
     pub rejects: Option<(PathBuf, bool)>,
     /// No progress display.
@@ -149,7 +151,12 @@ pub async fn run(
     .await?;
 
     let store = Store::open(&options.db)?;
-    let (run_id, resumed) = match store.find_run(command, &fp)? {
+    let previous = store.find_run(command, &fp)?;
+    let resume = match previous {
+        Some(run) if options.new_run && run.finished_at.is_some() => None,
+        other => other,
+    };
+    let (run_id, resumed) = match resume {
         Some(run) => (run.id, true),
         None => {
             refuse_if_unfinished_other(&store, command, &fp)?;

@@ -1,5 +1,5 @@
-//! Runs: one per command and input fingerprint, so the same command on the
-//! same file resumes.
+//! Runs: the same command on the same file resumes the newest run of it
+//! (`refresh --new-run` starts another).
 
 use rusqlite::{params, OptionalExtension};
 
@@ -44,7 +44,7 @@ pub fn now() -> String {
 }
 
 impl Store {
-    /// The run of `command` on the input with `fingerprint`, if any.
+    /// The newest run of `command` on the input with `fingerprint`, if any.
     pub fn find_run(
         &self,
         command: &str,
@@ -52,7 +52,10 @@ impl Store {
     ) -> Result<Option<RunRecord>, StoreError> {
         self.conn
             .query_row(
-                &format!("SELECT {COLUMNS} FROM runs WHERE command = ?1 AND fingerprint = ?2"),
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE command = ?1 AND fingerprint = ?2
+                     ORDER BY id DESC LIMIT 1"
+                ),
                 params![command, fingerprint],
                 from_row,
             )

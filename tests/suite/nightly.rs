@@ -375,3 +375,29 @@ fn per_row_token_columns_reach_their_orders_and_pii_is_never_kept() {
     }
     assert_eq!(read_export(&dir.path("a.csv")).len(), 2);
 }
+
+#[test]
+fn a_nightly_refresh_of_the_same_file_runs_again_with_new_run() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    nightly_setup(&sandbox, &dir);
+    dir.write("n.csv", "site_customer_identifier\nC\n");
+    let args = ["refresh", "n.csv", "--db", "n.db", "--force", "--no-token"];
+    assert_eq!(code(&run(dir.cmd(&sandbox, &args))), 0);
+    assert_eq!(generations(&sandbox)["C1"], 2);
+
+    // The same file on the same db: the finished run is resumed, nothing is sent...
+    let same = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&same), 0, "{}", text(&same));
+    assert_eq!(generations(&sandbox)["C1"], 2);
+
+    // ...unless a new run is asked for.
+    let mut again = args.to_vec();
+    again.push("--new-run");
+    let out = run(dir.cmd(&sandbox, &again));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(generations(&sandbox)["C1"], 3, "{}", text(&out));
+    let runs = run(dir.bare_cmd(&["status", "--db", "n.db", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(status["runs"].as_array().unwrap().len(), 2);
+}

@@ -73,7 +73,16 @@ pub fn check_row(header: &Header, row: &Row, required: &[&str]) -> Result<(), Re
             continue;
         }
         if let Some(param) = header.params[i] {
-            check_value(param.rule, value).map_err(|reason| reject(name, reason))?;
+            check_value(param.rule, value).map_err(|reason| {
+                // Rejection reasons are stored and exported: a customer's
+                // personal data is never quoted in them.
+                let reason = if param.pii {
+                    reason.replace(&format!("`{value}`"), "the value")
+                } else {
+                    reason
+                };
+                reject(name, reason)
+            })?;
         }
     }
     check_cross_fields(header, row)
@@ -433,6 +442,18 @@ mod row_tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn reasons_never_quote_personal_data() {
+        let err = check(&[("site_customer_email", "ana.secret@@example")]).unwrap_err();
+        assert!(!err.reason.contains("ana.secret"), "{err}");
+        assert!(err.reason.contains("not a plausible e-mail"), "{err}");
+        let err = check(&[("order_amount", "12.345")]).unwrap_err();
+        assert!(
+            err.reason.contains("12.345"),
+            "non-personal values are quoted: {err}"
+        );
     }
 
     #[test]

@@ -155,3 +155,48 @@ fn sandbox_refuses_a_non_loopback_address_without_allow_remote() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
+
+#[test]
+fn a_rejected_rows_personal_data_is_not_stored_even_in_its_reason() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write(
+        "o.csv",
+        "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_customer_email,site_customer_phone\n\
+         C1,10,USD,exact,true,qwertz.secret@@example,555-0100\n",
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "e.csv",
+            "--rejects",
+            "r.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for name in [
+        "s.db",
+        "s.db-wal",
+        "e.csv",
+        "r.csv",
+        "s.db.report.md",
+        "s.db.report.json",
+    ] {
+        let Ok(bytes) = std::fs::read(dir.path(name)) else {
+            continue;
+        };
+        let found = bytes.windows(13).any(|w| w == b"qwertz.secret");
+        assert!(!found, "personal data in {name}");
+    }
+    let export = read_export(&dir.path("e.csv"));
+    assert!(
+        export[0]["error"].contains("site_customer_email"),
+        "{:?}",
+        export[0]
+    );
+}

@@ -147,6 +147,26 @@ pub(crate) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> Pro
     }
 }
 
+/// An answer that is not a JSON object: a transient server error for a 5xx
+/// (proxies answer HTML), an unreadable body otherwise.
+pub(crate) fn unreadable(endpoint: &'static str, status: u16, bytes: &[u8]) -> ProviderError {
+    let snippet: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
+    if status >= 500 {
+        ProviderError::Api {
+            endpoint,
+            status,
+            code: format!("http_{status}"),
+            description: snippet,
+        }
+    } else {
+        ProviderError::UnexpectedBody {
+            endpoint,
+            status,
+            snippet,
+        }
+    }
+}
+
 /// The `Retry-After` of a 429, in seconds (fractions accepted).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

@@ -154,28 +154,13 @@ async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress:
             continue;
         };
         let params = [(key, id.as_str())];
-        match ctx
+        let outcome = ctx
             .request(stage.endpoint(), &[row.row_number], || {
                 stage.call(ctx, &params)
             })
-            .await
-        {
-            Outcome::Done(orders) => {
-                let mut remaining = vec![row];
-                let answered = take_answered(&mut remaining, orders);
-                record_answers(ctx, stage, answered, progress).await;
-                for row in remaining {
-                    fail(
-                        ctx,
-                        row.row_number,
-                        &not_returned(stage.endpoint()),
-                        progress,
-                    )
-                    .await;
-                }
-            }
-            Outcome::Failed(error) => fail(ctx, row.row_number, &error, progress).await,
-            Outcome::Stopped => return,
+            .await;
+        if !record_one(ctx, stage, row, outcome, progress).await {
+            return;
         }
     }
 }
@@ -266,14 +251,25 @@ pub(super) async fn token_row(
     };
     let mut params = vec![(key, id.as_str())];
     params.extend(row.params_for(header, ep::TOKEN_ROW));
-    match ctx
+    let outcome = ctx
         .request(stage.endpoint(), &[stored.row_number], || {
             stage.call(ctx, &params)
         })
-        .await
-    {
+        .await;
+    record_one(ctx, stage, stored.clone(), outcome, progress).await;
+}
+
+/// Records the outcome of a call for one order; false when the run stops.
+async fn record_one(
+    ctx: &Ctx,
+    stage: GroupStage,
+    row: StoredRow,
+    outcome: Outcome<Vec<PnmOrder>>,
+    progress: &StageProgress,
+) -> bool {
+    match outcome {
         Outcome::Done(orders) => {
-            let mut remaining = vec![stored.clone()];
+            let mut remaining = vec![row];
             let answered = take_answered(&mut remaining, orders);
             record_answers(ctx, stage, answered, progress).await;
             for row in remaining {
@@ -285,8 +281,12 @@ pub(super) async fn token_row(
                 )
                 .await;
             }
+            true
         }
-        Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
-        Outcome::Stopped => {}
+        Outcome::Failed(error) => {
+            fail(ctx, row.row_number, &error, progress).await;
+            true
+        }
+        Outcome::Stopped => false,
     }
 }

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use crate::provider::{retry_after, transport_error, ProviderError};
+use crate::provider::{retry_after, transport_error, unreadable, ProviderError};
 
 /// Counter names of the endpoints.
 pub const PAYMENT_STATUS: &str = "payment-status";
@@ -119,23 +119,7 @@ fn envelope(
 ) -> Result<Map<String, Value>, ProviderError> {
     let body = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => map,
-        _ => {
-            let snippet: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
-            return Err(if status >= 500 {
-                ProviderError::Api {
-                    endpoint,
-                    status,
-                    code: format!("http_{status}"),
-                    description: snippet,
-                }
-            } else {
-                ProviderError::UnexpectedBody {
-                    endpoint,
-                    status,
-                    snippet,
-                }
-            });
-        }
+        _ => return Err(unreadable(endpoint, status, bytes)),
     };
     let success = body
         .get("success")

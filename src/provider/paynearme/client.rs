@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::sign::sign;
 use super::types::{self, PnmOrder};
-use crate::provider::{retry_after, transport_error, ProviderError};
+use crate::provider::{retry_after, transport_error, unreadable, ProviderError};
 
 /// API version sent with every request.
 pub const API_VERSION: &str = "3.0";
@@ -229,21 +229,7 @@ fn read_answer(
 ) -> Result<Map<String, Value>, ProviderError> {
     let body = match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => map,
-        _ if status >= 500 => {
-            return Err(ProviderError::Api {
-                endpoint,
-                status,
-                code: format!("http_{status}"),
-                description: snippet(bytes),
-            })
-        }
-        _ => {
-            return Err(ProviderError::UnexpectedBody {
-                endpoint,
-                status,
-                snippet: snippet(bytes),
-            })
-        }
+        _ => return Err(unreadable(endpoint, status, bytes)),
     };
     if types::is_ok(&body) && status < 300 {
         return Ok(body);

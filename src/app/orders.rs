@@ -138,9 +138,10 @@ fn start_with(
         return dry_run(mode, &args.input, &columns, settings.rate.value, &args.db);
     }
     // Check the configuration before touching the state database.
-    clients(mode, &settings)?;
+    let clients = clients(mode, &settings)?;
     let held = lock::lock(&args.db)?;
     execute(
+        clients,
         Job {
             mode,
             new_run: args.new_run,
@@ -169,12 +170,13 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     // Check the configuration before running.
-    clients(plan.mode, &settings)?;
+    let clients = clients(plan.mode, &settings)?;
     println!(
         "run {}: {} failed rows back in the queue",
         plan.run_id, plan.requeued
     );
     execute(
+        clients,
         Job {
             mode: plan.mode,
             new_run: false,
@@ -277,16 +279,16 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Runs (or resumes) the pipeline while holding the database's lock;
-/// prints the summary, exports, reports.
+/// Runs (or resumes) the pipeline with the provider `clients` while holding
+/// the database's lock; prints the summary, exports, reports.
 fn execute(
+    clients: pipeline::Clients,
     job: Job,
     settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,
     _held: lock::DbLock,
 ) -> anyhow::Result<ExitCode> {
-    let clients = clients(job.mode, settings)?;
     let options = RunOptions {
         mode: job.mode,
         token_options: job.token_options,

@@ -138,7 +138,11 @@ pub async fn run(
     let mode = options.mode;
     let command = mode.command();
     // Check the header and the quoting before touching the state database.
-    OrderReader::open(&options.input, mode.schema(&options.columns))?;
+    let header = Arc::new(
+        OrderReader::open(&options.input, mode.schema(&options.columns))?
+            .header()
+            .clone(),
+    );
     let input = options.input.clone();
     let fp = blocking(move || {
         let scanned = scan(&input, true).map_err(|source| InputError::Io {
@@ -208,11 +212,6 @@ pub async fn run(
         shutdown.clone(),
         run_id,
     ));
-    let header = Arc::new(
-        OrderReader::open(&options.input, mode.schema(&options.columns))?
-            .header()
-            .clone(),
-    );
     let stage_result = run_stages(options, run_id, &ctx, &header, &writer).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;

@@ -189,9 +189,16 @@ pub async fn run(
     }
     let mut store = store;
     let run = store.run(run_id)?.expect("run just found or created");
+    let mut registered = None;
     if !run.registered {
+        let begun = Instant::now();
         let (input, pass, fp2) = (options.input.clone(), options.columns.clone(), fp.clone());
         store = blocking(move || register(store, mode, run_id, &input, &pass, &fp2)).await?;
+        registered = Some(StageTiming {
+            stage: "register input".into(),
+            rows: store.run(run_id)?.map_or(0, |r| r.total_rows),
+            seconds: begun.elapsed().as_secs_f64(),
+        });
     }
     if let Some((out, include_pii)) = options.rejects.clone() {
         let (db, input, columns) = (
@@ -215,7 +222,7 @@ pub async fn run(
     let stage_result = run_stages(options, run_id, &ctx, &header, &writer).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
-    let timings = stage_result?;
+    let timings = registered.into_iter().chain(stage_result?).collect();
 
     let store = Store::open_reader(&options.db)?;
     let states = store.state_counts(run_id)?;

@@ -161,25 +161,15 @@ fn sql_list(states: &[RowState]) -> String {
 pub const DUPLICATE_ORDER_ID: &str = "duplicate_site_order_identifier";
 
 fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Result<()> {
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM rows WHERE run_id = ?1 AND row_number = ?2)",
-        params![run_id, row.row_number],
-        |r| r.get(0),
-    )?;
-    if exists {
-        // Recorded by an earlier, interrupted registration.
-        return Ok(());
-    }
     let mut rejection = row.rejection.clone();
     let mut order_id = row.site_order_identifier.as_deref();
     if let (Some(id), true) = (order_id, row.unique_order_id) {
         let first: Option<u64> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT row_number FROM rows WHERE run_id = ?1 AND site_order_identifier = ?2
-                 ORDER BY row_number LIMIT 1",
-                params![run_id, id],
-                |r| r.get(0),
-            )
+                 AND row_number < ?3 ORDER BY row_number LIMIT 1",
+            )?
+            .query_row(params![run_id, id, row.row_number], |r| r.get(0))
             .optional()?;
         if let Some(first) = first {
             rejection = Some((
@@ -200,23 +190,26 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         ),
         None => (RowState::Pending, None, None),
     };
-    tx.execute(
+    // A row already there was recorded by an earlier, interrupted
+    // registration: it stays as it is.
+    tx.prepare_cached(
         "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, site_order_identifier,
              pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            run_id,
-            row.row_number,
-            row.line,
-            row.site_customer_identifier,
-            order_id,
-            row.pnm_order_identifier,
-            row.pnm_customer_identifier,
-            state.as_str(),
-            code,
-            error
-        ],
-    )?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (run_id, row_number) DO NOTHING",
+    )?
+    .execute(params![
+        run_id,
+        row.row_number,
+        row.line,
+        row.site_customer_identifier,
+        order_id,
+        row.pnm_order_identifier,
+        row.pnm_customer_identifier,
+        state.as_str(),
+        code,
+        error
+    ])?;
     Ok(())
 }
 
@@ -447,5 +440,63 @@ impl Store {
             .collect();
         counts.sort_by_key(|(s, _)| RowState::ALL.iter().position(|x| x == s));
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_row(n: u64, order: &str) -> NewRow {
+        NewRow {
+            row_number: n,
+            line: n + 1,
+            site_customer_identifier: Some("C1".into()),
+            site_order_identifier: Some(order.into()),
+            unique_order_id: true,
+            pnm_order_identifier: None,
+            pnm_customer_identifier: None,
+            rejection: None,
+        }
+    }
+
+    #[test]
+    fn registering_again_after_an_interruption_keeps_recorded_rows_and_rejects_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let run = store.create_run("run", "in.csv", "fp", "{}").unwrap();
+        // The first registration got as far as row 2, and row 1 moved on.
+        store
+            .insert_rows(run, &[new_row(1, "A"), new_row(2, "B")])
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE rows SET state = 'creating' WHERE run_id = ?1 AND row_number = 1",
+                [run],
+            )
+            .unwrap();
+        // The resumed registration starts again from the top.
+        let all = [new_row(1, "A"), new_row(2, "B"), new_row(3, "A")];
+        store.insert_rows(run, &all).unwrap();
+
+        let mut rows = Vec::new();
+        store
+            .all_rows(run, |r| {
+                rows.push((r.row_number, r.state, r.site_order_identifier));
+                true
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "creating".to_string(), Some("A".to_string())),
+                (2, "pending".to_string(), Some("B".to_string())),
+                (3, "rejected".to_string(), None),
+            ]
+        );
+        let (code, _, example) = &store.error_summary(run, 5).unwrap()[0];
+        assert_eq!(code, DUPLICATE_ORDER_ID);
+        assert!(example.contains("already used by row 1"), "{example}");
     }
 }

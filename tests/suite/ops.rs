@@ -159,7 +159,9 @@ fn report_says_what_happened_and_how_to_resume_or_retry() {
     assert!(md.contains("| create_order |"), "{md}");
     let json: Value = serde_json::from_str(&dir.read("s.db.report.json")).unwrap();
     assert_eq!(json["status"]["states"]["failed"], 4);
-    assert_eq!(json["stages"][0]["stage"], "create_order");
+    assert_eq!(json["stages"][0]["stage"], "register input");
+    assert_eq!(json["stages"][0]["rows"], 4);
+    assert_eq!(json["stages"][1]["stage"], "create_order");
     assert_eq!(json["retry_command"], "orderbatch retry --db s.db");
 
     let healthy = Sandbox::start();

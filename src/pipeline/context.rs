@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -14,7 +15,7 @@ use super::RunOptions;
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::provider::{ErrorClass, ProviderError};
-use crate::store::writer::Write;
+use crate::store::writer::{RequestCounts, Write, Writer};
 
 /// How one request ended after all its retries.
 #[derive(Debug)]
@@ -73,6 +74,7 @@ pub struct Ctx {
     limiter: Option<DefaultDirectRateLimiter>,
     gate: Gate,
     writes: mpsc::Sender<Write>,
+    requests: Arc<RequestCounts>,
     pub shutdown: Shutdown,
     max_attempts: u32,
     retry_base: Duration,
@@ -90,7 +92,7 @@ impl Ctx {
     pub fn new(
         clients: Clients,
         options: &RunOptions,
-        writes: mpsc::Sender<Write>,
+        writer: &Writer,
         shutdown: Shutdown,
         run_id: i64,
     ) -> Self {
@@ -113,7 +115,8 @@ impl Ctx {
             },
             limiter,
             gate: Gate::default(),
-            writes,
+            writes: writer.sender(),
+            requests: writer.request_counts(),
             shutdown,
             max_attempts: options.max_attempts,
             retry_base: options.retry_base,
@@ -178,7 +181,7 @@ impl Ctx {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
-        self.write(Write::Request { endpoint }).await;
+        self.requests.add(endpoint);
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.

@@ -143,10 +143,6 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
-/// The condition of the partial index `rows_by_state_customer`
-/// (migrations/03): rows still in work.
-const IN_WORK: &str = "state NOT IN ('done', 'failed', 'rejected', 'skipped')";
-
 /// `'a','b'` for an `IN (...)` of states (their names are fixed words).
 fn sql_list(states: &[RowState]) -> String {
     states
@@ -246,16 +242,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         const CHUNK: i64 = 4096;
         let list = sql_list(states);
-        // The term the partial index `rows_by_state_customer` is defined with,
-        // word for word, so the planner may use it.
-        let in_work = if states.iter().all(|s| !s.is_final()) {
-            format!(" AND {IN_WORK}")
-        } else {
-            String::new()
-        };
-        let base =
-            format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list}){in_work}");
-        // Rows with no customer first (by row number), then by customer.
+        let base = format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})");
+        // Rows with no customer first (by row number), then by customer
+        // (along `rows_by_customer`, see `Store::build_work_index`).
         let passes: &[&str] = if by_customer {
             &[
                 "AND site_customer_identifier IS NULL AND row_number > ?3 ORDER BY row_number",

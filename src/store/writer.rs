@@ -3,6 +3,7 @@
 //! intent before a side effect waits for the commit that holds it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::params;
@@ -82,8 +83,6 @@ pub enum Write {
         message: String,
         latency_ms: u64,
     },
-    /// A request was sent.
-    Request { endpoint: &'static str },
     /// Acknowledged once everything sent before it is committed.
     Flush { ack: oneshot::Sender<()> },
 }
@@ -95,9 +94,31 @@ pub struct WriterStats {
     pub operations: u64,
 }
 
+/// Requests sent, per endpoint: counted by the workers as they send, and
+/// written with the writer's next commit (a message per request would cost
+/// the writer more than the rest of a request's bookkeeping).
+#[derive(Debug, Default)]
+pub struct RequestCounts(Mutex<Vec<(&'static str, u64)>>);
+
+impl RequestCounts {
+    /// Counts one request to `endpoint`.
+    pub fn add(&self, endpoint: &'static str) {
+        let mut counts = self.0.lock().expect("request counts lock");
+        match counts.iter_mut().find(|(e, _)| *e == endpoint) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((endpoint, 1)),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0.lock().expect("request counts lock").clone()
+    }
+}
+
 /// Handle to the writer thread.
 pub struct Writer {
     tx: mpsc::Sender<Write>,
+    requests: Arc<RequestCounts>,
     thread: JoinHandle<Result<WriterStats, StoreError>>,
 }
 
@@ -105,16 +126,27 @@ impl Writer {
     /// Starts the writer for `run_id` on its own thread.
     pub fn start(store: Store, run_id: i64) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let requests = Arc::new(RequestCounts::default());
+        let counts = requests.clone();
         let thread = std::thread::Builder::new()
             .name("orderbatch-writer".into())
-            .spawn(move || write_loop(store, run_id, rx))
+            .spawn(move || write_loop(store, run_id, rx, &counts))
             .expect("spawn writer thread");
-        Writer { tx, thread }
+        Writer {
+            tx,
+            requests,
+            thread,
+        }
     }
 
     /// A sender for workers.
     pub fn sender(&self) -> mpsc::Sender<Write> {
         self.tx.clone()
+    }
+
+    /// Where workers count the requests they send.
+    pub fn request_counts(&self) -> Arc<RequestCounts> {
+        self.requests.clone()
     }
 
     /// Closes the writer's channel and waits until everything is committed.
@@ -150,8 +182,10 @@ fn write_loop(
     mut store: Store,
     run_id: i64,
     mut rx: mpsc::Receiver<Write>,
+    requests: &RequestCounts,
 ) -> Result<WriterStats, StoreError> {
     let mut stats = WriterStats::default();
+    let mut counted = Counted::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut next_row: u64 = store
         .conn
@@ -172,14 +206,48 @@ fn write_loop(
             waited += GATHER_STEP;
             drain(&mut rx, &mut batch);
         }
-        let acks = apply(&mut store, run_id, &mut batch, &mut next_row)?;
+        let acks = apply(&mut store, run_id, &mut batch, &mut next_row, |tx| {
+            counted.write(tx, run_id, requests)
+        })?;
         stats.transactions += 1;
         stats.operations += acks.1 as u64;
         for ack in acks.0 {
             let _ = ack.send(());
         }
     }
+    // Requests counted after the last commit.
+    apply(&mut store, run_id, &mut batch, &mut next_row, |tx| {
+        counted.write(tx, run_id, requests)
+    })?;
     Ok(stats)
+}
+
+/// Request counts already written, per endpoint.
+#[derive(Default)]
+struct Counted(HashMap<&'static str, u64>);
+
+impl Counted {
+    /// Adds what was counted since the last commit to the `requests` table.
+    fn write(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        run_id: i64,
+        requests: &RequestCounts,
+    ) -> rusqlite::Result<()> {
+        for (endpoint, n) in requests.snapshot() {
+            let written = self.0.entry(endpoint).or_default();
+            if n > *written {
+                exec(
+                    tx,
+                    "INSERT INTO requests (run_id, endpoint, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (run_id, endpoint) DO UPDATE SET count = count + excluded.count",
+                    params![run_id, endpoint, n - *written],
+                )?;
+                *written = n;
+            }
+        }
+        Ok(())
+    }
 }
 
 type Acks = (Vec<oneshot::Sender<()>>, usize);
@@ -208,9 +276,7 @@ fn set_urls(
         "UPDATE rows SET state = ?3, embedded_js_url = COALESCE(?4, embedded_js_url),
              embedded_js_url_expires_at = COALESCE(?5, embedded_js_url_expires_at),
              pnm_order_identifier = COALESCE(pnm_order_identifier, ?6),
-             pnm_customer_identifier = COALESCE(pnm_customer_identifier, ?7),
-             site_order_identifier = COALESCE(site_order_identifier, ?8),
-             site_customer_identifier = COALESCE(site_customer_identifier, ?9)
+             pnm_customer_identifier = COALESCE(pnm_customer_identifier, ?7)
          WHERE run_id = ?1 AND row_number = ?2",
     )?
     .execute(params![
@@ -221,9 +287,24 @@ fn set_urls(
         order.embedded_js_url_expires_at,
         order.pnm_order_identifier,
         order.pnm_customer_identifier,
-        order.site_order_identifier,
-        order.site_customer_identifier
     ])?;
+    // Indexed identifiers are filled in only where they are unknown: an
+    // update that names an indexed column rewrites its index entries.
+    if order.site_order_identifier.is_some() || order.site_customer_identifier.is_some() {
+        tx.prepare_cached(
+            "UPDATE rows SET site_order_identifier = COALESCE(site_order_identifier, ?3),
+                 site_customer_identifier = COALESCE(site_customer_identifier, ?4)
+             WHERE run_id = ?1 AND row_number = ?2
+               AND ((site_order_identifier IS NULL AND ?3 IS NOT NULL)
+                 OR (site_customer_identifier IS NULL AND ?4 IS NOT NULL))",
+        )?
+        .execute(params![
+            run_id,
+            row,
+            order.site_order_identifier,
+            order.site_customer_identifier
+        ])?;
+    }
     Ok(())
 }
 
@@ -268,6 +349,7 @@ fn apply(
     run_id: i64,
     batch: &mut Vec<Write>,
     next_row: &mut u64,
+    also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
 ) -> Result<Acks, StoreError> {
     let path = store.path().to_path_buf();
     let sql_err = |source| StoreError::Sqlite {
@@ -276,7 +358,6 @@ fn apply(
     };
     let count = batch.len();
     let mut acks = Vec::new();
-    let mut requests: HashMap<&'static str, u64> = HashMap::new();
     let tx = store.conn.transaction().map_err(sql_err)?;
     {
         let mut set_state = tx
@@ -407,20 +488,11 @@ fn apply(
                     )
                     .map_err(sql_err)?;
                 }
-                Write::Request { endpoint } => *requests.entry(endpoint).or_default() += 1,
                 Write::Flush { ack } => acks.push(ack),
             }
         }
-        for (endpoint, n) in requests {
-            exec(
-                &tx,
-                "INSERT INTO requests (run_id, endpoint, count) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (run_id, endpoint) DO UPDATE SET count = count + excluded.count",
-                params![run_id, endpoint, n],
-            )
-            .map_err(sql_err)?;
-        }
     }
+    also(&tx).map_err(sql_err)?;
     tx.commit().map_err(sql_err)?;
     Ok((acks, count))
 }

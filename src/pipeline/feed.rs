@@ -5,6 +5,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
@@ -48,7 +49,7 @@ pub(super) fn feed_rows(
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
     let mut failure = None;
-    let send = |row: &Row, stored: StoredRow| {
+    let send = |row: &Arc<Row>, stored: StoredRow| {
         let target = &senders[shard(&route_key(&stored), senders.len())];
         let job = (row.clone(), stored);
         let job = match stage {
@@ -61,7 +62,7 @@ pub(super) fn feed_rows(
     };
     for expanded in [false, true] {
         let mut reader = OrderReader::open(input, mode.schema(columns))?;
-        let mut current: Option<Row> = None;
+        let mut current: Option<Arc<Row>> = None;
         let mut each = |stored: StoredRow| {
             let wanted = stored.input_row;
             loop {
@@ -69,7 +70,7 @@ pub(super) fn feed_rows(
                     break;
                 }
                 match reader.next_row() {
-                    Some(Ok(row)) if row.number <= wanted => current = Some(row),
+                    Some(Ok(row)) if row.number <= wanted => current = Some(Arc::new(row)),
                     Some(Err(e)) => {
                         failure = Some(PipelineError::Input(e));
                         return false;

@@ -9,6 +9,8 @@ mod create;
 mod groups;
 mod lookup;
 
+use std::sync::Arc;
+
 use super::context::Ctx;
 use super::progress::StageProgress;
 use crate::input::{Header, Row};
@@ -19,16 +21,17 @@ use crate::store::StoredRow;
 /// Most orders a customer-wide `refresh_embedded_js_urls` page returns.
 pub const PAGE_LIMIT: usize = 5;
 
-/// One unit of work, routed to the worker that owns its customer.
+/// One unit of work, routed to the worker that owns its customer. Rows a
+/// customer row expanded into share their input row.
 pub enum Job {
-    Create(Box<(Row, StoredRow)>),
-    Change(Box<(Row, StoredRow)>),
+    Create(Box<(Arc<Row>, StoredRow)>),
+    Change(Box<(Arc<Row>, StoredRow)>),
     Lookup(Group),
     Refresh(Group),
     Token(Group),
-    CeRetry(Box<(Row, StoredRow)>),
+    CeRetry(Box<(Arc<Row>, StoredRow)>),
     /// A smart token for one order with its input row's token columns.
-    TokenRow(Box<(Row, StoredRow)>),
+    TokenRow(Box<(Arc<Row>, StoredRow)>),
 }
 
 /// A customer's rows that are ready for the same stage.

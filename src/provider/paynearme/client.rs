@@ -106,12 +106,32 @@ impl PnmClient {
     }
 
     /// Signs and sends one request; returns the answer body when it says `ok`.
-    #[tracing::instrument(level = "debug", skip_all, fields(endpoint = endpoint.as_str()))]
     pub async fn call(
         &self,
         endpoint: Endpoint,
         params: &[(&str, &str)],
     ) -> Result<Map<String, Value>, ProviderError> {
+        let (status, bytes) = self.send(endpoint, params).await?;
+        read_answer(endpoint.as_str(), status, &bytes)
+    }
+
+    /// Like [`PnmClient::call`], reading only the answer's orders.
+    async fn call_for_orders(
+        &self,
+        endpoint: Endpoint,
+        params: &[(&str, &str)],
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        let (status, bytes) = self.send(endpoint, params).await?;
+        read_orders(endpoint.as_str(), status, &bytes)
+    }
+
+    /// Signs and sends one request; returns the HTTP status and body.
+    #[tracing::instrument(level = "debug", skip_all, fields(endpoint = endpoint.as_str()))]
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        params: &[(&str, &str)],
+    ) -> Result<(u16, bytes::Bytes), ProviderError> {
         let name = endpoint.as_str();
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -152,16 +172,20 @@ impl PnmClient {
             .bytes()
             .await
             .map_err(|e| transport_error(name, &e))?;
-        read_answer(name, status, &bytes)
+        Ok((status, bytes))
     }
 
     /// `create_order` with the row's parameters.
     pub async fn create_order(&self, params: &[(&str, &str)]) -> Result<PnmOrder, ProviderError> {
-        let body = self.call(Endpoint::CreateOrder, params).await?;
-        types::orders(&body)
+        let (status, bytes) = self.send(Endpoint::CreateOrder, params).await?;
+        read_orders(Endpoint::CreateOrder.as_str(), status, &bytes)?
             .into_iter()
             .next()
-            .ok_or_else(|| missing_order(Endpoint::CreateOrder, &body))
+            .ok_or_else(|| ProviderError::UnexpectedBody {
+                endpoint: Endpoint::CreateOrder.as_str(),
+                status,
+                snippet: snippet(&bytes),
+            })
     }
 
     /// `find_orders` by one identifier.
@@ -170,8 +194,8 @@ impl PnmClient {
         key: &str,
         value: &str,
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        let body = self.call(Endpoint::FindOrders, &[(key, value)]).await?;
-        Ok(types::orders(&body))
+        self.call_for_orders(Endpoint::FindOrders, &[(key, value)])
+            .await
     }
 
     /// `find_orders` by one identifier, each order as the provider sent it.
@@ -194,8 +218,8 @@ impl PnmClient {
         &self,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        let body = self.call(Endpoint::RefreshEmbeddedJsUrls, params).await?;
-        Ok(types::orders(&body))
+        self.call_for_orders(Endpoint::RefreshEmbeddedJsUrls, params)
+            .await
     }
 
     /// `get_smart_token` with the given selector and options.
@@ -203,16 +227,7 @@ impl PnmClient {
         &self,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        let body = self.call(Endpoint::GetSmartToken, params).await?;
-        Ok(types::orders(&body))
-    }
-}
-
-fn missing_order(endpoint: Endpoint, body: &Map<String, Value>) -> ProviderError {
-    ProviderError::UnexpectedBody {
-        endpoint: endpoint.as_str(),
-        status: 200,
-        snippet: snippet(Value::Object(body.clone()).to_string().as_bytes()),
+        self.call_for_orders(Endpoint::GetSmartToken, params).await
     }
 }
 
@@ -234,13 +249,36 @@ fn read_answer(
     if types::is_ok(&body) && status < 300 {
         return Ok(body);
     }
-    let (code, description) = types::first_error(&body).unwrap_or((None, String::new()));
-    Err(ProviderError::Api {
+    Err(api_error(endpoint, status, types::first_error(&body)))
+}
+
+/// Like [`read_answer`], reading only the answer's orders.
+fn read_orders(
+    endpoint: &'static str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<Vec<PnmOrder>, ProviderError> {
+    let Some(answer) = types::Answer::parse(bytes) else {
+        return Err(unreadable(endpoint, status, bytes));
+    };
+    if answer.ok && status < 300 {
+        return Ok(answer.orders);
+    }
+    Err(api_error(endpoint, status, answer.first_error()))
+}
+
+fn api_error(
+    endpoint: &'static str,
+    status: u16,
+    first_error: Option<(Option<String>, String)>,
+) -> ProviderError {
+    let (code, description) = first_error.unwrap_or((None, String::new()));
+    ProviderError::Api {
         endpoint,
         status,
         code: code.unwrap_or_else(|| format!("http_{status}")),
         description,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 //! may come as a one-element `orders` list, numbers may be strings or numbers,
 //! unknown fields are ignored.
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// The order fields the tool uses from any PayNearMe answer.
@@ -40,6 +43,184 @@ impl PnmOrder {
             secure_smart_token: text(map, "secure_smart_token"),
             secure_smart_link: text(map, "secure_smart_link"),
         }
+    }
+}
+
+/// An answer read straight into what the tool uses: unknown fields are
+/// skipped without being built (a whole `Value` tree cost a request more
+/// than the rest of reading its answer). Same liberal rules as the `Value`
+/// readers below.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// `"status": "ok"`.
+    pub ok: bool,
+    /// `orders` (a list or one object), else `order`.
+    pub orders: Vec<PnmOrder>,
+    /// The `errors` item, as sent.
+    pub errors: Option<Value>,
+}
+
+impl Answer {
+    /// Reads an answer body; `None` unless it is a JSON object.
+    pub fn parse(bytes: &[u8]) -> Option<Answer> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The first error as (code, description); see [`first_error`].
+    pub fn first_error(&self) -> Option<(Option<String>, String)> {
+        let mut body = Map::new();
+        body.insert("errors".into(), self.errors.clone()?);
+        first_error(&body)
+    }
+}
+
+impl<'de> Deserialize<'de> for Answer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AnswerVisitor;
+        impl<'de> Visitor<'de> for AnswerVisitor {
+            type Value = Answer;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Answer, A::Error> {
+                let (mut answer, mut orders, mut order) = (Answer::default(), None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "status" => answer.ok = map.next_value::<Value>()? == "ok",
+                        "orders" => orders = map.next_value::<OrderList>()?.0,
+                        "order" => order = map.next_value::<OrderList>()?.0,
+                        "errors" => answer.errors = Some(map.next_value()?),
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                answer.orders = orders.or(order).unwrap_or_default();
+                Ok(answer)
+            }
+        }
+        d.deserialize_map(AnswerVisitor)
+    }
+}
+
+/// `orders`/`order`: a list (its non-object items skipped) or one object;
+/// anything else counts as absent.
+struct OrderList(Option<Vec<PnmOrder>>);
+
+impl<'de> Deserialize<'de> for OrderList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = OrderList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("orders")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OrderList, A::Error> {
+                let mut orders = Vec::new();
+                while let Some(item) = seq.next_element::<MaybeOrder>()? {
+                    orders.extend(item.0);
+                }
+                Ok(OrderList(Some(orders)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OrderList, A::Error> {
+                let order = order_from_map(map)?;
+                Ok(OrderList(Some(vec![order])))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<OrderList, E> {
+                Ok(OrderList(None))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
+}
+
+/// A list item: an order if it is an object.
+struct MaybeOrder(Option<PnmOrder>);
+
+impl<'de> Deserialize<'de> for MaybeOrder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = MaybeOrder;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an order")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MaybeOrder, A::Error> {
+                Ok(MaybeOrder(Some(order_from_map(map)?)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeOrder, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeOrder(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeOrder, E> {
+                Ok(MaybeOrder(None))
+            }
+        }
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+fn order_from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<PnmOrder, A::Error> {
+    let mut order = PnmOrder::default();
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        let field = match key.as_ref() {
+            "pnm_order_identifier" => &mut order.pnm_order_identifier,
+            "pnm_customer_identifier" => &mut order.pnm_customer_identifier,
+            "site_order_identifier" => &mut order.site_order_identifier,
+            "site_customer_identifier" => &mut order.site_customer_identifier,
+            "embedded_js_url" => &mut order.embedded_js_url,
+            "embedded_js_url_expires_at" => &mut order.embedded_js_url_expires_at,
+            "secure_smart_token" => &mut order.secure_smart_token,
+            "secure_smart_link" => &mut order.secure_smart_link,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+        };
+        *field = map.next_value::<Liberal>()?.0;
+    }
+    Ok(order)
+}
+
+/// A text field that may come as a string, number or boolean (see [`text`]).
+struct Liberal(Option<String>);
+
+impl<'de> Deserialize<'de> for Liberal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Liberal(match Value::deserialize(d)? {
+            Value::String(s) if !s.is_empty() => Some(s),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }))
     }
 }
 
@@ -119,6 +300,63 @@ mod tests {
         let body = obj(json!({"status":"ok","orders":[],"extra":{"x":1}}));
         assert!(orders(&body).is_empty());
         assert!(is_ok(&body));
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let keys = prop::sample::select(vec![
+            "status",
+            "order",
+            "orders",
+            "errors",
+            "code",
+            "description",
+            "pnm_order_identifier",
+            "site_order_identifier",
+            "embedded_js_url",
+            "secure_smart_token",
+            "other",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            prop::sample::select(vec!["ok", "error", "", "P1", "é\"x"]).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((keys.clone(), inner), 0..6).prop_map(|pairs| Value::Object(
+                    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The direct reader and the `Value` readers agree on any answer.
+        #[test]
+        fn direct_reader_agrees_with_the_value_readers(
+            body in proptest::collection::vec(
+                (proptest::sample::select(vec!["status", "order", "orders", "errors", "x"]), any_json()),
+                0..5,
+            )
+        ) {
+            let text = format!(
+                "{{{}}}",
+                body.iter()
+                    .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let map = obj(serde_json::from_str(&text).unwrap());
+            let answer = Answer::parse(text.as_bytes()).expect("an object");
+            proptest::prop_assert_eq!(answer.ok, is_ok(&map), "{}", text);
+            proptest::prop_assert_eq!(&answer.orders, &orders(&map), "{}", text);
+            proptest::prop_assert_eq!(answer.first_error(), first_error(&map), "{}", text);
+        }
     }
 
     #[test]

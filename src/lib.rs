@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` in the shared docs for the data flow. The binary in
 //! `main.rs` is a thin shell over these modules.
 
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -9,7 +9,11 @@ use clap::Parser;
 use orderbatch::app::{self, EXIT_USAGE};
 use orderbatch::cli::{Cli, LogFormat};
 
+#[global_allocator]
+static ALLOCATOR: orderbatch::alloc::Allocator = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    orderbatch::alloc::tune();
     let cli = Cli::parse();
     init_logging(&cli);
     match app::run(cli) {

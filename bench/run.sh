@@ -92,14 +92,25 @@ print(f'R={R}: 429s={c[\"faults\"][\"rate_limited\"]}, busiest second {max(v for
   done
   ;;
 headroom)
-  echo "== 5. headroom: unlimited --rate, sandbox without latency, in its own process"
-  f=$(data 100000); start_sandbox
-  rm -f "$WORK/head.db"*
-  "$B" run "$f" --db "$WORK/head.db" --rate unlimited --concurrency 32 -q | grep -E 'rows in|requests/s' | sed 's/^ */  /'
-  stop_sandbox
-  if command -v wrk >/dev/null; then
-    start_sandbox
-    python3 - "$WORK/create.lua" <<'PY'
+  echo "== 5. headroom: unlimited --rate, sandbox without latency, in its own process;"
+  echo "   5 rounds of (pipeline, then wrk on create_order alone), medians; CPU per request of each process"
+  f=$(data 100000)
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  command -v wrk >/dev/null || echo "  (install wrk, e.g. apt-get install wrk, for the generator ceiling)"
+  : > "$WORK/headroom.tsv"
+  for round in 1 2 3 4 5; do
+    start_sandbox; rm -f "$WORK/head.db"*
+    s0=$(cpu_ticks "$SANDBOX")
+    /usr/bin/time -f "%U %S" -o "$WORK/head.time" "$B" run "$f" --db "$WORK/head.db" --rate unlimited --concurrency 32 -q > "$WORK/head.out"
+    s1=$(cpu_ticks "$SANDBOX"); stop_sandbox
+    rps=$(grep -oE '[0-9.]+ requests/s' "$WORK/head.out" | cut -d' ' -f1)
+    n=$(grep -oE '^ *[0-9]+ requests,' "$WORK/head.out" | tr -dc 0-9)
+    client_us=$(awk -v n="$n" '{printf "%.1f", ($1 + $2) * 1e6 / n}' "$WORK/head.time")
+    sandbox_us=$(awk -v n="$n" -v t=$((s1 - s0)) 'BEGIN {printf "%.1f", t * 1e4 / n}')
+    wrk_rps=0; wrk_us=0
+    if command -v wrk >/dev/null; then
+      start_sandbox
+      python3 - "$WORK/create.lua" <<'PY'
 import hashlib, hmac, sys, time, urllib.parse
 p = {"site_identifier": "S_BENCH", "timestamp": str(int(time.time())), "version": "3.0", "order_amount": "10.00",
      "order_currency": "USD", "site_customer_identifier": "WRK", "order_type": "exact", "order_is_standing": "true"}
@@ -109,11 +120,21 @@ body = urllib.parse.urlencode(p)
 open(sys.argv[1], "w").write(f'wrk.method = "POST"\nwrk.body = "{body}"\n'
     'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
 PY
-    wrk -t2 -c32 -d10s -s "$WORK/create.lua" "$PNM_BASE_URL/json-api/create_order" | grep -E 'Requests/sec|Non-2xx' | sed 's/^/  wrk create_order: /'
-    stop_sandbox
-  else
-    echo "  (install wrk, e.g. apt-get install wrk, for the generator ceiling)"
-  fi
+      s0=$(cpu_ticks "$SANDBOX")
+      wrk -t2 -c32 -d10s -s "$WORK/create.lua" "$PNM_BASE_URL/json-api/create_order" > "$WORK/wrk.out"
+      s1=$(cpu_ticks "$SANDBOX"); stop_sandbox
+      if grep -q 'Non-2xx' "$WORK/wrk.out"; then echo "  wrk got errors:"; cat "$WORK/wrk.out"; fi
+      wrk_rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+      wrk_n=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+      wrk_us=$(awk -v n="$wrk_n" -v t=$((s1 - s0)) 'BEGIN {printf "%.1f", t * 1e4 / n}')
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$rps" "$client_us" "$sandbox_us" "$wrk_rps" "$wrk_us" | tee -a "$WORK/headroom.tsv" |
+      awk -F'\t' '{printf "  round: pipeline %.0f req/s (client %s us CPU/request, sandbox %s); wrk %.0f req/s (sandbox %s us CPU/request)\n", $1, $2, $3, $4, $5}'
+  done
+  med() { cut -f"$1" "$WORK/headroom.tsv" | median; }
+  p=$(med 1); w=$(med 4)
+  echo "  median: pipeline $p requests/s (client $(med 2) us, sandbox $(med 3) us CPU per request);" \
+    "wrk create_order $w requests/s (sandbox $(med 5) us CPU per request) -> $(awk -v p="$p" -v w="$w" 'BEGIN {if (w > 0) printf "%.0f %%", 100 * p / w; else print "n/a"}')"
   ;;
 resume)
   echo "== 6. resume latency: 1,000,000-row run killed at ~90% of its requests"

@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 10 minutes on 2 cores)
-#   bash bench/run.sh validate   # one section: validate memory state rate headroom resume batching
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -12,7 +12,7 @@ cargo build --release --quiet --bin orderbatch --example gen_orders
 B=$ROOT/target/release/orderbatch
 GEN=$ROOT/target/release/examples/gen_orders
 export PNM_SITE_IDENTIFIER=S_BENCH PNM_SECRET_KEY=bench-secret
-SECTIONS=${1:-"validate memory state rate headroom resume batching"}
+SECTIONS=${*:-"validate memory state rate headroom resume batching"}
 
 data() { # rows -> path
   local f=$WORK/orders-$1.csv

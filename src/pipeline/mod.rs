@@ -210,7 +210,6 @@ pub async fn run(
             .await?;
     }
     store.set_finished(run_id, false)?;
-    store.build_work_index()?;
 
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(Ctx::new(
@@ -231,7 +230,6 @@ pub async fn run(
     let deferred_until = store.next_deferred(run_id)?;
     if !unfinished {
         store.set_finished(run_id, true)?;
-        store.drop_work_index()?;
         // Rows grow stage by stage and leave pages part-empty: compact when
         // this run is most of the database (a backfill, a first run), so a
         // database of many nightly runs is not rewritten every night.

@@ -143,6 +143,9 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
+/// Rows read per read transaction by the stages' feeders.
+const CHUNK: i64 = 4096;
+
 /// `'a','b'` for an `IN (...)` of states (their names are fixed words).
 fn sql_list(states: &[RowState]) -> String {
     states
@@ -227,12 +230,13 @@ impl Store {
     }
 
     /// Calls `f` for each row of the run in `states` (until `f` says
-    /// stop), by customer then row number when `by_customer`, else by row
-    /// number and leaving out rows a customer row expanded into (see
-    /// [`Store::for_each_expanded`]). Reads in chunks, each its own short read transaction, so a
-    /// long stage never holds back WAL checkpoints (which would grow the WAL
-    /// and memory with the input); rows that leave `states` meanwhile are
-    /// simply not seen again.
+    /// stop), by customer then row number when `by_customer` (rows with no
+    /// customer first), else by row number and leaving out rows a customer
+    /// row expanded into (see [`Store::for_each_expanded`]). Reads in
+    /// chunks, each its own short read transaction, so a long stage never
+    /// holds back WAL checkpoints (which would grow the WAL and memory with
+    /// the input); rows that leave `states` meanwhile are simply not seen
+    /// again.
     pub fn for_each_row(
         &self,
         run_id: i64,
@@ -240,45 +244,89 @@ impl Store {
         by_customer: bool,
         mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
-        const CHUNK: i64 = 4096;
+        if by_customer {
+            return self.for_each_by_customer(run_id, states, f);
+        }
         let list = sql_list(states);
-        let base = format!("SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})");
-        // Rows with no customer first (by row number), then by customer
-        // (along `rows_by_customer`, see `Store::build_work_index`).
-        let passes: &[&str] = if by_customer {
-            &[
-                "AND site_customer_identifier IS NULL AND row_number > ?3 ORDER BY row_number",
-                "AND (site_customer_identifier, row_number) > (?2, ?3)
-                 ORDER BY site_customer_identifier, row_number",
-            ]
-        } else {
-            &["AND input_row IS NULL AND row_number > ?3 ORDER BY row_number"]
-        };
-        for pass in passes {
-            let mut stmt = self
-                .conn
-                .prepare(&format!("{base} {pass} LIMIT {CHUNK}"))
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})
+                 AND input_row IS NULL AND row_number > ?2 ORDER BY row_number LIMIT {CHUNK}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut after = 0u64;
+        loop {
+            let chunk: Vec<StoredRow> = stmt
+                .query_map(params![run_id, after], from_row)
+                .and_then(Iterator::collect)
                 .map_err(|e| self.err(e))?;
-            let (mut customer, mut after) = (String::new(), 0u64);
-            loop {
-                let chunk: Vec<StoredRow> = stmt
-                    .query_map(params![run_id, customer, after], from_row)
-                    .and_then(Iterator::collect)
-                    .map_err(|e| self.err(e))?;
-                let full = chunk.len() as i64 == CHUNK;
-                for row in chunk {
-                    customer = row.site_customer_identifier.clone().unwrap_or_default();
-                    after = row.row_number;
-                    if !f(row) {
-                        return Ok(());
-                    }
+            let full = chunk.len() as i64 == CHUNK;
+            for row in chunk {
+                after = row.row_number;
+                if !f(row) {
+                    return Ok(());
                 }
-                if !full {
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// [`Store::for_each_row`] by customer. The rows are sorted once into a
+    /// temporary table (SQLite's own temporary file, outside the WAL) and
+    /// read back along it in chunks: the sort reads only this run's rows, and
+    /// the database keeps no index by customer that every state change would
+    /// have to update.
+    fn for_each_by_customer(
+        &self,
+        run_id: i64,
+        states: &[RowState],
+        mut f: impl FnMut(StoredRow) -> bool,
+    ) -> Result<(), StoreError> {
+        let list = sql_list(states);
+        self.conn
+            .execute_batch("DROP TABLE IF EXISTS temp.stage_rows")
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                &format!(
+                    "CREATE TEMP TABLE stage_rows AS SELECT row_number AS r FROM rows
+                     WHERE run_id = ?1 AND state IN ({list})
+                     ORDER BY site_customer_identifier, row_number"
+                ),
+                params![run_id],
+            )
+            .map_err(|e| self.err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS}, s.rowid FROM temp.stage_rows AS s
+                 JOIN rows ON rows.run_id = ?1 AND rows.row_number = s.r
+                 WHERE s.rowid > ?2 AND rows.state IN ({list}) ORDER BY s.rowid LIMIT {CHUNK}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut after = 0i64;
+        let mut going = true;
+        while going {
+            let chunk: Vec<(StoredRow, i64)> = stmt
+                .query_map(params![run_id, after], |r| Ok((from_row(r)?, r.get(20)?)))
+                .and_then(Iterator::collect)
+                .map_err(|e| self.err(e))?;
+            going = chunk.len() as i64 == CHUNK;
+            for (row, position) in chunk {
+                after = position;
+                if !f(row) {
+                    going = false;
                     break;
                 }
             }
         }
-        Ok(())
+        drop(stmt);
+        self.conn
+            .execute_batch("DROP TABLE temp.stage_rows")
+            .map_err(|e| self.err(e))
     }
 
     /// Calls `f` for each row in `states` that a customer row expanded into,
@@ -289,7 +337,6 @@ impl Store {
         states: &[RowState],
         mut f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
-        const CHUNK: i64 = 4096;
         let list = sql_list(states);
         let mut stmt = self
             .conn

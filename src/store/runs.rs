@@ -129,25 +129,6 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Builds the index the stages group a run's rows by customer with, if
-    /// it is not there (a run in work keeps it; see migrations/04).
-    pub fn build_work_index(&self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch(
-                "CREATE INDEX IF NOT EXISTS rows_by_customer
-                     ON rows (run_id, site_customer_identifier, row_number)",
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    /// Drops the stages' index once no run is in work: finished rows cost
-    /// no index bytes. A run that resumes builds it again.
-    pub fn drop_work_index(&self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("DROP INDEX IF EXISTS rows_by_customer")
-            .map_err(|e| self.err(e))
-    }
-
     /// Rewrites the database without the free space rows left as they grew
     /// stage by stage (done when a run finishes).
     pub fn vacuum(&self) -> Result<(), StoreError> {

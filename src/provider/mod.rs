@@ -147,6 +147,32 @@ pub(crate) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> Pro
     }
 }
 
+impl ProviderError {
+    /// The error with each of `values` (3 characters or more), as sent or as
+    /// JSON would escape it, replaced by `[redacted]` in the provider's own
+    /// words (description, body snippet): a provider that echoes what it was
+    /// sent must not carry a customer's personal data into the state
+    /// database, the logs or an export.
+    pub fn redact(mut self, values: &[&str]) -> Self {
+        if let ProviderError::Api {
+            description: text, ..
+        }
+        | ProviderError::UnexpectedBody { snippet: text, .. } = &mut self
+        {
+            for value in values.iter().filter(|v| v.chars().count() >= 3) {
+                let escaped = serde_json::to_string(value).unwrap_or_default();
+                let escaped = escaped.trim_matches('"');
+                for form in [*value, escaped] {
+                    if text.contains(form) {
+                        *text = text.replace(form, "[redacted]");
+                    }
+                }
+            }
+        }
+        self
+    }
+}
+
 /// An answer that is not a JSON object: a transient server error for a 5xx
 /// (proxies answer HTML), an unreadable body otherwise.
 pub(crate) fn unreadable(endpoint: &'static str, status: u16, bytes: &[u8]) -> ProviderError {
@@ -188,6 +214,31 @@ mod tests {
             code: code.into(),
             description: String::new(),
         }
+    }
+
+    #[test]
+    fn redact_removes_sent_values_from_the_providers_words_only() {
+        let echoed = ProviderError::Api {
+            endpoint: "create_order",
+            status: 400,
+            code: "invalid_parameter".into(),
+            description:
+                "site_customer_email jo@example.com and name \\\"Zoë\\\" O\\\"Neil rejected".into(),
+        }
+        .redact(&["jo@example.com", "\"Zoë\" O\"Neil", "ab"]);
+        assert_eq!(
+            echoed.to_string(),
+            ProviderError::Api {
+                endpoint: "create_order",
+                status: 400,
+                code: "invalid_parameter".into(),
+                description: "site_customer_email [redacted] and name [redacted] rejected".into(),
+            }
+            .to_string()
+        );
+        let body = unreadable("create_order", 200, b"<p>Hello Jo Smith</p>").redact(&["Jo Smith"]);
+        assert!(body.to_string().contains("Hello [redacted]"), "{body}");
+        assert!(!body.to_string().contains("Smith"), "{body}");
     }
 
     #[test]

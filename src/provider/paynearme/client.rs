@@ -112,7 +112,7 @@ impl PnmClient {
         params: &[(&str, &str)],
     ) -> Result<Map<String, Value>, ProviderError> {
         let (status, bytes) = self.send(endpoint, params).await?;
-        read_answer(endpoint.as_str(), status, &bytes)
+        read_answer(endpoint.as_str(), status, &bytes).map_err(|e| e.redact(&pii(params)))
     }
 
     /// Like [`PnmClient::call`], reading only the answer's orders.
@@ -122,7 +122,7 @@ impl PnmClient {
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
         let (status, bytes) = self.send(endpoint, params).await?;
-        read_orders(endpoint.as_str(), status, &bytes)
+        read_orders(endpoint.as_str(), status, &bytes).map_err(|e| e.redact(&pii(params)))
     }
 
     /// Signs and sends one request; returns the HTTP status and body.
@@ -178,14 +178,18 @@ impl PnmClient {
     /// `create_order` with the row's parameters.
     pub async fn create_order(&self, params: &[(&str, &str)]) -> Result<PnmOrder, ProviderError> {
         let (status, bytes) = self.send(Endpoint::CreateOrder, params).await?;
-        read_orders(Endpoint::CreateOrder.as_str(), status, &bytes)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProviderError::UnexpectedBody {
-                endpoint: Endpoint::CreateOrder.as_str(),
-                status,
-                snippet: snippet(&bytes),
+        read_orders(Endpoint::CreateOrder.as_str(), status, &bytes)
+            .and_then(|orders| {
+                orders
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| ProviderError::UnexpectedBody {
+                        endpoint: Endpoint::CreateOrder.as_str(),
+                        status,
+                        snippet: snippet(&bytes),
+                    })
             })
+            .map_err(|e| e.redact(&pii(params)))
     }
 
     /// `find_orders` by one identifier.
@@ -229,6 +233,16 @@ impl PnmClient {
     ) -> Result<Vec<PnmOrder>, ProviderError> {
         self.call_for_orders(Endpoint::GetSmartToken, params).await
     }
+}
+
+/// The values of the customer's personal data among `params` (see
+/// [`ProviderError::redact`]).
+fn pii<'a>(params: &[(&str, &'a str)]) -> Vec<&'a str> {
+    params
+        .iter()
+        .filter(|(name, _)| super::params::find(name).is_some_and(|p| p.pii))
+        .map(|(_, value)| *value)
+        .collect()
 }
 
 fn snippet(bytes: &[u8]) -> String {
@@ -290,6 +304,30 @@ mod tests {
         for (i, e) in Endpoint::ALL.iter().enumerate() {
             assert_eq!(e.index(), i, "{e:?}");
         }
+    }
+
+    #[test]
+    fn an_echoed_personal_value_is_redacted_and_other_values_kept() {
+        let params = [
+            ("order_amount", "12.50"),
+            ("site_customer_email", "jo@example.com"),
+            ("site_customer_name", "Jo Smith"),
+        ];
+        assert_eq!(pii(&params), ["jo@example.com", "Jo Smith"]);
+        let body = br#"{"status":"error","errors":[{"code":"invalid_parameter","description":"Jo Smith <jo@example.com> may not pay 12.50"}]}"#;
+        let err = read_orders("create_order", 400, body)
+            .unwrap_err()
+            .redact(&pii(&params));
+        assert_eq!(
+            err.to_string(),
+            read_orders(
+                "create_order",
+                400,
+                br#"{"status":"error","errors":[{"code":"invalid_parameter","description":"[redacted] <[redacted]> may not pay 12.50"}]}"#
+            )
+            .unwrap_err()
+            .to_string()
+        );
     }
 
     #[test]

@@ -221,3 +221,31 @@ fn a_provider_that_is_down_stops_the_run_instead_of_failing_every_row() {
         down.total_requests()
     );
 }
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_the_same_command_still_finishes_exactly_once() {
+    // Slow answers, so requests are in flight when the second Ctrl-C comes.
+    let sandbox = Sandbox::with(|c| {
+        c.latency_ms = Some((150, 200));
+        c.strict_serial = true;
+    });
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(ROWS, 12, true));
+    let child = spawn(dir.cmd(&sandbox, &args()));
+    wait_until(Duration::from_secs(30), || sandbox.orders().len() >= 8);
+    signal(&child, 2);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(&child, 2);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quitting now"),
+        "{}",
+        text(&out)
+    );
+    assert!(sandbox.orders().len() < ROWS, "the run finished first");
+
+    let resumed = run(dir.cmd(&sandbox, &args()));
+    assert_eq!(code(&resumed), 0, "{}", text(&resumed));
+    assert_complete(&sandbox, &dir);
+}

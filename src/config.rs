@@ -81,41 +81,6 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Commerce Engine credentials from the environment: `CE_BASE_URL`,
-/// `CE_STORE_ID`, and `CE_API_KEY` (or `CE_API_KEY_FILE`) or
-/// `CE_ACCESS_TOKEN` (+ optional `CE_REFRESH_TOKEN`).
-pub fn ce_credentials() -> Result<crate::provider::commerce_engine::CeCredentials, ConfigError> {
-    use crate::provider::commerce_engine::{CeAuth, CeCredentials};
-    let base_url = env("CE_BASE_URL").ok_or(ConfigError::Missing(
-        "CE_BASE_URL",
-        "set it to the API host, e.g. https://staging.api.commercengine.io (or the URL `orderbatch sandbox` prints)",
-    ))?;
-    check_base_url(&base_url)?;
-    let store_id = env("CE_STORE_ID").ok_or(ConfigError::Missing(
-        "CE_STORE_ID",
-        "set it to your store id",
-    ))?;
-    let auth = match (env("CE_API_KEY"), env("CE_API_KEY_FILE"), env("CE_ACCESS_TOKEN")) {
-        (Some(key), _, _) => CeAuth::ApiKey(SecretString::from(key)),
-        (None, Some(file), _) => CeAuth::ApiKey(read_secret_file(Path::new(&file))?),
-        (None, None, Some(access)) => CeAuth::Tokens {
-            access: SecretString::from(access),
-            refresh: env("CE_REFRESH_TOKEN").map(SecretString::from),
-        },
-        (None, None, None) => {
-            return Err(ConfigError::Missing(
-                "CE_API_KEY",
-                "set it (or CE_API_KEY_FILE, mode 600), or CE_ACCESS_TOKEN with an optional CE_REFRESH_TOKEN",
-            ))
-        }
-    };
-    Ok(CeCredentials {
-        base_url,
-        store_id,
-        auth,
-    })
-}
-
 /// The config file read when `--config` is not given and it exists.
 pub const DEFAULT_FILE: &str = "orderbatch.toml";
 /// Requests per second when nothing says otherwise.
@@ -143,8 +108,25 @@ pub struct FileConfig {
     /// Options sent with every `get_smart_token` call.
     #[serde(default)]
     pub token: crate::cli::TokenArgs,
+    /// `orderbatch ce` settings.
+    #[serde(default)]
+    pub commerce_engine: CeFileConfig,
     /// Refused: the secret never lives in the config file.
     secret: Option<toml::Value>,
+}
+
+/// `[commerce_engine]`: the store and where its API key is (never the key).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeFileConfig {
+    pub base_url: Option<String>,
+    pub store_id: Option<String>,
+    /// Name of an environment variable that holds the API key.
+    pub api_key_env: Option<String>,
+    /// A file (mode 600) that holds the API key.
+    pub api_key_file: Option<PathBuf>,
+    /// Refused: the key never lives in the config file.
+    api_key: Option<toml::Value>,
 }
 
 /// `rate = 20` or `rate = "unlimited"`.
@@ -226,6 +208,13 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)
                 .into(),
         ));
     }
+    if file.commerce_engine.api_key.is_some() {
+        return Err(file_err(
+            "`commerce_engine.api_key` must not be in the config file; say where it is with \
+             api_key_env = \"VAR\" or api_key_file = \"/path/to/mode-600-file\""
+                .into(),
+        ));
+    }
     Ok(Some((path, file)))
 }
 
@@ -268,6 +257,18 @@ pub struct Settings {
     pub timeout: Sourced<u64>,
     /// `get_smart_token` options: flags over the file's, key by key.
     pub token: crate::cli::TokenArgs,
+    /// Commerce Engine settings; [`Settings::ce_credentials`] reads them.
+    pub ce: CeSettings,
+}
+
+/// Commerce Engine settings, each with its source (environment > file).
+#[derive(Debug, Clone)]
+pub struct CeSettings {
+    pub base_url: Option<Sourced<String>>,
+    pub store_id: Option<Sourced<String>>,
+    /// Where the API key is; `None` with `CE_ACCESS_TOKEN` set (tokens come
+    /// from the environment only: they are short-lived).
+    pub api_key: Option<Sourced<SecretSource>>,
 }
 
 impl Settings {
@@ -328,6 +329,7 @@ impl Settings {
             ])
             .expect("has a default"),
             token: flags.token.over(file.token),
+            ce: CeSettings::resolve(&file.commerce_engine, from_file()),
         }
     }
 
@@ -366,6 +368,55 @@ impl Settings {
             site_identifier: site.value.clone(),
             secret,
             api_key_id: self.api_key_id.as_ref().map(|k| k.value.clone()),
+        })
+    }
+
+    /// Commerce Engine credentials: `CE_BASE_URL`, `CE_STORE_ID`, and
+    /// `CE_API_KEY` / `CE_API_KEY_FILE` or `CE_ACCESS_TOKEN` (+ optional
+    /// `CE_REFRESH_TOKEN`), else the `[commerce_engine]` section of the
+    /// config file.
+    pub fn ce_credentials(
+        &self,
+    ) -> Result<crate::provider::commerce_engine::CeCredentials, ConfigError> {
+        use crate::provider::commerce_engine::{CeAuth, CeCredentials};
+        let base_url = self.ce.base_url.as_ref().ok_or(ConfigError::Missing(
+            "CE_BASE_URL",
+            "set it (or commerce_engine.base_url in orderbatch.toml) to the API host, \
+             e.g. https://staging.api.commercengine.io, or the URL `orderbatch sandbox` prints",
+        ))?;
+        check_base_url(&base_url.value)?;
+        let store_id = self.ce.store_id.as_ref().ok_or(ConfigError::Missing(
+            "CE_STORE_ID",
+            "set it (or commerce_engine.store_id in orderbatch.toml) to your store id",
+        ))?;
+        let auth =
+            match (&self.ce.api_key, env("CE_ACCESS_TOKEN")) {
+                (Some(key), _) => CeAuth::ApiKey(match &key.value {
+                    SecretSource::Env(name) => env(name)
+                        .map(SecretString::from)
+                        .ok_or(ConfigError::Missing(
+                        "the Commerce Engine API key",
+                        "the environment variable named by commerce_engine.api_key_env is not set",
+                    ))?,
+                    SecretSource::File(path) => read_secret_file(path)?,
+                }),
+                (None, Some(access)) => CeAuth::Tokens {
+                    access: SecretString::from(access),
+                    refresh: env("CE_REFRESH_TOKEN").map(SecretString::from),
+                },
+                (None, None) => {
+                    return Err(ConfigError::Missing(
+                        "CE_API_KEY",
+                        "set it (or CE_API_KEY_FILE, mode 600, or commerce_engine.api_key_env / \
+                     api_key_file in orderbatch.toml), or CE_ACCESS_TOKEN with an optional \
+                     CE_REFRESH_TOKEN",
+                    ))
+                }
+            };
+        Ok(CeCredentials {
+            base_url: base_url.value.clone(),
+            store_id: store_id.value.clone(),
+            auth,
         })
     }
 
@@ -415,7 +466,63 @@ impl Settings {
             }
             Err(e) => out.push_str(&format!("token options: {e}\n")),
         }
+        line(
+            &mut out,
+            "commerce_engine.base_url",
+            text(&self.ce.base_url),
+        );
+        line(
+            &mut out,
+            "commerce_engine.store_id",
+            text(&self.ce.store_id),
+        );
+        line(
+            &mut out,
+            "commerce_engine.api_key",
+            self.ce
+                .api_key
+                .as_ref()
+                .map(|s| (format!("[redacted], read from {}", s.value), &s.source)),
+        );
         out
+    }
+}
+
+impl CeSettings {
+    /// Environment > the `[commerce_engine]` section (read from `file`).
+    fn resolve(section: &CeFileConfig, file: Source) -> CeSettings {
+        CeSettings {
+            base_url: pick([
+                (env("CE_BASE_URL"), Source::Env("CE_BASE_URL")),
+                (section.base_url.clone(), file.clone()),
+            ]),
+            store_id: pick([
+                (env("CE_STORE_ID"), Source::Env("CE_STORE_ID")),
+                (section.store_id.clone(), file.clone()),
+            ]),
+            // An access token in the environment beats a key in the file.
+            api_key: pick([
+                (
+                    env("CE_API_KEY").map(|_| SecretSource::Env("CE_API_KEY".into())),
+                    Source::Env("CE_API_KEY"),
+                ),
+                (
+                    env("CE_API_KEY_FILE").map(|p| SecretSource::File(p.into())),
+                    Source::Env("CE_API_KEY_FILE"),
+                ),
+            ])
+            .or_else(|| {
+                env("CE_ACCESS_TOKEN").is_none().then(|| {
+                    pick([
+                        (
+                            section.api_key_env.clone().map(SecretSource::Env),
+                            file.clone(),
+                        ),
+                        (section.api_key_file.clone().map(SecretSource::File), file),
+                    ])
+                })?
+            }),
+        }
     }
 }
 

@@ -373,7 +373,7 @@ fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients>
         Mode::CeRetry { .. } => pipeline::Clients {
             pnm: None,
             ce: Some(std::sync::Arc::new(
-                CeClient::new(config::ce_credentials()?, timeout)
+                CeClient::new(settings.ce_credentials()?, timeout)
                     .context("cannot build the HTTP client")?,
             )),
         },

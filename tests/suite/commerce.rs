@@ -202,6 +202,61 @@ fn dry_run_and_missing_credentials() {
 }
 
 #[test]
+fn the_store_and_where_its_key_is_may_come_from_the_config_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::start();
+    sandbox.seed_ce(&[("CFG-1", "failed", 60)]);
+    let dir = Dir::new();
+    dir.write("o.csv", "order_number\nCFG-1\n");
+    let key = dir.write("ce-key", "ce-sandbox-key\n");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dir.write(
+        "orderbatch.toml",
+        format!(
+            "[commerce_engine]\nbase_url = \"{}\"\nstore_id = \"store_1\"\napi_key_file = \"{}\"\n",
+            sandbox.base_url(),
+            key.display()
+        ),
+    );
+    let args = ["ce", "retry-payments", "o.csv", "--db", "ce.db"];
+    let out = run(dir.bare_cmd(&args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.ce_order("CFG-1")["retries"], 1);
+
+    let shown = run(dir.bare_cmd(&["config", "show"]));
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(
+        shown.contains("commerce_engine.store_id") && shown.contains("store_1"),
+        "{shown}"
+    );
+    assert!(!shown.contains("ce-sandbox-key"), "{shown}");
+
+    // The environment wins over the file; the key itself may not be in it.
+    let mut cmd = dir.bare_cmd(&["config", "show"]);
+    cmd.env("CE_STORE_ID", "other_store");
+    let shown = String::from_utf8_lossy(&run(cmd).stdout).to_string();
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("commerce_engine.store_id"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("other_store") && line.contains("environment CE_STORE_ID"),
+        "{shown}"
+    );
+    dir.write(
+        "orderbatch.toml",
+        "[commerce_engine]\nstore_id = \"store_1\"\napi_key = \"ce-sandbox-key\"\n",
+    );
+    let out = run(dir.bare_cmd(&args));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("api_key_file"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn given_access_and_refresh_tokens_are_used_and_never_logged() {
     let sandbox = Sandbox::start();
     sandbox.seed_ce(&[("T-1", "failed", 60)]);

@@ -116,5 +116,7 @@ fn the_documented_sample_config_parses() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/orderbatch.toml");
     let out = run(dir.bare_cmd(&["config", "show", "--config", sample]));
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("token.flow_debit"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("token.flow_debit"), "{shown}");
+    assert!(shown.contains("store_123"), "{shown}");
 }

@@ -139,6 +139,12 @@ impl Dir {
             .env_remove("PNM_SITE_IDENTIFIER")
             .env_remove("PNM_SECRET_KEY")
             .env_remove("PNM_SECRET_KEY_FILE")
+            .env_remove("CE_BASE_URL")
+            .env_remove("CE_STORE_ID")
+            .env_remove("CE_API_KEY")
+            .env_remove("CE_API_KEY_FILE")
+            .env_remove("CE_ACCESS_TOKEN")
+            .env_remove("CE_REFRESH_TOKEN")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         cmd

@@ -14,6 +14,7 @@ use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
+use super::paynearme::{chance, dropped};
 use super::Shared;
 
 /// Seconds after a payment request before another may be made.
@@ -100,6 +101,37 @@ impl CeState {
             .collect();
         json!({"orders": orders, "requests": self.requests, "too_early": self.too_early})
     }
+}
+
+/// Faults on the storefront endpoints, as on PayNearMe's: the latency, a
+/// `500` before any work (`--fail-rate`), and the connection closed after
+/// the work is done (`--drop-rate`). Counted as `fault:failed` and
+/// `fault:dropped` among the requests.
+pub(crate) async fn faults(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some((min, max)) = shared.config.latency_ms {
+        let ms = shared.rng.lock().unwrap().random_range(min..=max.max(min));
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if chance(&shared, shared.config.fail_rate) {
+        count(&shared, "fault:failed");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "injected failure",
+        )
+        .into_response();
+    }
+    let response = next.run(request).await;
+    if chance(&shared, shared.config.drop_rate) {
+        count(&shared, "fault:dropped");
+        return dropped();
+    }
+    response
 }
 
 fn count(shared: &Shared, name: &str) {

@@ -126,12 +126,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         pnm: Mutex::new(PnmState::default()),
         ce: Mutex::new(commerce_engine::CeState::default()),
     });
-    let app = Router::new()
-        .route("/json-api/{endpoint}", post(paynearme::handle))
-        .route("/__sandbox/state", get(paynearme::state_handler))
-        .route("/__sandbox/counters", get(paynearme::counters_handler))
-        .route("/__sandbox/age", post(paynearme::age_handler))
-        .route("/__sandbox/ce/orders", post(commerce_engine::seed))
+    let storefront = Router::new()
         .route(
             "/api/v1/{store}/storefront/auth/anonymous",
             post(commerce_engine::anonymous),
@@ -148,6 +143,17 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
             "/api/v1/{store}/storefront/orders/{number}/retry-payment",
             post(commerce_engine::retry_payment),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            commerce_engine::faults,
+        ));
+    let app = Router::new()
+        .route("/json-api/{endpoint}", post(paynearme::handle))
+        .route("/__sandbox/state", get(paynearme::state_handler))
+        .route("/__sandbox/counters", get(paynearme::counters_handler))
+        .route("/__sandbox/age", post(paynearme::age_handler))
+        .route("/__sandbox/ce/orders", post(commerce_engine::seed))
+        .merge(storefront)
         .with_state(shared.clone());
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(async move {

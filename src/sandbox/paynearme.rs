@@ -205,14 +205,14 @@ fn over_rate(shared: &Shared, limit: u32) -> Option<Duration> {
 
 /// An answer whose connection is closed before its body is complete: the
 /// client cannot tell whether the work was done.
-fn dropped() -> Response {
+pub(crate) fn dropped() -> Response {
     let failing = futures_util::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("sandbox dropped the connection"))
     });
     (StatusCode::OK, Body::from_stream(failing)).into_response()
 }
 
-fn chance(shared: &Shared, p: f64) -> bool {
+pub(crate) fn chance(shared: &Shared, p: f64) -> bool {
     p > 0.0 && shared.rng.lock().unwrap().random_bool(p.min(1.0))
 }
 

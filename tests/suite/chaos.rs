@@ -140,3 +140,64 @@ fn a_run_against_all_faults_ends_with_exit_0_and_no_duplicates() {
     // Dropped creates were reconciled by lookup, not resent blindly.
     assert!(sandbox.requests("find_orders") > 0);
 }
+
+/// Commerce Engine under the same faults: 500s and dropped connections on
+/// every storefront endpoint (auth included), and a SIGKILL, then resume:
+/// every order is retried exactly once and every row ends done.
+#[test]
+fn ce_retry_payments_under_faults_and_a_kill_retry_each_order_exactly_once() {
+    const ORDERS: usize = 200;
+    let sandbox = Sandbox::with(|c| {
+        c.seed = 7;
+        c.fail_rate = 0.08;
+        c.drop_rate = 0.08;
+        c.latency_ms = Some((0, 3));
+    });
+    let names: Vec<String> = (0..ORDERS).map(|i| format!("CE-{i:03}")).collect();
+    let seeds: Vec<(&str, &str, i64)> = names.iter().map(|n| (n.as_str(), "failed", 60)).collect();
+    sandbox.seed_ce(&seeds);
+    let dir = Dir::new();
+    dir.write("o.csv", format!("order_number\n{}\n", names.join("\n")));
+    let args = [
+        "ce",
+        "retry-payments",
+        "o.csv",
+        "--db",
+        "ce.db",
+        "--export",
+        "e.csv",
+        "--rate",
+        "unlimited",
+        "--concurrency",
+        "8",
+        "--retry-base-ms",
+        "5",
+        "--max-attempts",
+        "12",
+        "--quiet",
+    ];
+    let child = spawn(dir.ce_cmd(&sandbox, &args));
+    wait_until(Duration::from_secs(30), || {
+        sandbox.ce_requests("retry-payment") >= ORDERS as u64 / 3
+    });
+    signal(&child, 9);
+    child.wait_with_output().unwrap();
+    let retried = names
+        .iter()
+        .filter(|n| sandbox.ce_order(n)["retries"] != 0)
+        .count();
+    assert!(retried < ORDERS, "the run finished before it was killed");
+
+    let out = run(dir.ce_cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(sandbox.ce_requests("fault:failed") > 0, "no 500 injected");
+    assert!(sandbox.ce_requests("fault:dropped") > 0, "no drop injected");
+    for name in &names {
+        assert_eq!(sandbox.ce_order(name)["retries"], 1, "{name}");
+    }
+    let export = read_export(&dir.path("e.csv"));
+    assert_eq!(export.len(), ORDERS);
+    for row in &export {
+        assert_eq!(row["status"], "done", "{row:?}");
+    }
+}

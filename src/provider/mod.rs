@@ -176,7 +176,7 @@ impl ProviderError {
 /// An answer that is not a JSON object: a transient server error for a 5xx
 /// (proxies answer HTML), an unreadable body otherwise.
 pub(crate) fn unreadable(endpoint: &'static str, status: u16, bytes: &[u8]) -> ProviderError {
-    let snippet: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
+    let snippet = snippet(bytes);
     if status >= 500 {
         ProviderError::Api {
             endpoint,
@@ -191,6 +191,11 @@ pub(crate) fn unreadable(endpoint: &'static str, status: u16, bytes: &[u8]) -> P
             snippet,
         }
     }
+}
+
+/// The start of an answer body, for an error message.
+pub(crate) fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).chars().take(200).collect()
 }
 
 /// The `Retry-After` of a 429, in seconds (fractions accepted).

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::sign::sign;
 use super::types::{self, PnmOrder};
-use crate::provider::{retry_after, transport_error, unreadable, ProviderError};
+use crate::provider::{retry_after, snippet, transport_error, unreadable, ProviderError};
 
 /// API version sent with every request.
 pub const API_VERSION: &str = "3.0";
@@ -243,11 +243,6 @@ fn pii<'a>(params: &[(&str, &'a str)]) -> Vec<&'a str> {
         .filter(|(name, _)| super::params::find(name).is_some_and(|p| p.pii))
         .map(|(_, value)| *value)
         .collect()
-}
-
-fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    text.chars().take(200).collect()
 }
 
 /// Turns an HTTP answer into the body or a typed error.

@@ -85,7 +85,20 @@ fn a_changed_input_beside_an_unfinished_run_is_refused() {
     wait_until(Duration::from_secs(30), || sandbox.orders().len() >= 5);
     signal(&child, 9);
     child.wait_with_output().unwrap();
-    let before = sandbox.total_requests();
+    assert!(
+        sandbox.orders().len() < ROWS,
+        "the run finished before it was killed"
+    );
+    // Requests the killed run had already written may still be read.
+    let mut before = sandbox.total_requests();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = sandbox.total_requests();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
 
     let mut changed = orders_csv(ROWS, 12, false);
     changed.push_str("C-1,1.00,USD,exact,true,Extra\n");

@@ -69,7 +69,7 @@ path, n = sys.argv[1], int(sys.argv[2])
 c = sqlite3.connect(path)
 parts = dict(c.execute("select name, sum(pgsize) from dbstat group by name").fetchall())
 print(f"{n} rows: {os.path.getsize(path)/n:.0f} bytes/row; rows table {parts.get('rows',0)/n:.0f}, "
-      f"indexes {(parts.get('rows_by_site_order',0)+parts.get('rows_by_state_customer',0))/n:.0f}")
+      f"indexes on rows {sum(v for k, v in parts.items() if k.startswith('rows_by_'))/n:.0f}")
 c.close(); shutil.copy(path, path + ".v"); c = sqlite3.connect(path + ".v"); c.execute("vacuum"); c.close()
 print(f"  after VACUUM: {os.path.getsize(path + '.v')/n:.0f} bytes/row")
 PY

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
-#   bash bench/run.sh            # everything (about 10 minutes on 2 cores)
+#   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
 #   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,17 +22,23 @@ pub struct PnmOrder {
 
 /// A string field that may also come as a JSON number or boolean.
 fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
-    match map.get(key)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
+    text_of(map.get(key)?.clone())
+}
+
+/// A field's text: a non-empty string, a number or a boolean.
+fn text_of(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
 }
 
+#[cfg(test)]
 impl PnmOrder {
-    /// Reads an order object.
-    pub fn from_json(map: &Map<String, Value>) -> Self {
+    /// Reads an order object (the tree reader; see [`orders`]).
+    fn from_json(map: &Map<String, Value>) -> Self {
         PnmOrder {
             pnm_order_identifier: text(map, "pnm_order_identifier"),
             pnm_customer_identifier: text(map, "pnm_customer_identifier"),
@@ -68,9 +74,7 @@ impl Answer {
 
     /// The first error as (code, description); see [`first_error`].
     pub fn first_error(&self) -> Option<(Option<String>, String)> {
-        let mut body = Map::new();
-        body.insert("errors".into(), self.errors.clone()?);
-        first_error(&body)
+        first_of(self.errors.as_ref()?)
     }
 }
 
@@ -87,8 +91,8 @@ impl<'de> Deserialize<'de> for Answer {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
                         "status" => answer.ok = map.next_value::<Value>()? == "ok",
-                        "orders" => orders = map.next_value::<OrderList>()?.0,
-                        "order" => order = map.next_value::<OrderList>()?.0,
+                        "orders" => orders = map.next_value::<Orders>()?.into_list(),
+                        "order" => order = map.next_value::<Orders>()?.into_list(),
                         "errors" => answer.errors = Some(map.next_value()?),
                         _ => drop(map.next_value::<IgnoredAny>()?),
                     }
@@ -101,90 +105,64 @@ impl<'de> Deserialize<'de> for Answer {
     }
 }
 
-/// `orders`/`order`: a list (its non-object items skipped) or one object;
-/// anything else counts as absent.
-struct OrderList(Option<Vec<PnmOrder>>);
+/// What an `orders`/`order` value holds: a list (of which only the objects
+/// are orders), one object, or anything else (which counts as absent).
+enum Orders {
+    List(Vec<PnmOrder>),
+    One(PnmOrder),
+    Neither,
+}
 
-impl<'de> Deserialize<'de> for OrderList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = OrderList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("orders")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OrderList, A::Error> {
-                let mut orders = Vec::new();
-                while let Some(item) = seq.next_element::<MaybeOrder>()? {
-                    orders.extend(item.0);
-                }
-                Ok(OrderList(Some(orders)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OrderList, A::Error> {
-                let order = order_from_map(map)?;
-                Ok(OrderList(Some(vec![order])))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<OrderList, E> {
-                Ok(OrderList(None))
-            }
+impl Orders {
+    fn into_list(self) -> Option<Vec<PnmOrder>> {
+        match self {
+            Orders::List(orders) => Some(orders),
+            Orders::One(order) => Some(vec![order]),
+            Orders::Neither => None,
         }
-        d.deserialize_any(ListVisitor)
     }
 }
 
-/// A list item: an order if it is an object.
-struct MaybeOrder(Option<PnmOrder>);
-
-impl<'de> Deserialize<'de> for MaybeOrder {
+impl<'de> Deserialize<'de> for Orders {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ItemVisitor;
-        impl<'de> Visitor<'de> for ItemVisitor {
-            type Value = MaybeOrder;
+        struct OrdersVisitor;
+        impl<'de> Visitor<'de> for OrdersVisitor {
+            type Value = Orders;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an order")
+                f.write_str("orders")
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MaybeOrder, A::Error> {
-                Ok(MaybeOrder(Some(order_from_map(map)?)))
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Orders, A::Error> {
+                let mut orders = Vec::new();
+                while let Some(item) = seq.next_element::<Orders>()? {
+                    if let Orders::One(order) = item {
+                        orders.push(order);
+                    }
+                }
+                Ok(Orders::List(orders))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeOrder, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(MaybeOrder(None))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Orders, A::Error> {
+                Ok(Orders::One(order_from_map(map)?))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_unit<E: de::Error>(self) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<MaybeOrder, E> {
-                Ok(MaybeOrder(None))
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Orders, E> {
+                Ok(Orders::Neither)
             }
         }
-        d.deserialize_any(ItemVisitor)
+        d.deserialize_any(OrdersVisitor)
     }
 }
 
@@ -210,17 +188,12 @@ fn order_from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<PnmOrder, A::Err
     Ok(order)
 }
 
-/// A text field that may come as a string, number or boolean (see [`text`]).
+/// A text field that may come as a string, number or boolean (see [`text_of`]).
 struct Liberal(Option<String>);
 
 impl<'de> Deserialize<'de> for Liberal {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Liberal(match Value::deserialize(d)? {
-            Value::String(s) if !s.is_empty() => Some(s),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }))
+        Ok(Liberal(text_of(Value::deserialize(d)?)))
     }
 }
 
@@ -236,8 +209,10 @@ pub fn order_objects(body: &Map<String, Value>) -> Vec<&Map<String, Value>> {
     list.into_iter().filter_map(Value::as_object).collect()
 }
 
-/// The orders of an answer.
-pub fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
+/// The orders of an answer, read from its tree: what [`Answer`] is checked
+/// against.
+#[cfg(test)]
+fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
     order_objects(body)
         .into_iter()
         .map(PnmOrder::from_json)
@@ -246,7 +221,13 @@ pub fn orders(body: &Map<String, Value>) -> Vec<PnmOrder> {
 
 /// The first error of an error answer as (code, description).
 pub fn first_error(body: &Map<String, Value>) -> Option<(Option<String>, String)> {
-    let first = match body.get("errors")? {
+    first_of(body.get("errors")?)
+}
+
+/// The first item of an `errors` value (a list, or one item) as (code,
+/// description).
+fn first_of(errors: &Value) -> Option<(Option<String>, String)> {
+    let first = match errors {
         Value::Array(items) => items.first()?,
         other => other,
     };

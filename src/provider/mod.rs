@@ -193,6 +193,18 @@ pub(crate) fn unreadable(endpoint: &'static str, status: u16, bytes: &[u8]) -> P
     }
 }
 
+/// An answer body that must be a JSON object (else [`unreadable`]).
+pub(crate) fn json_object(
+    endpoint: &'static str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(unreadable(endpoint, status, bytes)),
+    }
+}
+
 /// The start of an answer body, for an error message.
 pub(crate) fn snippet(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).chars().take(200).collect()

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use crate::provider::{retry_after, transport_error, unreadable, ProviderError};
+use crate::provider::{json_object, retry_after, transport_error, ProviderError};
 
 /// Counter names of the endpoints.
 pub const PAYMENT_STATUS: &str = "payment-status";
@@ -117,10 +117,7 @@ fn envelope(
     status: u16,
     bytes: &[u8],
 ) -> Result<Map<String, Value>, ProviderError> {
-    let body = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(unreadable(endpoint, status, bytes)),
-    };
+    let body = json_object(endpoint, status, bytes)?;
     let success = body
         .get("success")
         .and_then(Value::as_bool)

@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 
 use super::sign::sign;
 use super::types::{self, PnmOrder};
-use crate::provider::{retry_after, snippet, transport_error, unreadable, ProviderError};
+use crate::provider::{
+    json_object, retry_after, snippet, transport_error, unreadable, ProviderError,
+};
 
 /// API version sent with every request.
 pub const API_VERSION: &str = "3.0";
@@ -251,10 +253,7 @@ fn read_answer(
     status: u16,
     bytes: &[u8],
 ) -> Result<Map<String, Value>, ProviderError> {
-    let body = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(unreadable(endpoint, status, bytes)),
-    };
+    let body = json_object(endpoint, status, bytes)?;
     if types::is_ok(&body) && status < 300 {
         return Ok(body);
     }

@@ -154,10 +154,8 @@ fn ce_retry_payments_under_faults_and_a_kill_retry_each_order_exactly_once() {
         c.latency_ms = Some((0, 3));
     });
     let names: Vec<String> = (0..ORDERS).map(|i| format!("CE-{i:03}")).collect();
-    let seeds: Vec<(&str, &str, i64)> = names.iter().map(|n| (n.as_str(), "failed", 60)).collect();
-    sandbox.seed_ce(&seeds);
     let dir = Dir::new();
-    dir.write("o.csv", format!("order_number\n{}\n", names.join("\n")));
+    sandbox.seed_failed_ce_orders(&dir, &names);
     let args = [
         "ce",
         "retry-payments",

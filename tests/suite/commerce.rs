@@ -144,10 +144,8 @@ fn an_access_token_expiring_mid_run_is_refreshed() {
 fn killed_and_resumed_runs_retry_each_order_exactly_once() {
     let sandbox = Sandbox::start();
     let orders: Vec<String> = (1..=30).map(|i| format!("K-{i}")).collect();
-    let seeds: Vec<(&str, &str, i64)> = orders.iter().map(|n| (n.as_str(), "failed", 60)).collect();
-    sandbox.seed_ce(&seeds);
     let dir = Dir::new();
-    dir.write("o.csv", format!("order_number\n{}\n", orders.join("\n")));
+    sandbox.seed_failed_ce_orders(&dir, &orders);
     let args = [
         "ce",
         "retry-payments",

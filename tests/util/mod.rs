@@ -258,6 +258,15 @@ impl Sandbox {
         })
     }
 
+    /// Seeds `names` as orders whose payment failed a minute ago (a retry
+    /// is allowed at once) and writes `o.csv` listing them.
+    pub fn seed_failed_ce_orders(&self, dir: &Dir, names: &[String]) {
+        let seeds: Vec<(&str, &str, i64)> =
+            names.iter().map(|n| (n.as_str(), "failed", 60)).collect();
+        self.seed_ce(&seeds);
+        dir.write("o.csv", format!("order_number\n{}\n", names.join("\n")));
+    }
+
     /// The sandbox's order with this `site_order_identifier`.
     pub fn order(&self, site_order_identifier: &str) -> Value {
         self.orders()

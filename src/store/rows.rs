@@ -242,7 +242,7 @@ impl Store {
         run_id: i64,
         states: &[RowState],
         by_customer: bool,
-        mut f: impl FnMut(StoredRow) -> bool,
+        f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
         if by_customer {
             return self.for_each_by_customer(run_id, states, f);
@@ -255,23 +255,17 @@ impl Store {
                  AND input_row IS NULL AND row_number > ?2 ORDER BY row_number LIMIT {CHUNK}"
             ))
             .map_err(|e| self.err(e))?;
-        let mut after = 0u64;
-        loop {
-            let chunk: Vec<StoredRow> = stmt
-                .query_map(params![run_id, after], from_row)
-                .and_then(Iterator::collect)
-                .map_err(|e| self.err(e))?;
-            let full = chunk.len() as i64 == CHUNK;
-            for row in chunk {
-                after = row.row_number;
-                if !f(row) {
-                    return Ok(());
-                }
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+        self.in_chunks(
+            |after: &u64| {
+                stmt.query_map(params![run_id, after], |r| {
+                    let row = from_row(r)?;
+                    let next = row.row_number;
+                    Ok((row, next))
+                })?
+                .collect()
+            },
+            f,
+        )
     }
 
     /// [`Store::for_each_row`] by customer. The rows are sorted once into a
@@ -283,7 +277,7 @@ impl Store {
         &self,
         run_id: i64,
         states: &[RowState],
-        mut f: impl FnMut(StoredRow) -> bool,
+        f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
         let list = sql_list(states);
         self.conn
@@ -307,26 +301,41 @@ impl Store {
                  WHERE s.rowid > ?2 AND rows.state IN ({list}) ORDER BY s.rowid LIMIT {CHUNK}"
             ))
             .map_err(|e| self.err(e))?;
-        let mut after = 0i64;
-        let mut going = true;
-        while going {
-            let chunk: Vec<(StoredRow, i64)> = stmt
-                .query_map(params![run_id, after], |r| Ok((from_row(r)?, r.get(20)?)))
-                .and_then(Iterator::collect)
-                .map_err(|e| self.err(e))?;
-            going = chunk.len() as i64 == CHUNK;
-            for (row, position) in chunk {
-                after = position;
-                if !f(row) {
-                    going = false;
-                    break;
-                }
-            }
-        }
+        self.in_chunks(
+            |after: &i64| {
+                stmt.query_map(params![run_id, after], |r| Ok((from_row(r)?, r.get(20)?)))?
+                    .collect()
+            },
+            f,
+        )?;
         drop(stmt);
         self.conn
             .execute_batch("DROP TABLE temp.stage_rows")
             .map_err(|e| self.err(e))
+    }
+
+    /// Reads rows a chunk at a time (`chunk` gives up to [`CHUNK`] rows
+    /// after a cursor, each with the cursor past it), each chunk its own
+    /// read transaction, until a chunk is short or `f` says stop.
+    fn in_chunks<C: Default>(
+        &self,
+        mut chunk: impl FnMut(&C) -> rusqlite::Result<Vec<(StoredRow, C)>>,
+        mut f: impl FnMut(StoredRow) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut cursor = C::default();
+        loop {
+            let rows = chunk(&cursor).map_err(|e| self.err(e))?;
+            let full = rows.len() as i64 == CHUNK;
+            for (row, next) in rows {
+                cursor = next;
+                if !f(row) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     /// Calls `f` for each row in `states` that a customer row expanded into,
@@ -335,7 +344,7 @@ impl Store {
         &self,
         run_id: i64,
         states: &[RowState],
-        mut f: impl FnMut(StoredRow) -> bool,
+        f: impl FnMut(StoredRow) -> bool,
     ) -> Result<(), StoreError> {
         let list = sql_list(states);
         let mut stmt = self
@@ -346,23 +355,17 @@ impl Store {
                  ORDER BY input_row, row_number LIMIT {CHUNK}"
             ))
             .map_err(|e| self.err(e))?;
-        let (mut input, mut after) = (0u64, 0u64);
-        loop {
-            let chunk: Vec<StoredRow> = stmt
-                .query_map(params![run_id, input, after], from_row)
-                .and_then(Iterator::collect)
-                .map_err(|e| self.err(e))?;
-            let full = chunk.len() as i64 == CHUNK;
-            for row in chunk {
-                (input, after) = (row.input_row, row.row_number);
-                if !f(row) {
-                    return Ok(());
-                }
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+        self.in_chunks(
+            |(input, after): &(u64, u64)| {
+                stmt.query_map(params![run_id, input, after], |r| {
+                    let row = from_row(r)?;
+                    let next = (row.input_row, row.row_number);
+                    Ok((row, next))
+                })?
+                .collect()
+            },
+            f,
+        )
     }
 
     /// Every row of the run in input order (a row's expansions after it),

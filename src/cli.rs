@@ -108,8 +108,12 @@ pub enum Command {
 
 const RUN_HELP: &str = "\
 Credentials come from the environment, never from the command line:
-  PNM_SITE_IDENTIFIER, PNM_SECRET_KEY (or PNM_SECRET_KEY_FILE, mode 600),
-  optional PNM_API_KEY_ID, and PNM_BASE_URL (or --base-url; no default).
+  PNM_SITE_IDENTIFIER and PNM_BASE_URL (or --base-url; no default), then
+  OAuth 2.0 (sites onboarded since 2026-08-01): PNM_CLIENT_ID,
+    PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE, mode 600), PNM_TOKEN_URL,
+    optional PNM_TOKEN_SCOPE;
+  or HMAC (existing sites): PNM_SECRET_KEY (or PNM_SECRET_KEY_FILE, mode 600),
+    optional PNM_API_KEY_ID.
 
 The CSV header names PayNearMe create_order parameters; order_amount,
 order_currency, site_customer_identifier, order_type and order_is_standing are
@@ -143,9 +147,14 @@ Example:
   orderbatch change new-amounts.csv --db backfill.db --export changed.csv";
 
 const SANDBOX_HELP: &str = "\
-Accepts requests signed with PNM_SITE_IDENTIFIER / PNM_SECRET_KEY from the
-environment (defaults: S_SANDBOX / sandbox-secret). State is in memory;
-GET /__sandbox/state shows orders and counters.
+Accepts requests signed with PNM_SITE_IDENTIFIER / PNM_SECRET_KEY (or
+PNM_SECRET_KEY_FILE) from the environment (defaults: S_SANDBOX /
+sandbox-secret); with PNM_API_KEY_ID set, requests must carry that
+api_key_id. OAuth 2.0: POST /oauth/token gives Bearer tokens to
+PNM_CLIENT_ID / PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE; defaults:
+sandbox-client / sandbox-client-secret); --oauth-only refuses signed
+requests. State is in memory; GET /__sandbox/state shows orders and
+counters.
 
 Example:
   orderbatch sandbox --listen 127.0.0.1:8099
@@ -509,6 +518,9 @@ pub struct PaceArgs {
     /// Provider base URL, e.g. https://api.paynearme-sandbox.com [env: PNM_BASE_URL; config: base_url]
     #[arg(long)]
     pub base_url: Option<String>,
+    /// PayNearMe authentication: `oauth` (client credentials; sites onboarded since 2026-08-01) or `hmac` (signed with the secret key) [config: auth; default: oauth when PNM_CLIENT_ID is set, else hmac]
+    #[arg(long, value_enum)]
+    pub auth: Option<crate::config::AuthMethod>,
     /// Requests per second across all endpoints, or `unlimited` [config: rate; default: 10]
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<Rate>,
@@ -566,6 +578,7 @@ impl PaceArgs {
     pub fn flags(&self, token: &TokenArgs) -> crate::config::Flags {
         crate::config::Flags {
             base_url: self.base_url.clone(),
+            auth: self.auth,
             rate: self.rate.map(|r| r.0),
             concurrency: self.concurrency,
             timeout: self.timeout,
@@ -622,6 +635,12 @@ pub struct SandboxArgs {
     /// Answer 429 with Retry-After above this many requests per second.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Seconds an OAuth access token from POST /oauth/token lives.
+    #[arg(long, default_value_t = 3600)]
+    pub token_lifetime: u64,
+    /// Refuse requests without a Bearer token (401 oauth_required), like a site onboarded since 2026-08-01.
+    #[arg(long)]
+    pub oauth_only: bool,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -636,4 +655,7 @@ pub struct DemoArgs {
     /// Folder for the demo's state database, input copy and export.
     #[arg(long, default_value = "orderbatch-demo")]
     pub dir: PathBuf,
+    /// Authenticate the way an OAuth-only site does (`oauth`), or sign requests (`hmac`).
+    #[arg(long, value_enum, default_value_t = crate::config::AuthMethod::Hmac)]
+    pub auth: crate::config::AuthMethod,
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
-use crate::provider::paynearme::PnmCredentials;
+use crate::provider::paynearme::oauth::{ClientAuth, OAuthConfig};
+use crate::provider::paynearme::{PnmAuth, PnmCredentials};
 
 /// A configuration problem; the message says what to set.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +18,16 @@ pub enum ConfigError {
     SecretFile { path: PathBuf, detail: String },
     #[error("the secret file {path} can be read by others (mode {mode:o}); run `chmod 600 {path}`", path = path.display())]
     SecretFileOpen { path: PathBuf, mode: u32 },
-    #[error("base URL `{0}` is not https; https is required except for a sandbox on this machine (127.0.0.1, ::1 or localhost)")]
-    InsecureUrl(String),
-    #[error("base URL `{0}` is not a valid http(s) URL")]
-    BadUrl(String),
+    #[error("{what} `{url}` is not https; https is required except for a sandbox on this machine (127.0.0.1, ::1 or localhost)")]
+    InsecureUrl { what: &'static str, url: String },
+    #[error("{what} `{url}` is not a valid http(s) URL{why}")]
+    BadUrl {
+        what: &'static str,
+        url: String,
+        why: String,
+    },
+    #[error("the environment variable {name} (named by {setting}) is not set")]
+    SecretEnvUnset { name: String, setting: &'static str },
     #[error("config file {path}: {detail}", path = path.display())]
     File { path: PathBuf, detail: String },
 }
@@ -51,29 +58,81 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
     ))
 }
 
-/// Refuses a plain-http base URL unless it points at this machine.
-pub fn check_base_url(url: &str) -> Result<(), ConfigError> {
-    let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Ok(());
+/// Parses a provider URL (`what` names it in errors): http(s) only, no
+/// user-info, https unless the host is this machine (a loopback IP or
+/// `localhost`). The host is taken from the parsed URL, never split out
+/// of the text by hand.
+pub fn parse_url(what: &'static str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let bad = |why: &str| ConfigError::BadUrl {
+        what,
+        url: url.to_string(),
+        why: why.to_string(),
+    };
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| bad(&format!(": {e}")))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad(
+            ": it carries a user name or password (`user@host`); give the host alone",
+        ));
     }
-    let Some(rest) = lower.strip_prefix("http://") else {
-        return Err(ConfigError::BadUrl(url.to_string()));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if loopback {
-        Ok(())
-    } else {
-        Err(ConfigError::InsecureUrl(url.to_string()))
+    match parsed.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(ConfigError::InsecureUrl {
+                    what,
+                    url: url.to_string(),
+                });
+            }
+        }
+        _ => return Err(bad(": only https (or http to this machine) is allowed")),
+    }
+    if parsed.host().is_none() {
+        return Err(bad(": no host"));
+    }
+    Ok(parsed)
+}
+
+/// The PayNearMe base URL: [`parse_url`], then without a trailing
+/// `/json-api` (how PayNearMe's sample clients write their host; the client
+/// adds it), with a note when one was taken off.
+pub fn base_url(url: &str) -> Result<String, ConfigError> {
+    let parsed = parse_url("base URL", url)?;
+    let text = parsed.as_str().trim_end_matches('/');
+    match text.strip_suffix("/json-api") {
+        Some(base) => {
+            tracing::info!(
+                "base URL {url} ends in /json-api; using {base} (orderbatch adds /json-api itself)"
+            );
+            Ok(base.to_string())
+        }
+        None => Ok(text.to_string()),
+    }
+}
+
+/// Refuses a base URL that [`parse_url`] refuses.
+pub fn check_base_url(url: &str) -> Result<(), ConfigError> {
+    parse_url("base URL", url).map(drop)
+}
+
+/// A secret from the environment variable or file `source` names;
+/// `setting` is the config key that names an environment variable.
+fn read_secret(source: &SecretSource, setting: &'static str) -> Result<SecretString, ConfigError> {
+    match source {
+        SecretSource::Env(name) => {
+            env(name)
+                .map(SecretString::from)
+                .ok_or_else(|| ConfigError::SecretEnvUnset {
+                    name: name.clone(),
+                    setting,
+                })
+        }
+        SecretSource::File(path) => read_secret_file(path),
     }
 }
 
@@ -101,6 +160,21 @@ pub struct FileConfig {
     pub secret_env: Option<String>,
     /// A file (mode 600) that holds the secret.
     pub secret_file: Option<PathBuf>,
+    /// `oauth` or `hmac`; without it, OAuth when a client id is configured.
+    pub auth: Option<AuthMethod>,
+    /// OAuth 2.0 client id (Business Portal).
+    pub client_id: Option<String>,
+    /// Name of an environment variable that holds the OAuth client secret.
+    pub client_secret_env: Option<String>,
+    /// A file (mode 600) that holds the OAuth client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// The OAuth token endpoint (no default: PayNearMe gives it with the
+    /// credentials).
+    pub token_url: Option<String>,
+    /// OAuth scope to ask for, if the site needs one.
+    pub scope: Option<String>,
+    /// How the client authenticates to the token endpoint.
+    pub token_client_auth: Option<ClientAuth>,
     /// Requests per second, or `"unlimited"`.
     pub rate: Option<RateSetting>,
     pub concurrency: Option<u16>,
@@ -113,6 +187,27 @@ pub struct FileConfig {
     pub commerce_engine: CeFileConfig,
     /// Refused: the secret never lives in the config file.
     secret: Option<toml::Value>,
+    /// Refused: the client secret never lives in the config file.
+    client_secret: Option<toml::Value>,
+}
+
+/// How PayNearMe requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// OAuth 2.0 client credentials (sites onboarded since 2026-08-01).
+    Oauth,
+    /// HMAC-SHA256 signatures with the site's secret key.
+    Hmac,
+}
+
+impl std::fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Oauth => "oauth",
+            AuthMethod::Hmac => "hmac",
+        })
+    }
 }
 
 /// `[commerce_engine]`: the store and where its API key is (never the key).
@@ -208,6 +303,13 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)
                 .into(),
         ));
     }
+    if file.client_secret.is_some() {
+        return Err(file_err(
+            "`client_secret` must not be in the config file; say where it is with \
+             client_secret_env = \"VAR\" or client_secret_file = \"/path/to/mode-600-file\""
+                .into(),
+        ));
+    }
     if file.commerce_engine.api_key.is_some() {
         return Err(file_err(
             "`commerce_engine.api_key` must not be in the config file; say where it is with \
@@ -222,6 +324,7 @@ pub fn load_file(explicit: Option<&Path>) -> Result<Option<(PathBuf, FileConfig)
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     pub base_url: Option<String>,
+    pub auth: Option<AuthMethod>,
     pub rate: Option<Option<NonZeroU32>>,
     pub concurrency: Option<u16>,
     pub timeout: Option<u64>,
@@ -252,6 +355,14 @@ pub struct Settings {
     pub api_key_id: Option<Sourced<String>>,
     /// Where the secret comes from; [`Settings::credentials`] reads it.
     pub secret: Option<Sourced<SecretSource>>,
+    /// `--auth` / `auth`: the method asked for, if any.
+    pub auth: Option<Sourced<AuthMethod>>,
+    pub client_id: Option<Sourced<String>>,
+    /// Where the OAuth client secret comes from.
+    pub client_secret: Option<Sourced<SecretSource>>,
+    pub token_url: Option<Sourced<String>>,
+    pub scope: Option<Sourced<String>>,
+    pub token_client_auth: Sourced<ClientAuth>,
     pub rate: Sourced<Option<NonZeroU32>>,
     pub concurrency: Sourced<u16>,
     pub timeout: Sourced<u64>,
@@ -291,8 +402,45 @@ impl Settings {
                 from_file(),
             ),
         ]);
+        let client_secret = pick([
+            (
+                env("PNM_CLIENT_SECRET").map(|_| SecretSource::Env("PNM_CLIENT_SECRET".into())),
+                Source::Env("PNM_CLIENT_SECRET"),
+            ),
+            (
+                env("PNM_CLIENT_SECRET_FILE").map(|p| SecretSource::File(p.into())),
+                Source::Env("PNM_CLIENT_SECRET_FILE"),
+            ),
+            (
+                file.client_secret_env.clone().map(SecretSource::Env),
+                from_file(),
+            ),
+            (
+                file.client_secret_file.clone().map(SecretSource::File),
+                from_file(),
+            ),
+        ]);
         let default = |v| (Some(v), Source::Default);
         Settings {
+            auth: pick([(flags.auth, Source::Flag), (file.auth, from_file())]),
+            client_id: pick([
+                (env("PNM_CLIENT_ID"), Source::Env("PNM_CLIENT_ID")),
+                (file.client_id.clone(), from_file()),
+            ]),
+            client_secret,
+            token_url: pick([
+                (env("PNM_TOKEN_URL"), Source::Env("PNM_TOKEN_URL")),
+                (file.token_url.clone(), from_file()),
+            ]),
+            scope: pick([
+                (env("PNM_TOKEN_SCOPE"), Source::Env("PNM_TOKEN_SCOPE")),
+                (file.scope.clone(), from_file()),
+            ]),
+            token_client_auth: pick([
+                (file.token_client_auth, from_file()),
+                (Some(ClientAuth::Basic), Source::Default),
+            ])
+            .expect("has a default"),
             base_url: pick([
                 (flags.base_url, Source::Flag),
                 (env("PNM_BASE_URL"), Source::Env("PNM_BASE_URL")),
@@ -333,41 +481,86 @@ impl Settings {
         }
     }
 
+    /// The authentication method: `--auth` / `auth` when given, else OAuth
+    /// when a client id is configured, else HMAC.
+    pub fn auth_method(&self) -> AuthMethod {
+        match (&self.auth, &self.client_id) {
+            (Some(explicit), _) => explicit.value,
+            (None, Some(_)) => AuthMethod::Oauth,
+            (None, None) => AuthMethod::Hmac,
+        }
+    }
+
     /// PayNearMe credentials, reading the secret from its source.
     pub fn credentials(&self) -> Result<PnmCredentials, ConfigError> {
-        let base_url = self.base_url.as_ref().ok_or(ConfigError::Missing(
+        let base = self.base_url.as_ref().ok_or(ConfigError::Missing(
             "PNM_BASE_URL",
             "set it, pass --base-url, or put base_url in orderbatch.toml \
              (e.g. https://api.paynearme-sandbox.com, or the URL `orderbatch sandbox` prints)",
         ))?;
-        check_base_url(&base_url.value)?;
+        let base_url = base_url(&base.value)?;
         let site = self.site_identifier.as_ref().ok_or(ConfigError::Missing(
             "PNM_SITE_IDENTIFIER",
             "set it, or put site_identifier in orderbatch.toml",
         ))?;
+        let auth = match self.auth_method() {
+            AuthMethod::Hmac => self.hmac()?,
+            AuthMethod::Oauth => PnmAuth::OAuth(self.oauth()?),
+        };
+        Ok(PnmCredentials {
+            base_url,
+            site_identifier: site.value.clone(),
+            auth,
+        })
+    }
+
+    fn hmac(&self) -> Result<PnmAuth, ConfigError> {
         let secret = match self.secret.as_ref().map(|s| &s.value) {
-            Some(SecretSource::Env(name)) => {
-                env(name)
-                    .map(SecretString::from)
-                    .ok_or(ConfigError::Missing(
-                        "the secret",
-                        "the environment variable named by secret_env is not set",
-                    ))?
-            }
-            Some(SecretSource::File(path)) => read_secret_file(path)?,
+            Some(source) => read_secret(source, "secret_env")?,
             None => {
                 return Err(ConfigError::Missing(
                     "PNM_SECRET_KEY",
                     "set it, or PNM_SECRET_KEY_FILE to a file (mode 600) holding the secret, \
-                     or secret_env / secret_file in orderbatch.toml",
+                     or secret_env / secret_file in orderbatch.toml. Sites onboarded since \
+                     2026-08-01 use OAuth 2.0 instead: set PNM_CLIENT_ID, PNM_CLIENT_SECRET \
+                     and PNM_TOKEN_URL",
                 ))
             }
         };
-        Ok(PnmCredentials {
-            base_url: base_url.value.clone(),
-            site_identifier: site.value.clone(),
+        Ok(PnmAuth::Hmac {
             secret,
             api_key_id: self.api_key_id.as_ref().map(|k| k.value.clone()),
+        })
+    }
+
+    fn oauth(&self) -> Result<OAuthConfig, ConfigError> {
+        let client_id = self.client_id.as_ref().ok_or(ConfigError::Missing(
+            "PNM_CLIENT_ID",
+            "--auth oauth needs the OAuth client id from PayNearMe's Business Portal \
+             (or client_id in orderbatch.toml)",
+        ))?;
+        let token_url = self.token_url.as_ref().ok_or(ConfigError::Missing(
+            "PNM_TOKEN_URL",
+            "OAuth needs the token endpoint PayNearMe gave with the client credentials \
+             (or token_url in orderbatch.toml); there is no default",
+        ))?;
+        let token_url = parse_url("token URL", &token_url.value)?;
+        let client_secret = match self.client_secret.as_ref().map(|s| &s.value) {
+            Some(source) => read_secret(source, "client_secret_env")?,
+            None => {
+                return Err(ConfigError::Missing(
+                    "PNM_CLIENT_SECRET",
+                    "set it, or PNM_CLIENT_SECRET_FILE to a file (mode 600) holding it, \
+                     or client_secret_env / client_secret_file in orderbatch.toml",
+                ))
+            }
+        };
+        Ok(OAuthConfig {
+            token_url,
+            client_id: client_id.value.clone(),
+            client_secret,
+            scope: self.scope.as_ref().map(|s| s.value.clone()),
+            client_auth: self.token_client_auth.value,
         })
     }
 
@@ -384,37 +577,30 @@ impl Settings {
             "set it (or commerce_engine.base_url in orderbatch.toml) to the API host, \
              e.g. https://staging.api.commercengine.io, or the URL `orderbatch sandbox` prints",
         ))?;
-        check_base_url(&base_url.value)?;
+        let ce_base = parse_url("Commerce Engine base URL", &base_url.value)?;
         let store_id = self.ce.store_id.as_ref().ok_or(ConfigError::Missing(
             "CE_STORE_ID",
             "set it (or commerce_engine.store_id in orderbatch.toml) to your store id",
         ))?;
-        let auth =
-            match (&self.ce.api_key, env("CE_ACCESS_TOKEN")) {
-                (Some(key), _) => CeAuth::ApiKey(match &key.value {
-                    SecretSource::Env(name) => env(name)
-                        .map(SecretString::from)
-                        .ok_or(ConfigError::Missing(
-                        "the Commerce Engine API key",
-                        "the environment variable named by commerce_engine.api_key_env is not set",
-                    ))?,
-                    SecretSource::File(path) => read_secret_file(path)?,
-                }),
-                (None, Some(access)) => CeAuth::Tokens {
-                    access: SecretString::from(access),
-                    refresh: env("CE_REFRESH_TOKEN").map(SecretString::from),
-                },
-                (None, None) => {
-                    return Err(ConfigError::Missing(
-                        "CE_API_KEY",
-                        "set it (or CE_API_KEY_FILE, mode 600, or commerce_engine.api_key_env / \
+        let auth = match (&self.ce.api_key, env("CE_ACCESS_TOKEN")) {
+            (Some(key), _) => {
+                CeAuth::ApiKey(read_secret(&key.value, "commerce_engine.api_key_env")?)
+            }
+            (None, Some(access)) => CeAuth::Tokens {
+                access: SecretString::from(access),
+                refresh: env("CE_REFRESH_TOKEN").map(SecretString::from),
+            },
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "CE_API_KEY",
+                    "set it (or CE_API_KEY_FILE, mode 600, or commerce_engine.api_key_env / \
                      api_key_file in orderbatch.toml), or CE_ACCESS_TOKEN with an optional \
                      CE_REFRESH_TOKEN",
-                    ))
-                }
-            };
+                ))
+            }
+        };
         Ok(CeCredentials {
-            base_url: base_url.value.clone(),
+            base_url: ce_base.as_str().trim_end_matches('/').to_string(),
             store_id: store_id.value.clone(),
             auth,
         })
@@ -435,14 +621,41 @@ impl Settings {
         let mut out = String::new();
         line(&mut out, "base_url", text(&self.base_url));
         line(&mut out, "site_identifier", text(&self.site_identifier));
-        line(&mut out, "api_key_id", text(&self.api_key_id));
-        line(
-            &mut out,
-            "secret",
-            self.secret
-                .as_ref()
-                .map(|s| (format!("[redacted], read from {}", s.value), &s.source)),
-        );
+        let method = self.auth_method();
+        let how = match &self.auth {
+            Some(explicit) => explicit.source.to_string(),
+            None if method == AuthMethod::Oauth => "a client id is configured".to_string(),
+            None => "no client id is configured".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<32} = {:<44} # {how}\n",
+            "auth",
+            method.to_string()
+        ));
+        fn secret(s: &Option<Sourced<SecretSource>>) -> Option<(String, &Source)> {
+            s.as_ref()
+                .map(|s| (format!("[redacted], read from {}", s.value), &s.source))
+        }
+        match method {
+            AuthMethod::Hmac => {
+                line(&mut out, "api_key_id", text(&self.api_key_id));
+                line(&mut out, "secret", secret(&self.secret));
+            }
+            AuthMethod::Oauth => {
+                line(&mut out, "client_id", text(&self.client_id));
+                line(&mut out, "client_secret", secret(&self.client_secret));
+                line(&mut out, "token_url", text(&self.token_url));
+                line(&mut out, "scope", text(&self.scope));
+                line(
+                    &mut out,
+                    "token_client_auth",
+                    Some((
+                        self.token_client_auth.value.to_string(),
+                        &self.token_client_auth.source,
+                    )),
+                );
+            }
+        }
         let rate = self
             .rate
             .value

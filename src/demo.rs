@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::config::AuthMethod;
 use crate::pipeline::{self, PipelineError, RunOptions, RunSummary, Shutdown};
-use crate::provider::paynearme::{PnmClient, PnmCredentials};
+use crate::provider::paynearme::oauth::{ClientAuth, OAuthConfig};
+use crate::provider::paynearme::{PnmAuth, PnmClient, PnmCredentials};
 use crate::sandbox::{self, SandboxConfig};
 use crate::store::Store;
 
@@ -41,7 +43,12 @@ pub struct DemoReport {
 }
 
 /// Runs the sample into `dir/state.db` and `dir/export.csv`, starting fresh.
-pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoReport, DemoError> {
+pub async fn run(
+    dir: &Path,
+    auth: AuthMethod,
+    quiet: bool,
+    shutdown: Shutdown,
+) -> Result<DemoReport, DemoError> {
     let io = |source| DemoError::Io {
         path: dir.to_path_buf(),
         source,
@@ -59,15 +66,33 @@ pub async fn run(dir: &Path, quiet: bool, shutdown: Shutdown) -> Result<DemoRepo
     }
 
     let secret = SecretString::from(format!("demo-{}", rand::random::<u64>()));
-    let config = SandboxConfig::new("S_DEMO", secret.clone());
+    let mut config = SandboxConfig::new("S_DEMO", secret.clone());
+    config.oauth_only = auth == AuthMethod::Oauth;
+    let client_secret = config.client_secret.clone();
+    let client_id = config.client_id.clone();
     let server = sandbox::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .map_err(io)?;
+    let auth = match auth {
+        AuthMethod::Hmac => PnmAuth::Hmac {
+            secret,
+            api_key_id: None,
+        },
+        AuthMethod::Oauth => PnmAuth::OAuth(OAuthConfig {
+            token_url: server
+                .token_url()
+                .parse()
+                .map_err(|e| DemoError::Client(format!("{e}")))?,
+            client_id,
+            client_secret,
+            scope: None,
+            client_auth: ClientAuth::Basic,
+        }),
+    };
     let credentials = PnmCredentials {
         base_url: server.base_url(),
         site_identifier: "S_DEMO".into(),
-        secret,
-        api_key_id: None,
+        auth,
     };
     let client = PnmClient::new(credentials, Duration::from_secs(10))
         .map_err(|e| DemoError::Client(e.to_string()))?;

@@ -205,7 +205,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         pipeline::handle_ctrl_c(shutdown.clone());
-        let report = crate::demo::run(&args.dir, quiet, shutdown).await?;
+        let report = crate::demo::run(&args.dir, args.auth, quiet, shutdown).await?;
         print_summary(&report.summary);
         println!(
             "sandbox holds {} orders; exported {} rows to {}",

@@ -5,7 +5,23 @@ use std::process::ExitCode;
 use secrecy::SecretString;
 
 use crate::cli::SandboxArgs;
+use crate::config::read_secret_file;
 use crate::sandbox;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `NAME`, else the file `NAME_FILE` names (mode 600, like the client's).
+fn secret(name: &str) -> anyhow::Result<Option<SecretString>> {
+    if let Some(value) = env(name) {
+        return Ok(Some(SecretString::from(value)));
+    }
+    match env(&format!("{name}_FILE")) {
+        Some(path) => Ok(Some(read_secret_file(std::path::Path::new(&path))?)),
+        None => Ok(None),
+    }
+}
 
 pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
@@ -15,9 +31,18 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             args.listen
         );
     }
-    let site = std::env::var("PNM_SITE_IDENTIFIER").unwrap_or_else(|_| "S_SANDBOX".into());
-    let secret = std::env::var("PNM_SECRET_KEY").unwrap_or_else(|_| "sandbox-secret".into());
-    let mut config = sandbox::SandboxConfig::new(site.clone(), SecretString::from(secret));
+    let site = env("PNM_SITE_IDENTIFIER").unwrap_or_else(|| "S_SANDBOX".into());
+    let key = secret("PNM_SECRET_KEY")?.unwrap_or_else(|| SecretString::from("sandbox-secret"));
+    let mut config = sandbox::SandboxConfig::new(site.clone(), key);
+    config.api_key_id = env("PNM_API_KEY_ID");
+    if let Some(id) = env("PNM_CLIENT_ID") {
+        config.client_id = id;
+    }
+    if let Some(client_secret) = secret("PNM_CLIENT_SECRET")? {
+        config.client_secret = client_secret;
+    }
+    config.token_lifetime = std::time::Duration::from_secs(args.token_lifetime.max(1));
+    config.oauth_only = args.oauth_only;
     config.strict_serial = args.strict_serial;
     config.seed = args.seed;
     config.latency_ms = args.latency_ms.map(|r| (r.0, r.1));
@@ -32,6 +57,14 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         );
         eprintln!(
             "listening on http://{addr} for site {site}; state at http://{addr}/__sandbox/state"
+        );
+        eprintln!(
+            "OAuth token endpoint: http://{addr}/oauth/token{}",
+            if args.oauth_only {
+                " (OAuth only: signed requests are refused)"
+            } else {
+                ""
+            }
         );
         println!("http://{addr}");
         tokio::select! {

@@ -174,14 +174,25 @@ impl Ctx {
     }
 
     /// Waits until a request to `endpoint` may leave (429 gate, then rate
-    /// limit) and counts it.
-    pub async fn permit(&self, endpoint: impl Into<&'static str>) {
+    /// limit) and counts it; [`ProviderError::Cancelled`] when the run
+    /// stops meanwhile (the first Ctrl-C ends every wait at once).
+    pub async fn permit(&self, endpoint: impl Into<&'static str>) -> Result<(), ProviderError> {
         let endpoint: &'static str = endpoint.into();
-        self.gate.wait().await;
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+        let wait = async {
+            self.gate.wait().await;
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = self.shutdown.stopped() => return Err(ProviderError::Cancelled),
+        }
+        if self.shutdown.is_stopping() {
+            return Err(ProviderError::Cancelled);
         }
         self.requests.add(endpoint);
+        Ok(())
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.
@@ -225,6 +236,7 @@ impl Ctx {
                     );
                     return Outcome::Done(value);
                 }
+                Err(ProviderError::Cancelled) => return Outcome::Stopped,
                 Err(e) => e,
             };
             if matches!(error.class(), ErrorClass::Transient { .. }) {
@@ -265,10 +277,8 @@ impl Ctx {
                 }
                 Next::Fail(error) => return Outcome::Failed(error),
                 Next::Abort(error) => {
-                    self.shutdown.stop(Stop::Aborted(format!(
-                        "{error}. The provider rejected our credentials or clock: check PNM_SITE_IDENTIFIER, \
-                         the secret key and PNM_BASE_URL, and that this machine's clock is right"
-                    )));
+                    self.shutdown
+                        .stop(Stop::Aborted(format!("{error}. {}", error.auth_hint())));
                     return Outcome::Stopped;
                 }
             }
@@ -277,12 +287,7 @@ impl Ctx {
 }
 
 fn endpoint_of(error: &ProviderError) -> &'static str {
-    match error {
-        ProviderError::Transport { endpoint, .. }
-        | ProviderError::RateLimited { endpoint, .. }
-        | ProviderError::Api { endpoint, .. }
-        | ProviderError::UnexpectedBody { endpoint, .. } => endpoint,
-    }
+    error.endpoint()
 }
 
 #[cfg(test)]

@@ -36,7 +36,32 @@ pub enum ProviderError {
         status: u16,
         snippet: String,
     },
+    /// The provider answered with a redirect, which is never followed: the
+    /// request would be re-sent, signed body and all, somewhere else.
+    #[error("{endpoint} answered HTTP {status} redirecting to `{location}`; redirects are not followed. Check the base URL")]
+    Redirected {
+        endpoint: &'static str,
+        status: u16,
+        location: String,
+    },
+    /// The answer was longer than [`MAX_ANSWER_BYTES`] (a broken proxy?).
+    #[error("{endpoint} answered HTTP {status} with more than {MAX_ANSWER_BYTES} bytes; the answer was not read")]
+    TooLarge { endpoint: &'static str, status: u16 },
+    /// No OAuth access token could be had, so the request was not sent.
+    #[error("no OAuth access token: {0}")]
+    Token(Box<ProviderError>),
+    /// The run is stopping: the request was not sent.
+    #[error("not sent: the run is stopping")]
+    Cancelled,
 }
+
+/// The most bytes read of one answer; a longer one fails the attempt as
+/// `answer_too_large` without being held in memory.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest `Retry-After` waited out; a longer one is taken as a
+/// transient failure and retried with backoff instead.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Why a request got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +108,12 @@ impl ProviderError {
             ProviderError::Transport { kind, .. } => ErrorClass::Transient {
                 maybe_applied: *kind != TransportKind::Connect,
             },
+            ProviderError::RateLimited {
+                retry_after: Some(wait),
+                ..
+            } if *wait > MAX_RETRY_AFTER => ErrorClass::Transient {
+                maybe_applied: false,
+            },
             ProviderError::RateLimited { retry_after, .. } => ErrorClass::RateLimited(*retry_after),
             ProviderError::Api { status, code, .. } => {
                 if AUTH_CODES.contains(&code.as_str()) || *status == 401 {
@@ -104,6 +135,45 @@ impl ProviderError {
                     ErrorClass::Permanent
                 }
             }
+            ProviderError::Redirected { .. } => ErrorClass::Permanent,
+            ProviderError::TooLarge { .. } => ErrorClass::Transient {
+                maybe_applied: true,
+            },
+            // The request itself never left: retrying it cannot duplicate
+            // anything; a token refused for good means none can succeed.
+            ProviderError::Token(inner) => match inner.class() {
+                ErrorClass::Transient { .. } => ErrorClass::Transient {
+                    maybe_applied: false,
+                },
+                ErrorClass::RateLimited(wait) => ErrorClass::RateLimited(wait),
+                ErrorClass::Permanent | ErrorClass::Auth => ErrorClass::Auth,
+            },
+            ProviderError::Cancelled => ErrorClass::Transient {
+                maybe_applied: false,
+            },
+        }
+    }
+
+    /// What to tell the user when this error stops the run ([`ErrorClass::Auth`]).
+    pub fn auth_hint(&self) -> &'static str {
+        match self {
+            ProviderError::Token(_) => {
+                "The OAuth token endpoint refused to give a token: check PNM_CLIENT_ID and \
+                 PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE), PNM_TOKEN_URL, PNM_TOKEN_SCOPE and \
+                 token_client_auth (basic or post)"
+            }
+            ProviderError::Api { code, .. } if code == "oauth_required" => {
+                "This site accepts OAuth 2.0 only: set PNM_CLIENT_ID, PNM_CLIENT_SECRET (or \
+                 PNM_CLIENT_SECRET_FILE) and PNM_TOKEN_URL, or pass --auth oauth"
+            }
+            ProviderError::Api { code, .. } if code == "invalid_token" => {
+                "PayNearMe refused a freshly issued OAuth access token: check that OAuth is \
+                 enabled for PNM_SITE_IDENTIFIER and that PNM_CLIENT_ID belongs to that site"
+            }
+            _ => {
+                "The provider rejected our credentials or clock: check PNM_SITE_IDENTIFIER, \
+                 the secret key and PNM_BASE_URL, and that this machine's clock is right"
+            }
         }
     }
 
@@ -119,6 +189,24 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => "rate_limited".to_string(),
             ProviderError::Api { code, .. } => code.clone(),
             ProviderError::UnexpectedBody { .. } => "unexpected_body".to_string(),
+            ProviderError::Redirected { .. } => "redirected".to_string(),
+            ProviderError::TooLarge { .. } => "answer_too_large".to_string(),
+            ProviderError::Token(inner) => format!("oauth_{}", inner.code()),
+            ProviderError::Cancelled => "cancelled".to_string(),
+        }
+    }
+
+    /// The endpoint the error is about (`oauth_token` for token failures).
+    pub fn endpoint(&self) -> &'static str {
+        match self {
+            ProviderError::Transport { endpoint, .. }
+            | ProviderError::RateLimited { endpoint, .. }
+            | ProviderError::Api { endpoint, .. }
+            | ProviderError::UnexpectedBody { endpoint, .. }
+            | ProviderError::Redirected { endpoint, .. }
+            | ProviderError::TooLarge { endpoint, .. } => endpoint,
+            ProviderError::Token(inner) => inner.endpoint(),
+            ProviderError::Cancelled => "none",
         }
     }
 }
@@ -210,14 +298,109 @@ pub(crate) fn snippet(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).chars().take(200).collect()
 }
 
-/// The `Retry-After` of a 429, in seconds (fractions accepted).
+/// The `Retry-After` of a 429 ([`parse_retry_after`]).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+}
+
+/// A `Retry-After` value: seconds (fractions accepted) or an HTTP date,
+/// as of `now`. Negative or past values are zero; values beyond a day are
+/// a day (callers treat anything over [`MAX_RETRY_AFTER`] as too long).
+/// Garbage is `None`. Never panics.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    const DAY: f64 = 86_400.0;
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        if seconds.is_nan() {
+            return None;
+        }
+        return Some(Duration::from_secs_f64(seconds.clamp(0.0, DAY)));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    Some(wait.min(Duration::from_secs_f64(DAY)))
+}
+
+/// The HTTP client both providers use: no redirects (a redirect would
+/// re-send a signed body, customer data included, to another place) and
+/// the given per-request timeout.
+pub(crate) fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_max_idle_per_host(64)
+        .user_agent(concat!("orderbatch/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sends `request` and reads its answer: a redirect or a 429 becomes its
+/// error; the body is read up to [`MAX_ANSWER_BYTES`].
+pub(crate) async fn exchange(
+    endpoint: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, bytes::Bytes), ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(endpoint, &e))?;
+    let status = response.status().as_u16();
+    if (300..400).contains(&status) {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .chars()
+                    .take(200)
+                    .collect()
+            })
+            .unwrap_or_else(|| "(no Location)".to_string());
+        return Err(ProviderError::Redirected {
+            endpoint,
+            status,
+            location,
+        });
+    }
+    if status == 429 {
+        return Err(ProviderError::RateLimited {
+            endpoint,
+            retry_after: retry_after(response.headers()),
+        });
+    }
+    let bytes = read_body(endpoint, response).await?;
+    Ok((status, bytes))
+}
+
+/// Reads an answer's body, refusing one longer than [`MAX_ANSWER_BYTES`]
+/// without holding more than that.
+pub(crate) async fn read_body(
+    endpoint: &'static str,
+    mut response: reqwest::Response,
+) -> Result<bytes::Bytes, ProviderError> {
+    let status = response.status().as_u16();
+    let too_large = ProviderError::TooLarge { endpoint, status };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(endpoint, &e))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 #[cfg(test)]
@@ -301,6 +484,91 @@ mod tests {
         assert_eq!(
             limited.class(),
             ErrorClass::RateLimited(Some(Duration::from_secs(2)))
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_bounds_them() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let parse = |v| parse_retry_after(v, now);
+        assert_eq!(parse("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse(" 0.25 "), Some(Duration::from_millis(250)));
+        assert_eq!(parse("-1"), Some(Duration::ZERO));
+        assert_eq!(parse("1e20"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse("1e10"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse("inf"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse("NaN"), None);
+        assert_eq!(parse("soon"), None);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(parse(&later), Some(Duration::from_secs(90)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse(&earlier), Some(Duration::ZERO));
+        // Beyond the maximum: retried with backoff, not waited out.
+        let long = ProviderError::RateLimited {
+            endpoint: "create_order",
+            retry_after: parse("1e10"),
+        };
+        assert_eq!(
+            long.class(),
+            ErrorClass::Transient {
+                maybe_applied: false
+            }
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics(value in ".{0,40}", secs in 0u64..4_000_000_000) {
+            let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            if let Some(wait) = parse_retry_after(&value, now) {
+                proptest::prop_assert!(wait <= Duration::from_secs(86_400));
+            }
+        }
+
+        #[test]
+        fn numeric_retry_after_never_panics(n in proptest::num::f64::ANY) {
+            let now = std::time::SystemTime::now();
+            let _ = parse_retry_after(&n.to_string(), now);
+            let _ = parse_retry_after(&format!("{n:e}"), now);
+        }
+    }
+
+    #[test]
+    fn token_failures_never_count_as_maybe_applied() {
+        let inner = ProviderError::Transport {
+            endpoint: "oauth_token",
+            kind: TransportKind::Timeout,
+            detail: String::new(),
+        };
+        let token = ProviderError::Token(Box::new(inner));
+        assert_eq!(
+            token.class(),
+            ErrorClass::Transient {
+                maybe_applied: false
+            }
+        );
+        assert_eq!(token.code(), "oauth_timeout");
+        for code in [
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_grant",
+            "invalid_scope",
+        ] {
+            for status in [400, 401] {
+                let refused = ProviderError::Token(Box::new(api(status, code)));
+                assert_eq!(refused.class(), ErrorClass::Auth, "{status} {code}");
+                assert!(refused.auth_hint().contains("PNM_CLIENT_ID"));
+            }
+        }
+        let busy = ProviderError::Token(Box::new(api(503, "http_503")));
+        assert!(matches!(busy.class(), ErrorClass::Transient { .. }));
+        let limited = ProviderError::Token(Box::new(ProviderError::RateLimited {
+            endpoint: "oauth_token",
+            retry_after: Some(Duration::from_secs(3)),
+        }));
+        assert_eq!(
+            limited.class(),
+            ErrorClass::RateLimited(Some(Duration::from_secs(3)))
         );
     }
 }

@@ -5,6 +5,7 @@
 //! `GET /__sandbox/state`.
 
 mod commerce_engine;
+mod oauth;
 mod paynearme;
 
 use std::net::SocketAddr;
@@ -46,6 +47,16 @@ pub struct SandboxConfig {
     pub ce_api_key: SecretString,
     /// How long a Commerce Engine access token lives.
     pub ce_token_ttl: std::time::Duration,
+    /// When set, signed requests must carry this `api_key_id`.
+    pub api_key_id: Option<String>,
+    /// OAuth client id `POST /oauth/token` accepts.
+    pub client_id: String,
+    /// OAuth client secret `POST /oauth/token` accepts.
+    pub client_secret: SecretString,
+    /// How long an OAuth access token lives.
+    pub token_lifetime: std::time::Duration,
+    /// Refuse requests without a Bearer token (`401 oauth_required`).
+    pub oauth_only: bool,
 }
 
 impl SandboxConfig {
@@ -63,6 +74,11 @@ impl SandboxConfig {
             ce_store_id: "store_1".into(),
             ce_api_key: SecretString::from("ce-sandbox-key"),
             ce_token_ttl: std::time::Duration::from_secs(3600),
+            api_key_id: None,
+            client_id: "sandbox-client".into(),
+            client_secret: SecretString::from("sandbox-client-secret"),
+            token_lifetime: std::time::Duration::from_secs(3600),
+            oauth_only: false,
         }
     }
 }
@@ -72,6 +88,7 @@ pub(crate) struct Shared {
     pub config: SandboxConfig,
     pub pnm: Mutex<PnmState>,
     pub ce: Mutex<commerce_engine::CeState>,
+    pub oauth: Mutex<oauth::OAuthState>,
     pub rng: Mutex<StdRng>,
     /// When the requests of the last second arrived (for `rate_limit`).
     pub window: Mutex<std::collections::VecDeque<std::time::Instant>>,
@@ -94,6 +111,11 @@ impl SandboxHandle {
     /// The base URL to give the client.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The OAuth token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
     }
 
     /// Its state as JSON, the same document `GET /__sandbox/state` returns.
@@ -125,6 +147,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         config,
         pnm: Mutex::new(PnmState::default()),
         ce: Mutex::new(commerce_engine::CeState::default()),
+        oauth: Mutex::new(oauth::OAuthState::default()),
     });
     let storefront = Router::new()
         .route(
@@ -149,6 +172,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         ));
     let app = Router::new()
         .route("/json-api/{endpoint}", post(paynearme::handle))
+        .route("/oauth/token", post(oauth::token))
         .route("/__sandbox/state", get(paynearme::state_handler))
         .route("/__sandbox/counters", get(paynearme::counters_handler))
         .route("/__sandbox/age", post(paynearme::age_handler))

@@ -13,6 +13,7 @@ use axum::Json;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
+use super::oauth::{check_bearer, Caller};
 use super::Shared;
 use crate::money::Amount;
 use crate::provider::paynearme::sign::verify;
@@ -131,8 +132,14 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>,
         .collect())
 }
 
-/// Site, version, timestamp and signature checks.
-fn authenticate(shared: &Shared, params: &[(String, String)]) -> Result<(), Answer> {
+/// Site, version and timestamp checks, then the signature (and
+/// `api_key_id` when one is configured) unless a Bearer token vouched for
+/// the request, in which case it must carry neither.
+fn authenticate(
+    shared: &Shared,
+    params: &[(String, String)],
+    caller: &Caller,
+) -> Result<(), Answer> {
     let get = |k: &str| {
         params
             .iter()
@@ -154,6 +161,22 @@ fn authenticate(shared: &Shared, params: &[(String, String)]) -> Result<(), Answ
             "stale_timestamp",
             "timestamp is missing or more than 300 seconds from the server's clock",
         ));
+    }
+    if let Caller::Bearer = caller {
+        if get("signature").is_some() || get("api_key_id").is_some() {
+            return Err(invalid(
+                "a request with a Bearer token carries no signature and no api_key_id",
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(expected) = &shared.config.api_key_id {
+        if get("api_key_id") != Some(expected.as_str()) {
+            return Err(unauthorized(
+                "invalid_api_key_id",
+                "api_key_id does not match",
+            ));
+        }
     }
     let signature = get("signature").unwrap_or_default();
     let signed: Vec<(&str, &str)> = params
@@ -257,19 +280,31 @@ pub(crate) async fn handle(
         shared.pnm.lock().unwrap().faults.dropped += 1;
         return dropped();
     }
-    answer.into_response()
+    answer
 }
 
 /// Authenticates, holds the customer, waits the latency, then does the work.
-async fn serve(shared: &Shared, endpoint: &str, headers: &HeaderMap, body: &[u8]) -> Answer {
+async fn serve(shared: &Shared, endpoint: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let caller = match check_bearer(shared, headers) {
+        Ok(caller) => caller,
+        Err(refused) => {
+            shared.pnm.lock().unwrap().rejected_auth += 1;
+            return *refused;
+        }
+    };
     let params = match parse_body(headers, body) {
         Ok(p) => p,
-        Err(answer) => return answer,
+        Err(answer) => return answer.into_response(),
     };
-    if let Err(answer) = authenticate(shared, &params) {
+    if let Err(answer) = authenticate(shared, &params, &caller) {
         shared.pnm.lock().unwrap().rejected_auth += 1;
-        return answer;
+        return answer.into_response();
     }
+    do_work(shared, endpoint, params).await.into_response()
+}
+
+/// Holds the customer, waits the latency, then does the work.
+async fn do_work(shared: &Shared, endpoint: &str, params: Vec<(String, String)>) -> Answer {
     let params: BTreeMap<String, String> = params
         .into_iter()
         .filter(|(k, _)| !TRANSPORT.contains(&k.as_str()))
@@ -679,6 +714,7 @@ impl PnmState {
 pub(crate) fn state_json(shared: &Shared) -> Value {
     let mut state = shared.pnm.lock().unwrap().to_json();
     state["ce"] = shared.ce.lock().unwrap().to_json();
+    state["oauth"] = shared.oauth.lock().unwrap().to_json();
     state
 }
 

@@ -66,7 +66,7 @@ pub async fn ce_retry(
     let ce = ctx.ce();
     let status = match ctx
         .request(PAYMENT_STATUS, &rows, || async {
-            ctx.permit(PAYMENT_STATUS).await;
+            ctx.permit(PAYMENT_STATUS).await?;
             ce.payment_status(order).await
         })
         .await
@@ -113,14 +113,14 @@ pub async fn ce_retry(
     let outcome = ctx
         .request(RETRY_PAYMENT, &rows, || async {
             if maybe_applied.load(Ordering::Relaxed) {
-                ctx.permit(PAYMENT_STATUS).await;
+                ctx.permit(PAYMENT_STATUS).await?;
                 let now = ce.payment_status(order).await?;
                 if !now.is_retry_available {
                     return Ok(Retried::Unrecorded);
                 }
                 maybe_applied.store(false, Ordering::Relaxed);
             }
-            ctx.permit(RETRY_PAYMENT).await;
+            ctx.permit(RETRY_PAYMENT).await?;
             let result = ce.retry_payment(order, &method).await;
             if let Err(e) = &result {
                 if matches!(

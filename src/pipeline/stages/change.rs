@@ -27,7 +27,7 @@ pub(super) async fn change(
         (None, Some(site)) => {
             let found = ctx
                 .request(Endpoint::FindOrders, &rows, || async {
-                    ctx.permit(Endpoint::FindOrders).await;
+                    ctx.permit(Endpoint::FindOrders).await?;
                     ctx.pnm().find_orders("site_order_identifier", site).await
                 })
                 .await;
@@ -64,7 +64,7 @@ pub(super) async fn change(
         // every value, it was applied.
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
-                ctx.permit(Endpoint::FindOrders).await;
+                ctx.permit(Endpoint::FindOrders).await?;
                 ctx.pnm()
                     .find_orders_raw("pnm_order_identifier", &pnm)
                     .await
@@ -97,7 +97,7 @@ pub(super) async fn change(
     params.push(("pnm_order_identifier", pnm.as_str()));
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
-            ctx.permit(Endpoint::ChangeOrder).await;
+            ctx.permit(Endpoint::ChangeOrder).await?;
             ctx.pnm().change_order(&params).await
         })
         .await;

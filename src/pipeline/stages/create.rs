@@ -75,7 +75,7 @@ async fn create_attempt(
     params: &[(&str, &str)],
 ) -> Result<PnmOrder, ProviderError> {
     if maybe_exists.load(Ordering::Relaxed) {
-        ctx.permit(Endpoint::FindOrders).await;
+        ctx.permit(Endpoint::FindOrders).await?;
         let found = ctx
             .pnm()
             .find_orders("site_order_identifier", order_id)
@@ -89,7 +89,7 @@ async fn create_attempt(
         }
         maybe_exists.store(false, Ordering::Relaxed);
     }
-    ctx.permit(Endpoint::CreateOrder).await;
+    ctx.permit(Endpoint::CreateOrder).await?;
     let result = ctx.pnm().create_order(params).await;
     if let Err(e) = &result {
         if matches!(

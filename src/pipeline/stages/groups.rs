@@ -74,7 +74,7 @@ impl GroupStage {
         ctx: &Ctx,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        ctx.permit(self.endpoint()).await;
+        ctx.permit(self.endpoint()).await?;
         let mut all = params.to_vec();
         match self {
             GroupStage::Refresh => {

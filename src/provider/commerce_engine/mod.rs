@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 
-use crate::provider::{json_object, retry_after, transport_error, ProviderError};
+use crate::provider::{exchange, http_client, json_object, ProviderError};
 
 /// Counter names of the endpoints.
 pub const PAYMENT_STATUS: &str = "payment-status";
@@ -141,10 +141,7 @@ fn envelope(
 impl CeClient {
     /// Builds a client with the given per-request timeout.
     pub fn new(credentials: CeCredentials, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("orderbatch/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client(timeout)?;
         let tokens = match &credentials.auth {
             CeAuth::Tokens { access, refresh } => Some(Tokens {
                 access: access.clone(),
@@ -178,15 +175,7 @@ impl CeClient {
         if let (None, CeAuth::ApiKey(key)) = (bearer, &self.auth) {
             request = request.header("X-Api-Key", key.expose_secret());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error(endpoint, &e))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(endpoint, &e))?;
+        let (status, bytes) = exchange(endpoint, request).await?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -261,23 +250,8 @@ impl CeClient {
             } else {
                 self.http.post(url).json(body)
             };
-            let response = request
-                .bearer_auth(token.expose_secret())
-                .send()
-                .await
-                .map_err(|e| transport_error(endpoint, &e))?;
-            let status = response.status().as_u16();
-            if status == 429 {
-                let retry_after = retry_after(response.headers());
-                return Err(ProviderError::RateLimited {
-                    endpoint,
-                    retry_after,
-                });
-            }
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| transport_error(endpoint, &e))?;
+            let (status, bytes) =
+                exchange(endpoint, request.bearer_auth(token.expose_secret())).await?;
             if status == 401 && !renewed {
                 let mut slot = self.tokens.lock().await;
                 // Another request may have renewed them meanwhile.

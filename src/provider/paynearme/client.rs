@@ -5,11 +5,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
+use super::oauth::{bearer_authorization, OAuthConfig, TokenSource};
 use super::sign::sign;
 use super::types::{self, PnmOrder};
-use crate::provider::{
-    json_object, retry_after, snippet, transport_error, unreadable, ProviderError,
-};
+use crate::provider::{exchange, http_client, json_object, snippet, unreadable, ProviderError};
 
 /// API version sent with every request.
 pub const API_VERSION: &str = "3.0";
@@ -20,8 +19,40 @@ pub struct PnmCredentials {
     /// e.g. `https://api.paynearme-sandbox.com`, without `/json-api`.
     pub base_url: String,
     pub site_identifier: String,
-    pub secret: SecretString,
-    pub api_key_id: Option<String>,
+    pub auth: PnmAuth,
+}
+
+/// How requests prove who sent them.
+#[derive(Debug, Clone)]
+pub enum PnmAuth {
+    /// Each request signed with the site's secret key (existing sites).
+    Hmac {
+        secret: SecretString,
+        api_key_id: Option<String>,
+    },
+    /// `Authorization: Bearer` with a client-credentials token (sites
+    /// onboarded since 2026-08-01); nothing is signed.
+    OAuth(OAuthConfig),
+}
+
+impl PnmAuth {
+    /// `hmac` or `oauth`, as `--auth` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PnmAuth::Hmac { .. } => "hmac",
+            PnmAuth::OAuth(_) => "oauth",
+        }
+    }
+}
+
+/// How the built client authenticates.
+#[derive(Debug)]
+enum Signer {
+    Hmac {
+        secret: SecretString,
+        api_key_id: Option<String>,
+    },
+    OAuth(Box<TokenSource>),
 }
 
 /// The PayNearMe endpoints the tool calls.
@@ -76,34 +107,38 @@ impl Endpoint {
     }
 }
 
-/// A PayNearMe client; cheap to clone, reuses connections.
+/// A PayNearMe client; cheap to clone, reuses connections, shares one
+/// OAuth token among its clones.
 #[derive(Debug, Clone)]
 pub struct PnmClient {
     http: reqwest::Client,
     /// `{base}/json-api/{endpoint}` for each endpoint, parsed once.
     urls: std::sync::Arc<[reqwest::Url]>,
-    credentials: PnmCredentials,
+    site_identifier: String,
+    signer: std::sync::Arc<Signer>,
 }
 
 impl PnmClient {
     /// Builds a client with the given per-request timeout.
     pub fn new(credentials: PnmCredentials, timeout: Duration) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(64)
-            .user_agent(concat!("orderbatch/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client(timeout)?;
         let base = credentials.base_url.trim_end_matches('/');
         let urls = Endpoint::ALL
             .iter()
             .map(|e| reqwest::Url::parse(&format!("{base}/json-api/{}", e.as_str())))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| ClientError::BadUrl(credentials.base_url.clone()))?;
+        let signer = match credentials.auth {
+            PnmAuth::Hmac { secret, api_key_id } => Signer::Hmac { secret, api_key_id },
+            PnmAuth::OAuth(config) => {
+                Signer::OAuth(Box::new(TokenSource::new(http.clone(), config)))
+            }
+        };
         Ok(PnmClient {
             http,
             urls: urls.into(),
-            credentials,
+            site_identifier: credentials.site_identifier,
+            signer: std::sync::Arc::new(signer),
         })
     }
 
@@ -127,7 +162,9 @@ impl PnmClient {
         read_orders(endpoint.as_str(), status, &bytes).map_err(|e| e.redact(&pii(params)))
     }
 
-    /// Signs and sends one request; returns the HTTP status and body.
+    /// Authenticates and sends one request; returns the HTTP status and
+    /// body. With OAuth, a 401 renews the token once and sends the same
+    /// request again: the provider did not act on the refused one.
     #[tracing::instrument(level = "debug", skip_all, fields(endpoint = endpoint.as_str()))]
     async fn send(
         &self,
@@ -135,46 +172,59 @@ impl PnmClient {
         params: &[(&str, &str)],
     ) -> Result<(u16, bytes::Bytes), ProviderError> {
         let name = endpoint.as_str();
+        let url = &self.urls[endpoint.index()];
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs()
             .to_string();
-        let mut signed: Vec<(&str, &str)> = Vec::with_capacity(params.len() + 5);
-        signed.extend(params.iter().filter(|(_, v)| !v.is_empty()).copied());
-        signed.push(("site_identifier", &self.credentials.site_identifier));
-        signed.push(("timestamp", &timestamp));
-        signed.push(("version", API_VERSION));
-        if let Some(key_id) = &self.credentials.api_key_id {
-            signed.push(("api_key_id", key_id));
-        }
-        let signature = sign(&signed, &self.credentials.secret);
+        let mut form: Vec<(&str, &str)> = Vec::with_capacity(params.len() + 5);
+        form.extend(params.iter().filter(|(_, v)| !v.is_empty()).copied());
+        form.push(("site_identifier", &self.site_identifier));
+        form.push(("timestamp", &timestamp));
+        form.push(("version", API_VERSION));
         tracing::trace!(
-            params = ?signed.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            "sending (values and signature not logged)"
+            params = ?form.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            auth = match &*self.signer { Signer::Hmac { .. } => "hmac", Signer::OAuth(_) => "oauth" },
+            "sending (values, signature and token not logged)"
         );
-        signed.push(("signature", &signature));
-
-        let response = self
-            .http
-            .post(self.urls[endpoint.index()].clone())
-            .form(&signed)
-            .send()
-            .await
-            .map_err(|e| transport_error(name, &e))?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            let retry_after = retry_after(response.headers());
-            return Err(ProviderError::RateLimited {
-                endpoint: name,
-                retry_after,
-            });
+        match &*self.signer {
+            Signer::Hmac { secret, api_key_id } => {
+                if let Some(key_id) = api_key_id {
+                    form.push(("api_key_id", key_id));
+                }
+                let signature = sign(&form, secret);
+                form.push(("signature", &signature));
+                exchange(name, self.http.post(url.clone()).form(&form)).await
+            }
+            Signer::OAuth(tokens) => {
+                let mut renewed = false;
+                loop {
+                    let bearer = tokens
+                        .bearer()
+                        .await
+                        .map_err(|e| ProviderError::Token(Box::new(e)))?;
+                    let request = self
+                        .http
+                        .post(url.clone())
+                        .header(
+                            reqwest::header::AUTHORIZATION,
+                            bearer_authorization(&bearer),
+                        )
+                        .form(&form);
+                    let (status, bytes) = exchange(name, request).await?;
+                    if status != 401 || renewed {
+                        return Ok((status, bytes));
+                    }
+                    tracing::debug!(
+                        endpoint = name,
+                        "access token refused (401): renewing it once"
+                    );
+                    tokens.reject(&bearer);
+                    renewed = true;
+                }
+            }
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(name, &e))?;
-        Ok((status, bytes))
     }
 
     /// `create_order` with the row's parameters.

@@ -169,11 +169,12 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenArgs::default())?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
-    // Check the configuration before running.
+    // Check the configuration before putting anything back in the queue.
     let clients = clients(plan.mode, &settings)?;
+    let requeued = plan.requeue(&args.db)?;
     println!(
-        "run {}: {} failed rows back in the queue",
-        plan.run_id, plan.requeued
+        "run {}: {requeued} failed rows back in the queue",
+        plan.run_id
     );
     execute(
         clients,
@@ -181,7 +182,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
             mode: plan.mode,
             new_run: false,
             token_options: plan.token_options,
-            payment_defaults: PaymentMethod::default(),
+            payment_defaults: plan.payment_defaults,
             input: plan.input,
             db: args.db,
             columns: plan.columns,

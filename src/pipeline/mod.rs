@@ -171,6 +171,7 @@ pub async fn run(
                 "concurrency": options.concurrency,
                 "max_attempts": options.max_attempts,
                 "columns": options.columns,
+                "payment_defaults": options.payment_defaults,
             })
             .to_string();
             let path = std::fs::canonicalize(&options.input)
@@ -432,7 +433,8 @@ async fn run_stage(
     fed
 }
 
-/// What `orderbatch retry` resumes: the run's input and pass-through columns.
+/// What `orderbatch retry` resumes: the run's input, and everything the run
+/// was started with that its requests need.
 #[derive(Debug, Clone)]
 pub struct RetryPlan {
     pub run_id: i64,
@@ -440,12 +442,26 @@ pub struct RetryPlan {
     pub columns: ColumnOptions,
     pub mode: Mode,
     pub token_options: Vec<(String, String)>,
-    pub requeued: u64,
+    pub payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+    /// Failed rows that [`RetryPlan::requeue`] would put back.
+    error_code: Option<String>,
 }
 
-/// Checks that `run_id` (default: the newest run) still has its input file,
-/// unchanged, and puts its failed rows (with `error_code`, if given) back in
-/// the queue.
+/// The options a run stores (see [`run`]) as `orderbatch retry` reads them.
+#[derive(Debug, serde::Deserialize)]
+struct StoredOptions {
+    mode: Mode,
+    #[serde(default)]
+    token_options: Vec<(String, String)>,
+    #[serde(default)]
+    columns: ColumnOptions,
+    #[serde(default)]
+    payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+}
+
+/// Reads what retrying `run_id` (default: the newest run) of `db` needs,
+/// changing nothing: the caller checks its configuration, then
+/// [`RetryPlan::requeue`]s.
 pub fn prepare_retry(
     db: &Path,
     run_id: Option<i64>,
@@ -481,22 +497,36 @@ pub fn prepare_retry(
             run.fingerprint
         )));
     }
-    let options = serde_json::from_str::<serde_json::Value>(&run.options).unwrap_or_default();
-    fn field<T: serde::de::DeserializeOwned>(options: &serde_json::Value, name: &str) -> Option<T> {
-        serde_json::from_value(options[name].clone()).ok()
-    }
-    let columns = field(&options, "columns").unwrap_or_default();
-    let mode = field(&options, "mode").unwrap_or(Mode::Run);
-    let token_options = field(&options, "token_options").unwrap_or_default();
-    let requeued = store.requeue_failed(run.id, error_code)?;
+    let options: StoredOptions = serde_json::from_str(&run.options).map_err(|e| {
+        PipelineError::Conflict(format!(
+            "run {} in {} has options this version cannot read ({e}); \
+             run its command again instead of retry",
+            run.id,
+            db.display()
+        ))
+    })?;
     Ok(RetryPlan {
         run_id: run.id,
         input,
-        columns,
-        mode,
-        token_options,
-        requeued,
+        columns: options.columns,
+        mode: options.mode,
+        token_options: options.token_options,
+        payment_defaults: options.payment_defaults,
+        error_code: error_code.map(str::to_string),
     })
+}
+
+impl RetryPlan {
+    /// Puts the failed rows back into the state their command's stages
+    /// take; returns how many.
+    pub fn requeue(&self, db: &Path) -> Result<u64, PipelineError> {
+        let store = Store::open(db)?;
+        Ok(store.requeue_failed(
+            self.run_id,
+            self.error_code.as_deref(),
+            &self.mode.requeue(),
+        )?)
+    }
 }
 
 /// Installs the Ctrl-C handler: the first asks the run to stop after its

@@ -7,7 +7,7 @@ use crate::input::reader::Schema;
 use crate::input::validate::{check_row, Rejection};
 use crate::input::{ColumnOptions, Header, Row};
 use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
-use crate::store::RowState;
+use crate::store::{Requeue, RowState};
 
 /// Columns that name existing orders, in the order `refresh` prefers them.
 pub const SELECTORS: [&str; 4] = [
@@ -115,6 +115,39 @@ impl Mode {
             Mode::Refresh { tokens: false, .. } => &[Stage::Lookup],
             Mode::Change => &[Stage::Change],
             Mode::CeRetry { .. } => &[Stage::CeRetry],
+        }
+    }
+
+    /// Where `orderbatch retry` puts this command's failed rows back: a
+    /// state one of its stages takes, chosen so that a request that may
+    /// have been acted on is checked before it is sent again.
+    pub fn requeue(self) -> Requeue {
+        use RowState::*;
+        let all = |state| Requeue {
+            no_order: state,
+            order: state,
+            urls: state,
+            attempted: None,
+        };
+        match self {
+            // Creating: looked up before it is created again.
+            Mode::Run => Requeue {
+                no_order: Creating,
+                order: Created,
+                urls: UrlsRefreshed,
+                attempted: None,
+            },
+            Mode::Refresh { .. } => Requeue {
+                urls: UrlsRefreshed,
+                ..all(Pending)
+            },
+            // Changing: the order is compared before the change is resent.
+            Mode::Change => all(Changing),
+            // Retrying: the payment status is read before a retry is resent.
+            Mode::CeRetry { .. } => Requeue {
+                attempted: Some((crate::provider::commerce_engine::RETRY_PAYMENT, Retrying)),
+                ..all(Pending)
+            },
         }
     }
 

@@ -173,6 +173,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
     let app = Router::new()
         .route("/json-api/{endpoint}", post(paynearme::handle))
         .route("/oauth/token", post(oauth::token))
+        .route("/__sandbox/oauth/revoke", post(oauth::revoke))
         .route("/__sandbox/state", get(paynearme::state_handler))
         .route("/__sandbox/counters", get(paynearme::counters_handler))
         .route("/__sandbox/age", post(paynearme::age_handler))

@@ -22,6 +22,8 @@ use super::Shared;
 pub struct OAuthState {
     /// Token → when it expires.
     tokens: HashMap<String, Instant>,
+    /// Tokens revoked through `/__sandbox/oauth/revoke`.
+    revoked: Vec<String>,
     token_requests: u64,
     token_refused: u64,
     bearer_requests: u64,
@@ -45,8 +47,20 @@ impl OAuthState {
             "unknown_token_answers": self.unknown_token_answers,
             "oauth_required_answers": self.oauth_required_answers,
             "max_token_requests_in_flight": self.max_tokens_in_flight,
+            // A test server: tests grep outputs for these.
+            "tokens": self.tokens.keys().chain(&self.revoked).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `POST /__sandbox/oauth/revoke`: every issued token becomes unknown, as
+/// when the provider revokes them.
+pub(crate) async fn revoke(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let mut state = shared.oauth.lock().unwrap();
+    let revoked = state.tokens.len();
+    let drained: Vec<String> = state.tokens.drain().map(|(t, _)| t).collect();
+    state.revoked.extend(drained);
+    Json(json!({"status":"ok","revoked":revoked}))
 }
 
 /// RFC 6749 §5.2 error answer.

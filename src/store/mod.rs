@@ -15,7 +15,7 @@ use include_dir::{include_dir, Dir};
 use rusqlite::Connection;
 use rusqlite_migration::Migrations;
 
-pub use rows::{RowState, StoredRow};
+pub use rows::{Requeue, RowState, StoredRow};
 pub use runs::RunRecord;
 
 static MIGRATIONS_DIR: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");

@@ -69,6 +69,20 @@ impl RowState {
     }
 }
 
+/// Where [`Store::requeue_failed`] puts a failed row back, by what it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Requeue {
+    /// A row with no order identifier.
+    pub no_order: RowState,
+    /// A row with an order but no URL.
+    pub order: RowState,
+    /// A row with an order and its URL.
+    pub urls: RowState,
+    /// A row with a failed attempt at this endpoint goes to this state
+    /// whatever it holds (its request may have been acted on).
+    pub attempted: Option<(&'static str, RowState)>,
+}
+
 /// A row as first recorded from the input.
 #[derive(Debug, Clone)]
 pub struct NewRow {
@@ -391,14 +405,21 @@ impl Store {
         Ok(())
     }
 
-    /// Puts failed rows (only those with `error_code`, if given) back in the
-    /// queue at the stage they failed in. A row with no order yet goes to
-    /// `creating`, so it is looked up before it is created again: its last
-    /// attempt may have reached the provider. Returns how many.
-    pub fn requeue_failed(&self, run_id: i64, error_code: Option<&str>) -> Result<u64, StoreError> {
+    /// Puts failed rows of `run_id` (only those whose last error is
+    /// `error_code`, when given) back to the state `to` picks for what each
+    /// already holds; returns how many.
+    pub fn requeue_failed(
+        &self,
+        run_id: i64,
+        error_code: Option<&str>,
+        to: &Requeue,
+    ) -> Result<u64, StoreError> {
         self.conn
             .execute(
                 "UPDATE rows SET attempts = 0, state = CASE
+                     WHEN ?7 IS NOT NULL AND EXISTS (SELECT 1 FROM attempts a
+                         WHERE a.run_id = rows.run_id AND a.row_number = rows.row_number
+                           AND a.endpoint = ?7) THEN ?8
                      WHEN pnm_order_identifier IS NULL THEN ?3
                      WHEN embedded_js_url IS NULL THEN ?4
                      ELSE ?5 END
@@ -406,10 +427,12 @@ impl Store {
                 params![
                     run_id,
                     error_code,
-                    RowState::Creating.as_str(),
-                    RowState::Created.as_str(),
-                    RowState::UrlsRefreshed.as_str(),
-                    RowState::Failed.as_str()
+                    to.no_order.as_str(),
+                    to.order.as_str(),
+                    to.urls.as_str(),
+                    RowState::Failed.as_str(),
+                    to.attempted.map(|(endpoint, _)| endpoint),
+                    to.attempted.map(|(_, state)| state.as_str()),
                 ],
             )
             .map(|n| n as u64)

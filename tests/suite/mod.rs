@@ -3,6 +3,7 @@ mod commerce;
 mod config;
 mod input;
 mod nightly;
+mod oauth;
 mod ops;
 mod resume;
 mod run;

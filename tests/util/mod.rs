@@ -14,6 +14,8 @@ use serde_json::Value;
 
 pub const SITE: &str = "S_TEST";
 pub const SECRET: &str = "test-secret-7f3a9c1e5b";
+pub const CLIENT_ID: &str = "client:ü%+1";
+pub const CLIENT_SECRET: &str = "oauth-secret:9d%2B+x ü";
 
 /// A sandbox running on its own runtime for the length of a test.
 pub struct Sandbox {
@@ -33,6 +35,8 @@ impl Sandbox {
             .build()
             .unwrap();
         let mut config = SandboxConfig::new(SITE, SecretString::from(SECRET));
+        config.client_id = CLIENT_ID.into();
+        config.client_secret = SecretString::from(CLIENT_SECRET);
         tune(&mut config);
         let handle = runtime
             .block_on(sandbox::start(
@@ -48,6 +52,29 @@ impl Sandbox {
 
     pub fn base_url(&self) -> String {
         self.handle.as_ref().unwrap().base_url()
+    }
+
+    pub fn token_url(&self) -> String {
+        self.handle.as_ref().unwrap().token_url()
+    }
+
+    /// The sandbox's OAuth counters (and the tokens it issued).
+    pub fn oauth(&self) -> Value {
+        self.state()["oauth"].clone()
+    }
+
+    /// Revokes every token issued so far.
+    pub fn revoke_tokens(&self) {
+        let url = format!("{}/__sandbox/oauth/revoke", self.base_url());
+        self.runtime.block_on(async {
+            let status = reqwest::Client::new()
+                .post(url)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success());
+        })
     }
 
     pub fn state(&self) -> Value {
@@ -130,6 +157,18 @@ impl Dir {
         cmd
     }
 
+    /// The binary with the sandbox's OAuth client credentials (and no
+    /// HMAC secret) in its environment.
+    pub fn oauth_cmd(&self, sandbox: &Sandbox, args: &[&str]) -> Command {
+        let mut cmd = self.bare_cmd(args);
+        cmd.env("PNM_BASE_URL", sandbox.base_url())
+            .env("PNM_SITE_IDENTIFIER", SITE)
+            .env("PNM_CLIENT_ID", CLIENT_ID)
+            .env("PNM_CLIENT_SECRET", CLIENT_SECRET)
+            .env("PNM_TOKEN_URL", sandbox.token_url());
+        cmd
+    }
+
     /// The binary with no credentials.
     pub fn bare_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orderbatch"));
@@ -139,6 +178,12 @@ impl Dir {
             .env_remove("PNM_SITE_IDENTIFIER")
             .env_remove("PNM_SECRET_KEY")
             .env_remove("PNM_SECRET_KEY_FILE")
+            .env_remove("PNM_API_KEY_ID")
+            .env_remove("PNM_CLIENT_ID")
+            .env_remove("PNM_CLIENT_SECRET")
+            .env_remove("PNM_CLIENT_SECRET_FILE")
+            .env_remove("PNM_TOKEN_URL")
+            .env_remove("PNM_TOKEN_SCOPE")
             .env_remove("CE_BASE_URL")
             .env_remove("CE_STORE_ID")
             .env_remove("CE_API_KEY")

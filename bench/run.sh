@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -160,5 +160,25 @@ batching)
     "$B" run "$f" --db "$WORK/batch.db" --rate unlimited --concurrency 16 -q | grep 'requests per row' | sed "s/^ */  generated $n rows, 4 orders per customer: /"
     stop_sandbox
   done
+  ;;
+oauth)
+  echo "== 8. OAuth vs HMAC: the headroom run (100,000 rows, unlimited rate, --concurrency 32), 5 alternating rounds, medians"
+  f=$(data 100000)
+  : > "$WORK/oauth.tsv"
+  for round in 1 2 3 4 5; do
+    for auth in hmac oauth; do
+      if [ $auth = oauth ]; then start_sandbox --oauth-only --token-lifetime 60; else start_sandbox; fi
+      rm -f "$WORK/auth.db"*
+      PNM_CLIENT_ID=sandbox-client PNM_CLIENT_SECRET=sandbox-client-secret PNM_TOKEN_URL=$PNM_BASE_URL/oauth/token \
+        "$B" run "$f" --db "$WORK/auth.db" --auth $auth --rate unlimited --concurrency 32 -q > "$WORK/auth.out"
+      tokens=$(curl -sf "$PNM_BASE_URL/__sandbox/state" | python3 -c 'import json,sys; print(json.load(sys.stdin)["oauth"]["token_requests"])')
+      stop_sandbox
+      rps=$(grep -oE '[0-9.]+ requests/s' "$WORK/auth.out" | cut -d' ' -f1)
+      printf '%s\t%s\t%s\n' "$auth" "$rps" "$tokens" | tee -a "$WORK/oauth.tsv" | awk -F'\t' '{printf "  %s: %.0f req/s (%s token requests)\n", $1, $2, $3}'
+    done
+  done
+  h=$(awk -F'\t' '$1=="hmac" {print $2}' "$WORK/oauth.tsv" | median)
+  o=$(awk -F'\t' '$1=="oauth" {print $2}' "$WORK/oauth.tsv" | median)
+  echo "  median: hmac $h req/s, oauth $o req/s -> oauth at $(awk -v h="$h" -v o="$o" 'BEGIN {printf "%.1f %%", 100 * o / h}') of hmac"
   ;;
 esac; done

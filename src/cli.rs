@@ -13,6 +13,8 @@ Exit codes:
   2    invalid invocation, configuration or input file (nothing was sent)
   3    stopped early: the provider rejected the credentials or the clock, or --max-errors
   4    rows deferred (ce retry-payments): run the same command again after the time shown
+  5    stopped by a local failure after requests were sent (disk full, internal error):
+       state kept; fix the cause and run the same command again
   130  interrupted (state kept: run the same command again to resume)";
 
 const VERSION: &str = concat!(

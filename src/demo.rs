@@ -21,7 +21,7 @@ pub const SAMPLE: &str = include_str!("../samples/orders.csv");
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("demo folder {path}: {source}")]
+    #[error("demo folder {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

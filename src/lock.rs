@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 pub enum LockError {
     #[error("{db} is in use by another orderbatch process (pid {pid}); wait for it to finish, or stop it (it can be resumed)", db = db.display())]
     Busy { db: PathBuf, pid: String },
-    #[error("cannot lock {path}: {source}", path = path.display())]
+    #[error("cannot lock {path}", path = path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,

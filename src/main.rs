@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use orderbatch::app::{self, EXIT_USAGE};
+use orderbatch::app::{self, EXIT_AFTER_SEND, EXIT_USAGE};
 use orderbatch::cli::{Cli, LogFormat};
 
 #[global_allocator]
@@ -19,6 +19,13 @@ fn main() -> ExitCode {
     match app::run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if orderbatch::pipeline::requests_sent() => {
+            eprintln!(
+                "error: {e:#}\nrequests had already been sent: the state database keeps what was \
+                 done; fix the cause and run the same command again to resume"
+            );
+            ExitCode::from(EXIT_AFTER_SEND)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_USAGE)

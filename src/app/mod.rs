@@ -17,6 +17,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_ABORTED: u8 = 3;
 /// Exit code for a run that left rows deferred to a later run.
 pub const EXIT_DEFERRED: u8 = 4;
+/// Exit code for a run stopped by a local failure (disk full, internal
+/// error) after requests were sent: the state database keeps what was done.
+pub const EXIT_AFTER_SEND: u8 = 5;
 /// Exit code for an interrupted run.
 pub const EXIT_INTERRUPTED: u8 = 130;
 

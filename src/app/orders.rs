@@ -137,8 +137,15 @@ fn start_with(
     if args.outcome.dry_run {
         return dry_run(mode, &args.input, &columns, settings.rate.value, &args.db);
     }
-    // Check the configuration before touching the state database.
+    // Check the configuration and every path the run writes before
+    // touching the state database.
     let clients = clients(mode, &settings)?;
+    check_outputs(
+        &args.db,
+        args.export.as_deref(),
+        args.outcome.report.as_deref(),
+        args.rejects.rejects.as_deref(),
+    )?;
     let held = lock::lock(&args.db)?;
     execute(
         clients,
@@ -169,8 +176,15 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenArgs::default())?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
-    // Check the configuration before putting anything back in the queue.
+    // Check the configuration and the outputs before putting anything back
+    // in the queue.
     let clients = clients(plan.mode, &settings)?;
+    check_outputs(
+        &args.db,
+        args.export.as_deref(),
+        args.report.as_deref(),
+        None,
+    )?;
     let requeued = plan.requeue(&args.db)?;
     println!(
         "run {}: {requeued} failed rows back in the queue",
@@ -364,6 +378,29 @@ fn write_report(
     report::write(&report, &md, &json)
         .with_context(|| format!("cannot write the run report {}", md.display()))?;
     println!("report: {}", md.display());
+    Ok(())
+}
+
+/// Checks that every file a run writes can be written, before it sends
+/// anything: the state database (and its directory), the export, the
+/// report and the rejects file.
+fn check_outputs(
+    db: &Path,
+    export: Option<&Path>,
+    report: Option<&Path>,
+    rejects: Option<&Path>,
+) -> anyhow::Result<()> {
+    use crate::files::check_writable;
+    check_writable("state database", db)?;
+    let (report_md, report_json) = report::paths(db, report);
+    check_writable("report", &report_md)?;
+    check_writable("report", &report_json)?;
+    if let Some(export) = export {
+        check_writable("export file", export)?;
+    }
+    if let Some(rejects) = rejects {
+        check_writable("rejects file", rejects)?;
+    }
     Ok(())
 }
 

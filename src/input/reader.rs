@@ -9,7 +9,7 @@ use crate::provider::paynearme::params::{self, Param};
 /// A file-level problem: the whole file is refused before any request.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{path}: cannot read the input file: {source}")]
+    #[error("{path}: cannot read the input file")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: the file is empty; the first line must name the columns, e.g. `{example}`")]
     Empty { path: PathBuf, example: String },
@@ -52,6 +52,7 @@ impl Header {
         let date_ranges = [
             ("auto_pay_start_date", "auto_pay_end_date"),
             ("reminder_start_date", "reminder_end_date"),
+            ("payments_start_date", "payments_end_date"),
         ]
         .into_iter()
         .filter_map(|(s, e)| Some((find(s)?, find(e)?, s, e)))

@@ -106,7 +106,14 @@ fn check_cross_fields(header: &Header, row: &Row) -> Result<(), Rejection> {
     }
     for &(s, e, start, end) in &cross.date_ranges {
         if let (Some(s), Some(e)) = (field(Some(s)), field(Some(e))) {
-            if let (Ok(s), Ok(e)) = (us_date(s), us_date(e)) {
+            let date = |v: &str| {
+                if v.contains('/') {
+                    us_date(v).ok()
+                } else {
+                    NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
+                }
+            };
+            if let (Some(s), Some(e)) = (date(s), date(e)) {
                 if e < s {
                     return Err(reject(end, format!("is before {start}")));
                 }
@@ -147,6 +154,20 @@ fn digits_shape(value: &str, shape: &str) -> bool {
 pub fn check_value(rule: Rule, value: &str) -> Result<(), String> {
     match rule {
         Rule::Text => Ok(()),
+        Rule::Identifier => match value.chars().find(|c| c.is_control() || *c == '\u{feff}') {
+            None => Ok(()),
+            Some(c) => Err(format!(
+                "holds {} (U+{:04X}); identifiers are sent and stored as they are, so clean the file first",
+                match c {
+                    '\u{feff}' => "a byte-order mark",
+                    '\0' => "a NUL byte",
+                    '\r' | '\n' => "a line break",
+                    '\t' => "a tab",
+                    _ => "a control character",
+                },
+                c as u32
+            )),
+        },
         Rule::Amount => value
             .parse::<Amount>()
             .map(|_| ())
@@ -470,6 +491,41 @@ mod row_tests {
         .unwrap_err();
         assert_eq!(err.column.as_deref(), Some("auto_pay_end_date"));
         assert!(err.reason.contains("before auto_pay_start_date"));
+    }
+
+    #[test]
+    fn payments_end_must_not_be_before_start() {
+        assert_eq!(
+            check(&[
+                ("payments_start_date", "2026-03-01"),
+                ("payments_end_date", "2026-03-01"),
+            ]),
+            Ok(())
+        );
+        let err = check(&[
+            ("payments_start_date", "2026-03-02"),
+            ("payments_end_date", "2026-03-01"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.column.as_deref(), Some("payments_end_date"));
+        assert!(err.reason.contains("before payments_start_date"), "{err}");
+    }
+
+    #[test]
+    fn identifiers_with_control_characters_or_a_bom_are_rejected() {
+        for column in ["site_order_identifier", "site_customer_identifier"] {
+            for (bad, what) in [
+                ("A\u{0}1", "NUL"),
+                ("\u{feff}A1", "byte-order mark"),
+                ("A\r\n1", "line break"),
+                ("A\u{7}1", "control character"),
+            ] {
+                let err = check(&[(column, bad)]).unwrap_err();
+                assert_eq!(err.column.as_deref(), Some(column), "{bad:?}");
+                assert!(err.reason.contains(what), "{bad:?}: {err}");
+            }
+            assert_eq!(check(&[(column, "Zoë-1 /#%")]), Ok(()));
+        }
     }
 
     #[test]

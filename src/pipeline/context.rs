@@ -17,6 +17,15 @@ use crate::provider::paynearme::PnmClient;
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::{RequestCounts, Write, Writer};
 
+/// Set once any request of this process is about to leave.
+static REQUESTS_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has sent (or was about to send) a request: an
+/// error after that must not be reported as "nothing was sent".
+pub fn requests_sent() -> bool {
+    REQUESTS_SENT.load(Ordering::Relaxed)
+}
+
 /// How one request ended after all its retries.
 #[derive(Debug)]
 pub enum Outcome<T> {
@@ -191,6 +200,7 @@ impl Ctx {
         if self.shutdown.is_stopping() {
             return Err(ProviderError::Cancelled);
         }
+        REQUESTS_SENT.store(true, Ordering::Relaxed);
         self.requests.add(endpoint);
         Ok(())
     }

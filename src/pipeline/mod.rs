@@ -27,8 +27,8 @@ use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::report::StageTiming;
 use crate::store::writer::{Write, Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
-pub use context::Clients;
 use context::Ctx;
+pub use context::{requests_sent, Clients};
 use feed::{feed_groups, feed_rows};
 pub use mode::{Mode, Stage};
 use progress::StageProgress;
@@ -420,7 +420,15 @@ async fn run_stage(
                 if ctx.shutdown.is_stopping() {
                     continue;
                 }
-                stages::execute(&ctx, &header, job, &progress).await;
+                let rows = job.rows();
+                let work =
+                    std::panic::AssertUnwindSafe(stages::execute(&ctx, &header, job, &progress));
+                let caught = futures_util::FutureExt::catch_unwind(work)
+                    .await
+                    .map_err(|panic| stages::panic_message(&*panic));
+                if let Err(what) = caught {
+                    stages::internal_error(&ctx, &rows, what, &progress).await;
+                }
             }
         }));
     }

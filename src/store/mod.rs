@@ -31,7 +31,7 @@ pub fn schema_version() -> usize {
 /// A state database problem.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state database {path}: {source}")]
+    #[error("state database {path}")]
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,

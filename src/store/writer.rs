@@ -400,8 +400,9 @@ fn apply(
                 Write::Changed { row, pnm_order } => {
                     exec(
                         &tx,
-                        "UPDATE rows SET state = ?3, pnm_order_identifier = ?4
-                             WHERE run_id = ?1 AND row_number = ?2",
+                        "UPDATE rows SET state = ?3, pnm_order_identifier = ?4,
+                             last_error_code = NULL, last_error = NULL
+                         WHERE run_id = ?1 AND row_number = ?2",
                         params![run_id, row, RowState::Done.as_str(), pnm_order],
                     )
                     .map_err(sql_err)?;
@@ -409,8 +410,8 @@ fn apply(
                 Write::Retried { row, payment, note } => {
                     exec(&tx, "UPDATE rows SET state = ?3, payment_id = ?4, payment_status = ?5,
                              payment_link = ?6, payment_link_expiry = ?7, next_attempt_at = NULL,
-                             last_error_code = CASE WHEN ?8 IS NULL THEN last_error_code ELSE 'link_not_recorded' END,
-                             last_error = COALESCE(?8, last_error)
+                             last_error_code = CASE WHEN ?8 IS NULL THEN NULL ELSE 'link_not_recorded' END,
+                             last_error = ?8
                          WHERE run_id = ?1 AND row_number = ?2", params![
                             run_id,
                             row,
@@ -441,8 +442,13 @@ fn apply(
                     .map_err(sql_err)?;
                 }
                 Write::MoveAll { from, to } => {
+                    // A row that reaches `done` keeps no error of an attempt
+                    // that was retried (the attempts table keeps those).
                     tx.execute(
-                        "UPDATE rows SET state = ?3 WHERE run_id = ?1 AND state = ?2",
+                        "UPDATE rows SET state = ?3,
+                             last_error_code = CASE WHEN ?3 = 'done' THEN NULL ELSE last_error_code END,
+                             last_error = CASE WHEN ?3 = 'done' THEN NULL ELSE last_error END
+                         WHERE run_id = ?1 AND state = ?2",
                         params![run_id, from.as_str(), to.as_str()],
                     )
                     .map_err(sql_err)?;
@@ -451,7 +457,8 @@ fn apply(
                     exec(
                         &tx,
                         "UPDATE rows SET state = ?3, secure_smart_token = ?4,
-                             secure_smart_link = ?5 WHERE run_id = ?1 AND row_number = ?2",
+                             secure_smart_link = ?5, last_error_code = NULL, last_error = NULL
+                         WHERE run_id = ?1 AND row_number = ?2",
                         params![run_id, row, RowState::Done.as_str(), token, link],
                     )
                     .map_err(sql_err)?;

@@ -53,6 +53,50 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
     }
 }
 
+/// The message of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+impl Job {
+    /// The state rows the job works on.
+    pub fn rows(&self) -> Vec<u64> {
+        match self {
+            Job::Create(job) | Job::Change(job) | Job::CeRetry(job) | Job::TokenRow(job) => {
+                vec![job.1.row_number]
+            }
+            Job::Lookup(group) | Job::Refresh(group) | Job::Token(group) => {
+                group.rows.iter().map(|r| r.row_number).collect()
+            }
+        }
+    }
+}
+
+/// A job panicked: its rows fail with `internal_error` (a row whose request
+/// may have left is reconciled when `orderbatch retry` sends it again),
+/// and the rest of the run goes on.
+pub async fn internal_error(ctx: &Ctx, rows: &[u64], what: String, progress: &StageProgress) {
+    tracing::error!(
+        rows = ?rows,
+        "internal error while working on row {}: {what}; the row is marked failed \
+         (please report this), the run goes on",
+        rows.first().copied().unwrap_or_default()
+    );
+    let error = ProviderError::Api {
+        endpoint: "orderbatch",
+        status: 0,
+        code: "internal_error".into(),
+        description: format!("orderbatch failed while working on this row: {what}"),
+    };
+    for &row in rows {
+        fail(ctx, row, &error, progress).await;
+    }
+}
+
 pub(super) async fn fail(ctx: &Ctx, row: u64, error: &ProviderError, progress: &StageProgress) {
     ctx.row_failed();
     ctx.write(Write::Failed {

@@ -244,24 +244,35 @@ impl PnmClient {
             .map_err(|e| e.redact(&pii(params)))
     }
 
-    /// `find_orders` by one identifier.
+    /// `find_orders` by one identifier; an answer of 404 means no match.
     pub async fn find_orders(
         &self,
         key: &str,
         value: &str,
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        self.call_for_orders(Endpoint::FindOrders, &[(key, value)])
-            .await
+        no_match_is_empty(
+            self.call_for_orders(Endpoint::FindOrders, &[(key, value)])
+                .await,
+        )
     }
 
-    /// `find_orders` by one identifier, each order as the provider sent it.
+    /// `find_orders` by one identifier, each order as the provider sent it;
+    /// an answer of 404 means no match.
     pub async fn find_orders_raw(
         &self,
         key: &str,
         value: &str,
     ) -> Result<Vec<Map<String, Value>>, ProviderError> {
-        let body = self.call(Endpoint::FindOrders, &[(key, value)]).await?;
-        Ok(types::order_objects(&body).into_iter().cloned().collect())
+        let body = no_match_is_empty(
+            self.call(Endpoint::FindOrders, &[(key, value)])
+                .await
+                .map(|body| vec![body]),
+        )?;
+        Ok(body
+            .iter()
+            .flat_map(types::order_objects)
+            .cloned()
+            .collect())
     }
 
     /// `change_order` with the order's `pnm_order_identifier` and new values.
@@ -284,6 +295,16 @@ impl PnmClient {
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
         self.call_for_orders(Endpoint::GetSmartToken, params).await
+    }
+}
+
+/// A search answered 404 (some APIs say "not found" for an empty result) is
+/// an empty result, whatever its body says.
+fn no_match_is_empty<T>(result: Result<Vec<T>, ProviderError>) -> Result<Vec<T>, ProviderError> {
+    match result {
+        Err(ProviderError::Api { status: 404, .. })
+        | Err(ProviderError::UnexpectedBody { status: 404, .. }) => Ok(Vec::new()),
+        other => other,
     }
 }
 

@@ -24,6 +24,9 @@ pub mod ep {
 pub enum Rule {
     /// Any non-empty text.
     Text,
+    /// An identifier: text without control characters (NUL, line breaks,
+    /// tabs) or byte-order marks, which a provider would store as they are.
+    Identifier,
     /// Non-negative decimal, at most two decimals.
     Amount,
     /// Exactly `USD`.
@@ -105,7 +108,7 @@ pub const PARAMS: &[Param] = &[
     p(
         "site_customer_identifier",
         CREATE | LOOKUP,
-        Text,
+        Identifier,
         false,
         true,
     ),
@@ -132,10 +135,22 @@ pub const PARAMS: &[Param] = &[
     p("last_pmt_only", CREATE, Bool, false, true),
     p("return_no_pmts", CREATE, Bool, false, true),
     p("settlement_bank_nickname", CREATE, Text, false, false),
-    p("site_creator_identifier", CREATE | FIND, Text, false, true),
-    p("site_order_identifier", CREATE | LOOKUP, Text, false, true),
-    p("pnm_order_identifier", LOOKUP, Text, false, true),
-    p("pnm_customer_identifier", LOOKUP, Text, false, true),
+    p(
+        "site_creator_identifier",
+        CREATE | FIND,
+        Identifier,
+        false,
+        true,
+    ),
+    p(
+        "site_order_identifier",
+        CREATE | LOOKUP,
+        Identifier,
+        false,
+        true,
+    ),
+    p("pnm_order_identifier", LOOKUP, Identifier, false, true),
+    p("pnm_customer_identifier", LOOKUP, Identifier, false, true),
     p("site_order_annotation", ORDER | FIND, Text, false, true),
     p("site_order_description", ORDER, Text, false, true),
     p("site_customer_phone", ORDER | FIND, Phone, true, true),

@@ -322,9 +322,14 @@ fn check_header(
         column,
         message,
     };
-    let mut names = Vec::with_capacity(raw.len());
+    let mut names: Vec<String> = Vec::with_capacity(raw.len());
     let mut known = Vec::with_capacity(raw.len());
     let mut send = Vec::with_capacity(raw.len());
+    // Name → column, so that the duplicate check stays linear.
+    let mut seen: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(raw.len());
+    // Unknown columns ignored with --allow-unknown-columns: one warning.
+    let mut ignored: Vec<(usize, String)> = Vec::new();
     for (i, field) in raw.iter().enumerate() {
         let column = i + 1;
         let name = std::str::from_utf8(field)
@@ -334,22 +339,16 @@ fn check_header(
         if name.is_empty() {
             return Err(at(column, "column name is empty".into()));
         }
-        if let Some(first) = names.iter().position(|n| n == &name) {
+        if let Some(first) = seen.insert(name.clone(), column) {
             return Err(at(
                 column,
-                format!(
-                    "column `{name}` appears twice (columns {} and {column}); remove one",
-                    first + 1
-                ),
+                format!("column `{name}` appears twice (columns {first} and {column}); remove one"),
             ));
         }
         let param = params::find(&name).filter(|p| p.endpoints & schema.endpoints != 0);
         let passed = schema.columns.pass_through.contains(&name);
         if param.is_none() && !passed && schema.columns.allow_unknown {
-            tracing::warn!(
-                "{}: ignoring unknown column `{name}` (column {column})",
-                path.display()
-            );
+            ignored.push((column, name.clone()));
         } else if param.is_none() && !passed {
             let hint = match params::suggest(&name, schema.endpoints) {
                 Some(s) => format!("; did you mean `{s}`?"),
@@ -367,8 +366,29 @@ fn check_header(
         known.push(param);
         names.push(name);
     }
+    if !ignored.is_empty() {
+        const SHOWN: usize = 10;
+        let listed: Vec<String> = ignored
+            .iter()
+            .take(SHOWN)
+            .map(|(column, name)| format!("`{name}` (column {column})"))
+            .collect();
+        let more = ignored.len().saturating_sub(SHOWN);
+        tracing::warn!(
+            "{}: ignoring {} unknown column{}: {}{}",
+            path.display(),
+            ignored.len(),
+            if ignored.len() == 1 { "" } else { "s" },
+            listed.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
     for required in schema.required {
-        if !names.iter().any(|n| n == required) {
+        if !seen.contains_key(*required) {
             return Err(at(
                 1,
                 format!(

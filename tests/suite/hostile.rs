@@ -378,3 +378,32 @@ fn a_lock_error_names_its_cause_once() {
     assert!(line.contains("cannot lock"), "{stderr}");
     assert_eq!(line.matches("os error").count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_panic_in_a_worker_fails_its_row_keeps_the_rest_and_retry_finishes_it() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(6, 3, true));
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
+    );
+    cmd.env("ORDERBATCH_FAILPOINT", "panic-at-row:3");
+    let out = run(cmd);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("internal error while working on row 3"),
+        "{}",
+        text(&out)
+    );
+    let export = read_export(&dir.path("e.csv"));
+    let failed: Vec<_> = export.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{export:?}");
+    assert_eq!(failed[0]["row_number"], "3");
+    assert!(failed[0]["error"].contains("failpoint"), "{failed:?}");
+    assert!(dir.path("s.db.report.md").exists());
+    let out = run(dir.cmd(&sandbox, &["retry", "--db", "s.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 6);
+    assert_eq!(sandbox.counter("duplicates"), 0);
+}

@@ -40,8 +40,24 @@ pub struct Group {
     pub rows: Vec<StoredRow>,
 }
 
+/// `ORDERBATCH_FAILPOINT=panic-at-row:N`: the job of state row N panics
+/// (for tests of what an internal error does to a run; unset in use).
+fn failpoint_row() -> Option<u64> {
+    static ROW: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *ROW.get_or_init(|| {
+        std::env::var("ORDERBATCH_FAILPOINT")
+            .ok()?
+            .strip_prefix("panic-at-row:")?
+            .parse()
+            .ok()
+    })
+}
+
 /// Runs one job to its end.
 pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgress) {
+    if let Some(row) = failpoint_row() {
+        assert!(!job.rows().contains(&row), "failpoint panic-at-row:{row}");
+    }
     match job {
         Job::Create(job) => create::create(ctx, header, &job.0, &job.1, progress).await,
         Job::Change(job) => change::change(ctx, header, &job.0, &job.1, progress).await,

@@ -510,6 +510,9 @@ pub struct RetryArgs {
     /// Where to write the Markdown run report (default: <db>.report.md; JSON beside it).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Prefix export cells a spreadsheet would run as a formula with `'` (default: byte for byte).
+    #[arg(long)]
+    pub spreadsheet_safe: bool,
     #[command(flatten)]
     pub pace: PaceArgs,
 }
@@ -562,6 +565,9 @@ pub struct RejectsArgs {
     /// Keep customer PII (names, e-mail, phone, address, ...) in the rejects file instead of `[redacted]`.
     #[arg(long, requires = "rejects")]
     pub rejects_include_pii: bool,
+    /// Prefix every cell of the export and rejects files that a spreadsheet would run as a formula (`=`, `+`, `-`, `@`) with `'`. Off by default: values are written byte for byte, as scripts need them.
+    #[arg(long)]
+    pub spreadsheet_safe: bool,
 }
 
 /// Columns the tool does not know.
@@ -589,6 +595,19 @@ impl PaceArgs {
     }
 }
 
+impl RejectsArgs {
+    /// The rejects file asked for, if any.
+    pub fn file(&self) -> Option<crate::input::rejects::RejectsFile> {
+        self.rejects
+            .clone()
+            .map(|path| crate::input::rejects::RejectsFile {
+                path,
+                include_pii: self.rejects_include_pii,
+                cells: crate::cells::Cells::from_flag(self.spreadsheet_safe),
+            })
+    }
+}
+
 impl ColumnArgs {
     pub fn options(&self) -> crate::input::ColumnOptions {
         crate::input::ColumnOptions {
@@ -609,6 +628,9 @@ pub struct ExportArgs {
     /// Run to export (default: the newest).
     #[arg(long)]
     pub run: Option<i64>,
+    /// Prefix cells a spreadsheet would run as a formula with `'` (default: byte for byte).
+    #[arg(long)]
+    pub spreadsheet_safe: bool,
 }
 
 #[derive(Debug, Args)]
@@ -643,6 +665,9 @@ pub struct SandboxArgs {
     /// Refuse requests without a Bearer token (401 oauth_required), like a site onboarded since 2026-08-01.
     #[arg(long)]
     pub oauth_only: bool,
+    /// Issue smart tokens that begin with - = + @ and URLs holding commas, quotes and line breaks (to check that exports keep them byte for byte).
+    #[arg(long)]
+    pub hostile_values: bool,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {

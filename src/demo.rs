@@ -118,7 +118,7 @@ pub async fn run(
     };
     let summary = pipeline::run(&options, clients, shutdown).await?;
     let store = Store::open_reader(&db).map_err(PipelineError::from)?;
-    let exported_rows = crate::export::export(&store, summary.run_id, &export)?;
+    let exported_rows = crate::export::export(&store, summary.run_id, &export, Default::default())?;
     let sandbox_orders = server.state()["orders"].as_array().map_or(0, Vec::len);
     server.stop().await;
     Ok(DemoReport {

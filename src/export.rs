@@ -1,8 +1,10 @@
-//! CSV export of a run's results, safe to open in a spreadsheet.
+//! CSV export of a run's results: provider values byte for byte (see
+//! [`crate::cells`]).
 
 use std::io::Write;
 use std::path::Path;
 
+use crate::cells::Cells;
 use crate::store::{RowState, Store, StoreError, StoredRow};
 
 /// Export columns, in order.
@@ -39,17 +41,6 @@ pub enum ExportError {
     Store(#[from] StoreError),
     #[error("cannot write {path}: {detail}")]
     Write { path: String, detail: String },
-}
-
-/// Neutralises a cell a spreadsheet would run as a formula (OWASP CSV
-/// injection guidance): a leading `=`, `+`, `-`, `@`, tab or carriage return
-/// gets a `'` in front. Only exports are changed; requests and the state
-/// database keep the original value.
-pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
-        _ => cell.into(),
-    }
 }
 
 /// A row's error text for the export: none for a clean `done` row.
@@ -99,7 +90,7 @@ fn record(row: &StoredRow) -> Vec<String> {
 type ToRecord = fn(&StoredRow) -> Vec<String>;
 
 /// Writes every row of `run_id` to `out` (mode 0600); returns the row count.
-pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError> {
+pub fn export(store: &Store, run_id: i64, out: &Path, cells: Cells) -> Result<u64, ExportError> {
     let write_err = |e: &dyn std::fmt::Display| ExportError::Write {
         path: out.display().to_string(),
         detail: e.to_string(),
@@ -118,8 +109,17 @@ pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError
     let mut count = 0u64;
     let mut failure = None;
     store.all_rows(run_id, |row| {
-        let cells = to_record(&row);
-        match writer.write_record(cells.iter().map(|c| spreadsheet_safe(c).into_owned())) {
+        let record = to_record(&row);
+        let last = record.len() - 1;
+        // The last column is the error: our own free text.
+        let written = record.iter().enumerate().map(|(i, c)| {
+            if i == last {
+                cells.text(c).into_owned()
+            } else {
+                cells.data(c).into_owned()
+            }
+        });
+        match writer.write_record(written) {
             Ok(()) => {
                 count += 1;
                 true
@@ -136,19 +136,4 @@ pub fn export(store: &Store, run_id: i64, out: &Path) -> Result<u64, ExportError
     let mut inner = writer.into_inner().map_err(|e| write_err(&e))?;
     inner.flush().map_err(|e| write_err(&e))?;
     Ok(count)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formula_cells_are_neutralised_and_others_kept() {
-        for cell in ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
-            assert_eq!(spreadsheet_safe(cell), format!("'{cell}"));
-        }
-        for cell in ["", "abc", "https://x", "12.50", "José"] {
-            assert_eq!(spreadsheet_safe(cell), cell);
-        }
-    }
 }

@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod app;
+pub mod cells;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -11,12 +11,8 @@ use crate::{export as csv_export, pipeline, status as run_status};
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let columns = args.columns.options();
-    let rejects = args
-        .rejects
-        .rejects
-        .as_deref()
-        .map(|p| (p, args.rejects.rejects_include_pii));
-    let report = check_file(&args.input, pipeline::schema(&columns), rejects)?;
+    let rejects = args.rejects.file();
+    let report = check_file(&args.input, pipeline::schema(&columns), rejects.as_ref())?;
     let input = args.input.display();
     if report.valid + report.rejected == 0 {
         println!("{input}: no data rows after the header; nothing to do");
@@ -70,7 +66,12 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             .map(|r| r.id)
             .with_context(|| format!("{} holds no run yet", args.db.display()))?,
     };
-    let rows = csv_export::export(&store, run_id, &args.out)?;
+    let rows = csv_export::export(
+        &store,
+        run_id,
+        &args.out,
+        crate::cells::Cells::from_flag(args.spreadsheet_safe),
+    )?;
     println!(
         "exported {rows} rows of run {run_id} to {}",
         args.out.display()

@@ -157,11 +157,8 @@ fn start_with(
             input: args.input,
             db: args.db,
             columns,
-            rejects: args
-                .rejects
-                .rejects
-                .clone()
-                .map(|p| (p, args.rejects.rejects_include_pii)),
+            rejects: args.rejects.file(),
+            cells: crate::cells::Cells::from_flag(args.rejects.spreadsheet_safe),
             export: args.export,
             report: args.outcome.report.clone(),
         },
@@ -201,6 +198,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
             db: args.db,
             columns: plan.columns,
             rejects: None,
+            cells: crate::cells::Cells::from_flag(args.spreadsheet_safe),
             export: args.export,
             report: args.report,
         },
@@ -241,7 +239,9 @@ struct Job {
     input: PathBuf,
     db: PathBuf,
     columns: ColumnOptions,
-    rejects: Option<(PathBuf, bool)>,
+    rejects: Option<crate::input::rejects::RejectsFile>,
+    /// How the export writes data cells.
+    cells: crate::cells::Cells,
     export: Option<PathBuf>,
     report: Option<PathBuf>,
 }
@@ -335,7 +335,7 @@ fn execute(
     print_summary(&summary);
     let store = Store::open_reader(&options.db)?;
     if let Some(out) = &job.export {
-        let rows = export::export(&store, summary.run_id, out)?;
+        let rows = export::export(&store, summary.run_id, out, job.cells)?;
         println!("exported {rows} rows to {}", out.display());
     }
     write_report(&store, &summary, &options.db, job.report.as_deref())?;

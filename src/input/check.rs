@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::fingerprint::scan;
 use super::reader::{Header, InputError, OrderReader, Row, Schema};
-use super::rejects::RejectsWriter;
+use super::rejects::{RejectsFile, RejectsWriter};
 use super::validate::{check_row, Rejection};
 
 /// Problems shown in full; the rest are counted.
@@ -91,7 +91,7 @@ impl Dups {
 pub fn check_file(
     path: &Path,
     schema: Schema<'_>,
-    rejects: Option<(&Path, bool)>,
+    rejects: Option<&RejectsFile>,
 ) -> Result<FileCheck, InputError> {
     let mut dups = Dups::Collect(Vec::new());
     let report = pass(path, schema, rejects, &mut dups, &mut |_, _| {})?;
@@ -106,7 +106,7 @@ pub fn check_file(
 pub fn check_file_with(
     path: &Path,
     schema: Schema<'_>,
-    rejects: Option<(&Path, bool)>,
+    rejects: Option<&RejectsFile>,
     mut on_valid: impl FnMut(&Header, &Row),
 ) -> Result<FileCheck, InputError> {
     let mut dups = Dups::Collect(Vec::new());
@@ -122,7 +122,7 @@ pub fn check_file_with(
 fn pass(
     path: &Path,
     schema: Schema<'_>,
-    rejects: Option<(&Path, bool)>,
+    rejects: Option<&RejectsFile>,
     dups: &mut Dups,
     on_valid: &mut dyn FnMut(&Header, &Row),
 ) -> Result<FileCheck, InputError> {
@@ -135,9 +135,9 @@ fn pass(
     let header = reader.header().clone();
     let order_col = header.index("site_order_identifier");
     let mut rejects = match rejects {
-        Some((out, include_pii)) => Some(
-            RejectsWriter::create(out, &header, include_pii).map_err(|source| InputError::Io {
-                path: out.to_path_buf(),
+        Some(to) => Some(
+            RejectsWriter::create(to, &header).map_err(|source| InputError::Io {
+                path: to.path.clone(),
                 source,
             })?,
         ),
@@ -220,7 +220,11 @@ mod tests {
         let _ = check_file(
             &path,
             schema,
-            Some((&dir.path().join("rejects.csv"), false)),
+            Some(&RejectsFile {
+                path: dir.path().join("rejects.csv"),
+                include_pii: false,
+                cells: Default::default(),
+            }),
         );
         let lenient = ColumnOptions {
             pass_through: Vec::new(),

@@ -2,10 +2,18 @@
 //! `error`. PII columns are redacted unless the user asks for them.
 
 use std::io::BufWriter;
-use std::path::Path;
 
 use super::reader::{Header, Row};
-use crate::export::spreadsheet_safe;
+use crate::cells::Cells;
+
+/// Where rejected rows go and how.
+#[derive(Debug, Clone)]
+pub struct RejectsFile {
+    pub path: std::path::PathBuf,
+    /// Keep PII cells instead of `[redacted]`.
+    pub include_pii: bool,
+    pub cells: Cells,
+}
 
 /// What a redacted PII cell holds.
 pub const REDACTED: &str = "[redacted]";
@@ -16,11 +24,13 @@ pub struct RejectsWriter {
     /// Columns to redact.
     redact: Vec<bool>,
     width: usize,
+    cells: Cells,
 }
 
 impl RejectsWriter {
     /// Creates `path` (mode 0600) with the input's columns plus `line, error`.
-    pub fn create(path: &Path, header: &Header, include_pii: bool) -> std::io::Result<Self> {
+    pub fn create(to: &RejectsFile, header: &Header) -> std::io::Result<Self> {
+        let (path, include_pii, cells) = (to.path.as_path(), to.include_pii, to.cells);
         let file = crate::files::write_private(path)?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
         let mut names: Vec<&str> = header.names.iter().map(String::as_str).collect();
@@ -35,6 +45,7 @@ impl RejectsWriter {
             writer,
             redact,
             width: header.names.len(),
+            cells,
         })
     }
 
@@ -46,12 +57,12 @@ impl RejectsWriter {
                 if self.redact[i] && !raw.is_empty() {
                     REDACTED.to_string()
                 } else {
-                    spreadsheet_safe(&String::from_utf8_lossy(raw)).into_owned()
+                    self.cells.data(&String::from_utf8_lossy(raw)).into_owned()
                 }
             })
             .collect();
         cells.push(row.line.to_string());
-        cells.push(spreadsheet_safe(error).into_owned());
+        cells.push(self.cells.text(error).into_owned());
         self.writer.write_record(&cells)?;
         Ok(())
     }

@@ -67,7 +67,7 @@ pub struct RunOptions {
     /// Start a new run even if this input's last run is finished (`refresh`).
     pub new_run: bool,
     /// Write rejected rows here (with PII when the flag is set).
-    pub rejects: Option<(PathBuf, bool)>,
+    pub rejects: Option<crate::input::rejects::RejectsFile>,
     /// No progress display.
     pub quiet: bool,
 }
@@ -201,14 +201,13 @@ pub async fn run(
             seconds: begun.elapsed().as_secs_f64(),
         });
     }
-    if let Some((out, include_pii)) = options.rejects.clone() {
+    if let Some(out) = options.rejects.clone() {
         let (db, input, columns) = (
             options.db.clone(),
             options.input.clone(),
             options.columns.clone(),
         );
-        blocking(move || write_rejects(&db, mode, run_id, &input, &columns, &out, include_pii))
-            .await?;
+        blocking(move || write_rejects(&db, mode, run_id, &input, &columns, &out)).await?;
     }
     store.set_finished(run_id, false)?;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::mode::Mode;
 use super::{derived_order_id, PipelineError};
-use crate::input::rejects::RejectsWriter;
+use crate::input::rejects::{RejectsFile, RejectsWriter};
 use crate::input::{ColumnOptions, InputError, OrderReader};
 use crate::store::rows::NewRow;
 use crate::store::{RowState, Store};
@@ -80,18 +80,17 @@ pub(super) fn write_rejects(
     run_id: i64,
     input: &Path,
     columns: &ColumnOptions,
-    out: &Path,
-    include_pii: bool,
+    out: &RejectsFile,
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
     let mut reader = OrderReader::open(input, mode.schema(columns))?;
     let io_err = |source| {
         PipelineError::Input(InputError::Io {
-            path: out.to_path_buf(),
+            path: out.path.clone(),
             source,
         })
     };
-    let mut writer = RejectsWriter::create(out, reader.header(), include_pii).map_err(io_err)?;
+    let mut writer = RejectsWriter::create(out, reader.header()).map_err(io_err)?;
     let mut failure = None;
     store.for_each_row(run_id, &[RowState::Rejected], false, |stored| {
         while let Some(Ok(row)) = reader.next_row() {

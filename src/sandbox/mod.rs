@@ -57,6 +57,9 @@ pub struct SandboxConfig {
     pub token_lifetime: std::time::Duration,
     /// Refuse requests without a Bearer token (`401 oauth_required`).
     pub oauth_only: bool,
+    /// Smart tokens that begin with `-` `=` `+` `@` and hold a comma and
+    /// quotes; URLs with commas, quotes and a line break.
+    pub hostile_values: bool,
 }
 
 impl SandboxConfig {
@@ -79,6 +82,7 @@ impl SandboxConfig {
             client_secret: SecretString::from("sandbox-client-secret"),
             token_lifetime: std::time::Duration::from_secs(3600),
             oauth_only: false,
+            hostile_values: false,
         }
     }
 }
@@ -141,11 +145,12 @@ impl SandboxHandle {
 pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<SandboxHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let hostile_values = config.hostile_values;
     let shared = Arc::new(Shared {
         rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
         window: Mutex::new(std::collections::VecDeque::new()),
         config,
-        pnm: Mutex::new(PnmState::default()),
+        pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),
         oauth: Mutex::new(oauth::OAuthState::default()),
     });

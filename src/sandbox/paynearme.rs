@@ -72,6 +72,8 @@ pub struct PnmState {
     faults: Faults,
     /// Requests answered (not 429) per wall-clock second, for rate checks.
     per_second: BTreeMap<i64, u64>,
+    /// Issue values that spreadsheets and CSV writers trip on.
+    hostile_values: bool,
 }
 
 /// Faults the sandbox injected, for tests.
@@ -368,6 +370,14 @@ fn random_hex(rng: &mut impl Rng, bytes: usize) -> String {
 }
 
 impl PnmState {
+    /// An empty state; `hostile_values` as [`super::SandboxConfig`] says.
+    pub fn new(hostile_values: bool) -> Self {
+        PnmState {
+            hostile_values,
+            ..PnmState::default()
+        }
+    }
+
     fn now(&self) -> i64 {
         unix_now() + self.clock_offset_secs
     }
@@ -408,6 +418,9 @@ impl PnmState {
             order.pnm_order_identifier,
             random_hex(rng, 8)
         );
+        if self.hostile_values {
+            order.embedded_js_url.push_str("?a=1,b=\"2\",c='3'\n");
+        }
         order.url_expires_at = now + URL_LIFETIME_SECS;
     }
 
@@ -622,7 +635,13 @@ impl PnmState {
             })
             .collect();
         for &i in &found {
-            let token = format!("sst_{}", random_hex(rng, 12));
+            let token = if self.hostile_values {
+                // Each begins with what a spreadsheet runs as a formula.
+                let lead = ["-", "=", "+", "@"][rng.random_range(0..4)];
+                format!("{lead}sst,\"{}\"", random_hex(rng, 12))
+            } else {
+                format!("sst_{}", random_hex(rng, 12))
+            };
             let order = &mut self.orders[i];
             order.smart_link = Some(format!("https://sandbox.orderbatch.test/pay/{token}"));
             order.smart_token = Some(token);

@@ -251,12 +251,23 @@ fn rejects_file_has_original_columns_line_and_error_with_pii_redacted() {
     assert_eq!(rows[0][0], "C2");
     assert_eq!(rows[0][2], "1e3");
     assert_eq!(rows[0][6], "[redacted]");
-    assert_eq!(rows[0][7], "'=HYPERLINK(\"x\")", "formula neutralised");
+    // The input's own cells come back byte for byte by default.
+    assert_eq!(rows[0][7], "=HYPERLINK(\"x\")", "verbatim");
     assert_eq!(rows[0][8], "5");
     assert!(rows[0][9].contains("order_amount"), "{:?}", rows[0]);
     assert_eq!(rows[1][8], "6");
     assert!(rows[1][9].contains("order_is_standing"), "{:?}", rows[1]);
     assert_eq!(sandbox.orders().len(), 1);
+    let safe = run(dir.bare_cmd(&[
+        "validate",
+        "o.csv",
+        "--rejects",
+        "safe.csv",
+        "--spreadsheet-safe",
+    ]));
+    assert_eq!(code(&safe), 1, "{}", text(&safe));
+    let (_, rows) = read_csv(&dir.path("safe.csv"));
+    assert_eq!(rows[0][7], "'=HYPERLINK(\"x\")", "formula neutralised on request");
 
     let with_pii = run(dir.bare_cmd(&[
         "validate",

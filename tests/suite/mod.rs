@@ -1,6 +1,7 @@
 mod chaos;
 mod commerce;
 mod config;
+mod exactly_once;
 mod hostile;
 mod input;
 mod nightly;

@@ -200,6 +200,15 @@ pub struct RunArgs {
     /// Write the results to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
+    /// Before creating an order whose site_order_identifier no run of this --db knows, ask the provider (find_orders) whether it exists already (a new machine, a lost database, orders sent by another tool); an existing one is adopted.
+    #[arg(long)]
+    pub check_existing: bool,
+    /// A file without site_order_identifier whose rows match an earlier run's by content: adopt the earlier orders for the matching rows.
+    #[arg(long, conflicts_with = "new_orders")]
+    pub same_orders: bool,
+    /// A file without site_order_identifier whose rows match an earlier run's by content: create every row's order anew.
+    #[arg(long)]
+    pub new_orders: bool,
     #[command(flatten)]
     pub token: TokenArgs,
     #[command(flatten)]

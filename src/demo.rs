@@ -110,6 +110,7 @@ pub async fn run(
         max_errors: None,
         new_run: false,
         rejects: None,
+        identity: Default::default(),
         quiet,
     };
     let clients = pipeline::Clients {

@@ -34,6 +34,7 @@ macro_rules! inputs {
             rejects: &$args.rejects,
             outcome: &$args.outcome,
             new_run: false,
+            identity: Default::default(),
         }
     };
 }
@@ -54,7 +55,18 @@ impl Env {
 
 pub fn run(args: RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
-    start(Mode::Run, settings, inputs!(args), &args.pace, env.quiet)
+    let inputs = Inputs {
+        identity: pipeline::IdentityOptions {
+            check_existing: args.check_existing,
+            same_orders: match (args.same_orders, args.new_orders) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+        },
+        ..inputs!(args)
+    };
+    start(Mode::Run, settings, inputs, &args.pace, env.quiet)
 }
 
 pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
@@ -99,6 +111,8 @@ pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
 
 /// The arguments `run`, `refresh` and `change` share.
 struct Inputs<'a> {
+    /// How `run` settles order identities against earlier runs.
+    identity: pipeline::IdentityOptions,
     /// Start a new run even if this input's last run is finished.
     new_run: bool,
     input: PathBuf,
@@ -135,7 +149,14 @@ fn start_with(
     };
     let columns = args.columns.options();
     if args.outcome.dry_run {
-        return dry_run(mode, &args.input, &columns, settings.rate.value, &args.db);
+        return dry_run(
+            mode,
+            &args.input,
+            &columns,
+            settings.rate.value,
+            &args.db,
+            args.identity.check_existing,
+        );
     }
     // Check the configuration and every path the run writes before
     // touching the state database.
@@ -152,6 +173,7 @@ fn start_with(
         Job {
             mode,
             new_run: args.new_run,
+            identity: args.identity,
             token_options,
             payment_defaults,
             input: args.input,
@@ -192,6 +214,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
         Job {
             mode: plan.mode,
             new_run: false,
+            identity: Default::default(),
             token_options: plan.token_options,
             payment_defaults: plan.payment_defaults,
             input: plan.input,
@@ -234,6 +257,7 @@ pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 struct Job {
     mode: Mode,
     new_run: bool,
+    identity: pipeline::IdentityOptions,
     token_options: Vec<(String, String)>,
     payment_defaults: PaymentMethod,
     input: PathBuf,
@@ -252,8 +276,9 @@ fn dry_run(
     columns: &ColumnOptions,
     rate: Option<NonZeroU32>,
     db: &Path,
+    check_existing: bool,
 ) -> anyhow::Result<ExitCode> {
-    let plan = plan(mode, input, columns, rate, db)?;
+    let plan = plan(mode, input, columns, rate, db, check_existing)?;
     println!("dry run of {}: nothing will be sent", input.display());
     println!(
         "  {} valid rows for {} customers, {} rejected",
@@ -318,6 +343,7 @@ fn execute(
         max_errors: pace.max_errors,
         new_run: job.new_run,
         rejects: job.rejects,
+        identity: job.identity,
         quiet,
     };
     let summary = runtime()?.block_on(async {

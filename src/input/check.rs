@@ -30,6 +30,8 @@ pub struct FileCheck {
     pub problems: Vec<Problem>,
     /// Rejected rows per code (`invalid_<column>`, ...), most first.
     pub by_code: Vec<(String, u64)>,
+    /// Whether the header has a `site_order_identifier` column.
+    pub has_order_ids: bool,
 }
 
 /// Refuses a file with a quote never closed.
@@ -143,7 +145,10 @@ fn pass(
         ),
         None => None,
     };
-    let mut report = FileCheck::default();
+    let mut report = FileCheck {
+        has_order_ids: order_col.is_some(),
+        ..FileCheck::default()
+    };
     let mut codes: HashMap<String, u64> = HashMap::new();
     let mut row = Row::default();
     while let Some(read) = reader.read_into(&mut row) {

@@ -32,7 +32,8 @@ pub use context::{requests_sent, Clients};
 use feed::{feed_groups, feed_rows};
 pub use mode::{Mode, Stage};
 use progress::StageProgress;
-use register::{refuse_if_unfinished_other, register, write_rejects};
+pub use register::IdentityOptions;
+use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
 pub use shutdown::{Shutdown, Stop};
 use stages::Job;
 
@@ -66,6 +67,8 @@ pub struct RunOptions {
     pub max_errors: Option<u64>,
     /// Start a new run even if this input's last run is finished (`refresh`).
     pub new_run: bool,
+    /// How `run` settles order identities against earlier runs.
+    pub identity: IdentityOptions,
     /// Write rejected rows here (with PII when the flag is set).
     pub rejects: Option<crate::input::rejects::RejectsFile>,
     /// No progress display.
@@ -164,6 +167,9 @@ pub async fn run(
         Some(run) => (run.id, true),
         None => {
             refuse_if_unfinished_other(&store, command, &fp)?;
+            if mode == Mode::Run && options.identity.same_orders.is_none() {
+                refuse_copy_of_earlier_file(&store, &options.input, mode, &options.columns)?;
+            }
             let options_json = serde_json::json!({
                 "mode": mode,
                 "token_options": options.token_options,
@@ -194,7 +200,9 @@ pub async fn run(
     if !run.registered {
         let begun = Instant::now();
         let (input, pass, fp2) = (options.input.clone(), options.columns.clone(), fp.clone());
-        store = blocking(move || register(store, mode, run_id, &input, &pass, &fp2)).await?;
+        let identity = options.identity;
+        store =
+            blocking(move || register(store, mode, run_id, &input, &pass, &fp2, identity)).await?;
         registered = Some(StageTiming {
             stage: "register input".into(),
             rows: store.run(run_id)?.map_or(0, |r| r.total_rows),

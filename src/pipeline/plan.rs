@@ -122,6 +122,7 @@ pub fn plan(
     columns: &ColumnOptions,
     rate: Option<NonZeroU32>,
     db: &Path,
+    check_existing: bool,
 ) -> Result<Plan, PipelineError> {
     if mode != Mode::Run {
         let mut plan = plan_existing(mode, input, columns)?;
@@ -131,6 +132,16 @@ pub fn plan(
         return Ok(plan);
     }
     let mut per_customer: HashMap<String, u64> = HashMap::new();
+    let store = if db.exists() {
+        Some(Store::open_reader(db)?)
+    } else {
+        None
+    };
+    // Rows whose order an earlier run of the database created are adopted
+    // (no create); with --check-existing, identifiers no run knows are
+    // looked up first.
+    let (mut adopted, mut lookups) = (0u64, 0u64);
+    let mut store_error = None;
     let check = check_file_with(input, schema(columns), None, |header, row| {
         if let Some(c) = header
             .index("site_customer_identifier")
@@ -138,18 +149,43 @@ pub fn plan(
         {
             *per_customer.entry(c.to_string()).or_default() += 1;
         }
+        let id = header
+            .index("site_order_identifier")
+            .and_then(|i| row.get(i))
+            .filter(|v| !v.is_empty());
+        let known = match (id, &store) {
+            (Some(id), Some(store)) => match store.known_order(id) {
+                Ok(known) => known,
+                Err(e) => {
+                    store_error.get_or_insert(e);
+                    None
+                }
+            },
+            _ => None,
+        };
+        match known {
+            Some(true) => adopted += 1,
+            Some(false) => lookups += 1,
+            None => lookups += u64::from(check_existing),
+        }
     })?;
+    if let Some(e) = store_error {
+        return Err(e.into());
+    }
     let (mut refresh, mut token) = (0, 0);
     for &n in per_customer.values() {
         let (r, t) = group_requests(n);
         refresh += r;
         token += t;
     }
-    let requests = vec![
-        (Endpoint::CreateOrder.as_str(), check.valid),
+    let mut requests = vec![
+        (Endpoint::CreateOrder.as_str(), check.valid - adopted),
         (Endpoint::RefreshEmbeddedJsUrls.as_str(), refresh),
         (Endpoint::GetSmartToken.as_str(), token),
     ];
+    if lookups > 0 {
+        requests.insert(1, (Endpoint::FindOrders.as_str(), lookups));
+    }
     let total: u64 = requests.iter().map(|(_, n)| n).sum();
     let already_finished = already_finished(mode, input, db)?;
     Ok(Plan {

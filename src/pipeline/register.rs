@@ -7,14 +7,85 @@ use super::mode::Mode;
 use super::{derived_order_id, PipelineError};
 use crate::input::rejects::{RejectsFile, RejectsWriter};
 use crate::input::{ColumnOptions, InputError, OrderReader};
-use crate::store::rows::NewRow;
+use crate::input::{Header, Row};
+use crate::money::Amount;
+use crate::provider::paynearme::params::ep;
+use crate::store::rows::{Identity, NewRow};
 use crate::store::{RowState, Store};
 
 /// Rows recorded per transaction while registering the input.
 const REGISTER_BATCH: usize = 2000;
 
+/// How `run` settles order identities against earlier runs of the database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityOptions {
+    /// `--check-existing`: look identifiers no run knows up at the provider.
+    pub check_existing: bool,
+    /// `--same-orders` (true) or `--new-orders` (false); `None` when neither.
+    pub same_orders: Option<bool>,
+}
+
+/// A keyed digest of what a `run` row sends (its create parameters, by
+/// name), for recognising a copy of a file without identifiers.
+pub(super) fn content_digest(key: &[u8], header: &Header, row: &Row) -> Vec<u8> {
+    use hmac::Mac;
+    let mut params = row.params_for(header, ep::CREATE);
+    params.sort_unstable();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    for (name, value) in params {
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        mac.update(&[0]);
+    }
+    mac.finalize().into_bytes()[..16].to_vec()
+}
+
+/// A file without `site_order_identifier` whose rows mostly match an
+/// earlier run's by content is a copy of that file (edited, reordered,
+/// re-encoded): refused until the user says which way to go.
+pub(super) fn refuse_copy_of_earlier_file(
+    store: &Store,
+    input: &Path,
+    mode: Mode,
+    columns: &ColumnOptions,
+) -> Result<(), PipelineError> {
+    let mut reader = OrderReader::open(input, mode.schema(columns))?;
+    let header = reader.header().clone();
+    if header.index("site_order_identifier").is_some()
+        || !store.runs()?.iter().any(|r| r.command == mode.command())
+    {
+        return Ok(());
+    }
+    let key = store.content_key()?;
+    let mut digests = Vec::new();
+    while let Some(row) = reader.next_row() {
+        let row = row?;
+        if mode.check(&header, &row).is_ok() {
+            digests.push(content_digest(&key, &header, &row));
+        }
+    }
+    let (matched, runs) = store.content_matches(&digests)?;
+    if matched == 0 || matched * 2 < digests.len() as u64 {
+        return Ok(());
+    }
+    let runs: Vec<String> = runs.iter().map(i64::to_string).collect();
+    Err(PipelineError::Conflict(format!(
+        "{} has no site_order_identifier column, and {matched} of its {} valid rows have the \
+         same content as rows of earlier run(s) {} of {}: it looks like a copy of that file \
+         (edited, reordered or with other line endings). Creating them again would duplicate \
+         those orders. Run again with --same-orders to adopt the earlier orders for the matching \
+         rows (the others are created), or --new-orders to create every row anew. Nothing was sent",
+        input.display(),
+        digests.len(),
+        runs.join(", "),
+        store.path().display()
+    )))
+}
+
 /// Records every input row: valid rows as `pending`, invalid ones as
-/// `rejected` with their reason.
+/// `rejected` with their reason. For `run`, a row whose order an earlier
+/// run registered adopts it (see [`crate::store::rows::Identity`]).
 pub(super) fn register(
     mut store: Store,
     mode: Mode,
@@ -22,9 +93,14 @@ pub(super) fn register(
     input: &Path,
     columns: &ColumnOptions,
     fp: &str,
+    identity: IdentityOptions,
 ) -> Result<Store, PipelineError> {
     let mut reader = OrderReader::open(input, mode.schema(columns))?;
     let header = reader.header().clone();
+    let content_key = (mode == Mode::Run)
+        .then(|| store.content_key())
+        .transpose()?;
+    let amount_col = header.index("order_amount");
     let col = |name: &str| header.index(name);
     let customer_col = col("site_customer_identifier");
     // A Commerce Engine row's order is its order_number.
@@ -49,9 +125,18 @@ pub(super) fn register(
                 .map(str::to_string)
         };
         let mut site_order_identifier = text(order_col);
-        if mode == Mode::Run && site_order_identifier.is_none() {
+        let derived = mode == Mode::Run && site_order_identifier.is_none();
+        if derived {
             site_order_identifier = Some(derived_order_id(fp, row.number));
         }
+        let identity = content_key.as_ref().map(|key| Identity {
+            order_amount: text(amount_col)
+                .and_then(|a| a.parse::<Amount>().ok())
+                .map(|a| a.to_string()),
+            content: (derived && rejection.is_none()).then(|| content_digest(key, &header, &row)),
+            same_orders: identity.same_orders == Some(true),
+            check_existing: identity.check_existing,
+        });
         batch.push(NewRow {
             row_number: row.number,
             line: row.line,
@@ -61,6 +146,7 @@ pub(super) fn register(
             pnm_order_identifier: text(pnm_order_col),
             pnm_customer_identifier: text(pnm_customer_col),
             rejection,
+            identity,
         });
         if batch.len() == REGISTER_BATCH {
             store.insert_rows(run_id, &batch)?;

@@ -201,6 +201,7 @@ mod chunk_tests {
                 pnm_order_identifier: None,
                 pnm_customer_identifier: None,
                 rejection: None,
+                identity: None,
             })
             .collect();
         store.insert_rows(run, &rows).unwrap();

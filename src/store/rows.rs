@@ -96,7 +96,29 @@ pub struct NewRow {
     pub pnm_customer_identifier: Option<String>,
     /// `Some(reason)` for a row that failed validation.
     pub rejection: Option<(String, String)>,
+    /// `run`: how the row's order identity is settled against earlier runs.
+    pub identity: Option<Identity>,
 }
+
+/// What `run` records about a row's order identity (see migration 05).
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// The order amount, normalised (not personal data).
+    pub order_amount: Option<String>,
+    /// Keyed digest of what the row sends, for rows whose identifier was
+    /// derived.
+    pub content: Option<Vec<u8>>,
+    /// Take the order of an earlier row with the same `content` (and its
+    /// identifier) when there is one not yet taken (`--same-orders`).
+    pub same_orders: bool,
+    /// Look up identifiers no earlier run knows at the provider before
+    /// creating them (`--check-existing`).
+    pub check_existing: bool,
+}
+
+/// The error recorded for a row whose identifier names an earlier run's
+/// order for another customer or amount.
+pub const CONFLICTING_ORDER: &str = "conflicting_order";
 
 /// A row's stored progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,9 +195,72 @@ fn sql_list(states: &[RowState]) -> String {
 /// earlier row's.
 pub const DUPLICATE_ORDER_ID: &str = "duplicate_site_order_identifier";
 
+/// An earlier `run` row with the same identifier.
+struct Prior {
+    run_id: i64,
+    row_number: u64,
+    customer: Option<String>,
+    amount: Option<String>,
+    pnm_order: Option<String>,
+    pnm_customer: Option<String>,
+}
+
+/// The earlier `run` row that registered `id` (one whose order is known
+/// first), if any.
+fn prior_order(tx: &Transaction<'_>, run_id: i64, id: &str) -> rusqlite::Result<Option<Prior>> {
+    tx.prepare_cached(
+        "SELECT r.run_id, r.row_number, r.site_customer_identifier, r.order_amount,
+                r.pnm_order_identifier, r.pnm_customer_identifier
+         FROM rows r JOIN runs u ON u.id = r.run_id
+         WHERE r.site_order_identifier = ?1 AND r.run_id != ?2 AND u.command = 'run'
+           AND r.state != 'rejected'
+         ORDER BY r.pnm_order_identifier IS NULL, r.run_id LIMIT 1",
+    )?
+    .query_row(params![id, run_id], |r| {
+        Ok(Prior {
+            run_id: r.get(0)?,
+            row_number: r.get(1)?,
+            customer: r.get(2)?,
+            amount: r.get(3)?,
+            pnm_order: r.get(4)?,
+            pnm_customer: r.get(5)?,
+        })
+    })
+    .optional()
+}
+
+/// The identifier of an earlier `run` row with the same content that no
+/// row of this run has taken yet.
+fn same_content(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    content: &[u8],
+) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached(
+        "SELECT r.site_order_identifier FROM rows r JOIN runs u ON u.id = r.run_id
+         WHERE r.content = ?1 AND r.run_id != ?2 AND u.command = 'run' AND r.state != 'rejected'
+           AND r.site_order_identifier IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM rows x
+                           WHERE x.site_order_identifier = r.site_order_identifier AND x.run_id = ?2)
+         ORDER BY r.run_id, r.row_number LIMIT 1",
+    )?
+    .query_row(params![content, run_id], |r| r.get(0))
+    .optional()
+}
+
 fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Result<()> {
     let mut rejection = row.rejection.clone();
-    let mut order_id = row.site_order_identifier.as_deref();
+    let adopted_id = match &row.identity {
+        Some(Identity {
+            content: Some(content),
+            same_orders: true,
+            ..
+        }) if rejection.is_none() => same_content(tx, run_id, content)?,
+        _ => None,
+    };
+    let mut order_id = adopted_id
+        .as_deref()
+        .or(row.site_order_identifier.as_deref());
     if let (Some(id), true) = (order_id, row.unique_order_id) {
         let first: Option<u64> = tx
             .prepare_cached(
@@ -195,20 +280,66 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
             order_id = None;
         }
     }
+    let mut state = RowState::Pending;
+    let (mut pnm_order, mut pnm_customer) = (
+        row.pnm_order_identifier.clone(),
+        row.pnm_customer_identifier.clone(),
+    );
+    if let (Some(identity), Some(id), None) = (&row.identity, order_id, &rejection) {
+        match prior_order(tx, run_id, id)? {
+            Some(prior) => {
+                let differs = |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+                if differs(&prior.customer, &row.site_customer_identifier)
+                    || differs(&prior.amount, &identity.order_amount)
+                {
+                    rejection = Some((
+                        CONFLICTING_ORDER.to_string(),
+                        format!(
+                            "line {}: site_order_identifier `{id}` is already the order of run {} \
+                             (row {}) for customer {} and amount {}; this row says customer {} and \
+                             amount {}. Give this order its own site_order_identifier, or correct \
+                             the row (use `change` to change an existing order)",
+                            row.line,
+                            prior.run_id,
+                            prior.row_number,
+                            prior.customer.as_deref().unwrap_or("?"),
+                            prior.amount.as_deref().unwrap_or("?"),
+                            row.site_customer_identifier.as_deref().unwrap_or("?"),
+                            identity.order_amount.as_deref().unwrap_or("?"),
+                        ),
+                    ));
+                    order_id = None;
+                } else if prior.pnm_order.is_some() {
+                    // The order exists: adopt it, skip create.
+                    state = RowState::Created;
+                    pnm_order = prior.pnm_order;
+                    pnm_customer = prior.pnm_customer;
+                } else {
+                    // Registered before but not known to exist: look it up
+                    // before it is created.
+                    state = RowState::Creating;
+                }
+            }
+            None if identity.check_existing => state = RowState::Creating,
+            None => {}
+        }
+    }
     let (state, code, error) = match &rejection {
         Some((code, error)) => (
             RowState::Rejected,
             Some(code.as_str()),
             Some(error.as_str()),
         ),
-        None => (RowState::Pending, None, None),
+        None => (state, None, None),
     };
+    let identity = row.identity.as_ref();
     // A row already there was recorded by an earlier, interrupted
     // registration: it stays as it is.
     tx.prepare_cached(
         "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, site_order_identifier,
-             pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error,
+             order_amount, content)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (run_id, row_number) DO NOTHING",
     )?
     .execute(params![
@@ -217,11 +348,13 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         row.line,
         row.site_customer_identifier,
         order_id,
-        row.pnm_order_identifier,
-        row.pnm_customer_identifier,
+        pnm_order,
+        pnm_customer,
         state.as_str(),
         code,
-        error
+        error,
+        identity.and_then(|i| i.order_amount.as_deref()),
+        identity.and_then(|i| i.content.as_deref()),
     ])?;
     Ok(())
 }
@@ -519,6 +652,7 @@ mod tests {
             pnm_order_identifier: None,
             pnm_customer_identifier: None,
             rejection: None,
+            identity: None,
         }
     }
 

@@ -44,6 +44,71 @@ pub fn now() -> String {
 }
 
 impl Store {
+    /// This database's key for content digests (see migration 05), made
+    /// at first use.
+    pub fn content_key(&self) -> Result<Vec<u8>, StoreError> {
+        let found: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'content_key'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(key) = found {
+            return Ok(key);
+        }
+        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('content_key', ?1)",
+                params![key],
+            )
+            .map_err(|e| self.err(e))?;
+        self.content_key()
+    }
+
+    /// Whether an earlier `run` registered `site_order_identifier`: `Some(true)`
+    /// when its order is known to exist, `Some(false)` when only registered.
+    pub fn known_order(&self, site_order_identifier: &str) -> Result<Option<bool>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT MAX(r.pnm_order_identifier IS NOT NULL) FROM rows r JOIN runs u ON u.id = r.run_id
+                 WHERE r.site_order_identifier = ?1 AND u.command = 'run' AND r.state != 'rejected'",
+            )
+            .and_then(|mut s| s.query_row(params![site_order_identifier], |r| r.get::<_, Option<bool>>(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Of `digests`, how many match the content of a row of an earlier
+    /// `run`, and which runs those are.
+    pub fn content_matches(
+        &self,
+        digests: &[Vec<u8>],
+    ) -> Result<(u64, std::collections::BTreeSet<i64>), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT r.run_id FROM rows r JOIN runs u ON u.id = r.run_id
+                 WHERE r.content = ?1 AND u.command = 'run' AND r.state != 'rejected' LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut matched = 0;
+        let mut runs = std::collections::BTreeSet::new();
+        for digest in digests {
+            let run: Option<i64> = stmt
+                .query_row(params![digest], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let Some(run) = run {
+                matched += 1;
+                runs.insert(run);
+            }
+        }
+        Ok((matched, runs))
+    }
+
     /// The newest run of `command` on the input with `fingerprint`, if any.
     pub fn find_run(
         &self,

@@ -109,3 +109,273 @@ fn exports_carry_provider_values_byte_for_byte_unless_asked_to_be_spreadsheet_sa
         );
     }
 }
+
+/// `site_order_identifier → pnm_order_identifier` of an export.
+fn export_orders(path: &std::path::Path) -> HashMap<String, String> {
+    read_export(path)
+        .into_iter()
+        .map(|r| {
+            (
+                r["site_order_identifier"].clone(),
+                r["pnm_order_identifier"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_file_on_the_same_db_adopts_orders_it_names_again() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let first = orders_csv(150, 30, true);
+    dir.write("first.csv", &first);
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "first.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "first-out.csv",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // 60 of them again (same identifiers, same content) beside 40 new ones.
+    let lines: Vec<&str> = first.lines().collect();
+    let mut second = format!("{}\n", lines[0]);
+    for line in &lines[91..151] {
+        second.push_str(line);
+        second.push('\n');
+    }
+    for line in orders_csv(190, 30, true).lines().skip(151) {
+        second.push_str(line);
+        second.push('\n');
+    }
+    dir.write("second.csv", &second);
+    let dry = run(dir.cmd(
+        &sandbox,
+        &["run", "second.csv", "--db", "s.db", "--dry-run"],
+    ));
+    assert!(
+        text(&dry).contains("create_order") && text(&dry).contains(" 40\n"),
+        "{}",
+        text(&dry)
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "second.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "second-out.csv",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 190, "orders created twice");
+    assert_eq!(sandbox.counter("duplicates"), 0);
+    assert_eq!(sandbox.requests("create_order"), 190);
+    // The repeated rows' export rows carry the earlier orders.
+    let earlier = export_orders(&dir.path("first-out.csv"));
+    let later = export_orders(&dir.path("second-out.csv"));
+    assert_eq!(later.len(), 100);
+    for (id, pnm) in &later {
+        if let Some(before) = earlier.get(id) {
+            assert_eq!(before, pnm, "{id}");
+        }
+        assert!(!pnm.is_empty());
+    }
+    assert_export_is_the_sandbox(&sandbox, &dir.path("second-out.csv"));
+}
+
+#[test]
+fn the_same_identifier_with_another_amount_is_a_conflict_naming_the_earlier_run() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let header = "site_customer_identifier,site_order_identifier,order_amount,order_currency,order_type,order_is_standing\n";
+    dir.write(
+        "a.csv",
+        format!("{header}C1,O1,10.00,USD,exact,true\nC1,O2,11.00,USD,exact,true\n"),
+    );
+    let out = run(dir.cmd(&sandbox, &["run", "a.csv", "--db", "s.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // O1 again for another amount (10 and 10.00 are the same amount), O2
+    // for another customer.
+    dir.write(
+        "b.csv",
+        format!("{header}C1,O1,10,USD,exact,true\nC1,O1X,12.00,USD,exact,true\nC2,O2,11.00,USD,exact,true\nC1,O3,99.99,USD,exact,true\n"),
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "b.csv", "--db", "s.db", "--export", "b-out.csv"],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let export = read_export(&dir.path("b-out.csv"));
+    let status = |id: &str| {
+        export
+            .iter()
+            .find(|r| r["site_order_identifier"] == id || r["row_number"] == id)
+            .cloned()
+    };
+    assert_eq!(status("O1").unwrap()["status"], "done");
+    let conflict = export.iter().find(|r| r["row_number"] == "3").unwrap();
+    assert_eq!(conflict["status"], "rejected");
+    assert!(conflict["error"].contains("run 1"), "{conflict:?}");
+    assert!(conflict["error"].contains("customer C1"), "{conflict:?}");
+    assert_eq!(sandbox.orders().len(), 4, "O1, O2, O1X, O3");
+    assert_eq!(sandbox.counter("duplicates"), 0);
+}
+
+#[test]
+fn check_existing_on_a_fresh_db_adopts_what_the_provider_already_holds() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(30, 6, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "first.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Another machine: a new database, the same file plus 10 new rows.
+    dir.write("more.csv", orders_csv(40, 6, true));
+    let dry = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "more.csv",
+            "--db",
+            "second.db",
+            "--check-existing",
+            "--dry-run",
+        ],
+    ));
+    let dry_text = String::from_utf8_lossy(&dry.stdout).to_string();
+    let planned = |endpoint: &str| -> u64 {
+        dry_text
+            .lines()
+            .find(|l| l.trim_start().starts_with(endpoint))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(planned("find_orders"), 40, "{dry_text}");
+    let before = sandbox.requests("find_orders");
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "more.csv",
+            "--db",
+            "second.db",
+            "--check-existing",
+            "--export",
+            "e.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.requests("find_orders") - before, 40);
+    assert_eq!(sandbox.orders().len(), 40, "one order per identifier");
+    assert_eq!(sandbox.counter("duplicates"), 0);
+    assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+}
+
+#[test]
+fn a_copy_of_a_file_without_identifiers_is_refused_until_told_which_orders_to_use() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let original = orders_csv(200, 20, false);
+    dir.write("o.csv", &original);
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 200);
+    let lines: Vec<&str> = original.lines().collect();
+    // One amount corrected; the rows reversed; CRLF line endings.
+    let edited = original.replacen(",11.01,", ",11.02,", 1);
+    assert_ne!(edited, original);
+    let mut reversed = format!("{}\n", lines[0]);
+    for line in lines[1..].iter().rev() {
+        reversed.push_str(line);
+        reversed.push('\n');
+    }
+    let crlf = original.replace('\n', "\r\n");
+    for (name, copy) in [
+        ("edited.csv", &edited),
+        ("reversed.csv", &reversed),
+        ("crlf.csv", &crlf),
+    ] {
+        dir.write(name, copy);
+        let out = run(dir.cmd(&sandbox, &["run", name, "--db", "s.db"]));
+        assert_eq!(code(&out), 2, "{name}: {}", text(&out));
+        assert!(
+            text(&out).contains("of its 200 valid rows"),
+            "{name}: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("--same-orders"), "{}", text(&out));
+        assert_eq!(sandbox.orders().len(), 200, "{name} sent something");
+    }
+    let validate = run(dir.bare_cmd(&["validate", "o.csv"]));
+    assert!(
+        text(&validate).contains("no site_order_identifier column"),
+        "{}",
+        text(&validate)
+    );
+    // --same-orders: every unchanged row adopts its order; the edited one is new.
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "edited.csv",
+            "--db",
+            "s.db",
+            "--same-orders",
+            "--export",
+            "e.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 201);
+    for (name, _) in [("reversed.csv", ()), ("crlf.csv", ())] {
+        let out = run(dir.cmd(
+            &sandbox,
+            &[
+                "run",
+                name,
+                "--db",
+                "s.db",
+                "--same-orders",
+                "--rate",
+                "unlimited",
+            ],
+        ));
+        assert_eq!(code(&out), 0, "{name}: {}", text(&out));
+        assert_eq!(sandbox.orders().len(), 201, "{name}");
+    }
+    // --new-orders: created anew (another copy: one more line break at the end).
+    dir.write("again.csv", format!("{original}\n"));
+    let out = run(dir.cmd(&sandbox, &["run", "again.csv", "--db", "s.db"]));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "again.csv",
+            "--db",
+            "s.db",
+            "--new-orders",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 401);
+}

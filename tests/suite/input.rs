@@ -267,7 +267,10 @@ fn rejects_file_has_original_columns_line_and_error_with_pii_redacted() {
     ]));
     assert_eq!(code(&safe), 1, "{}", text(&safe));
     let (_, rows) = read_csv(&dir.path("safe.csv"));
-    assert_eq!(rows[0][7], "'=HYPERLINK(\"x\")", "formula neutralised on request");
+    assert_eq!(
+        rows[0][7], "'=HYPERLINK(\"x\")",
+        "formula neutralised on request"
+    );
 
     let with_pii = run(dir.bare_cmd(&[
         "validate",

@@ -181,3 +181,64 @@ impl Mode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODES: [Mode; 6] = [
+        Mode::Run,
+        Mode::Refresh {
+            force: false,
+            urls: true,
+            tokens: true,
+        },
+        Mode::Refresh {
+            force: true,
+            urls: false,
+            tokens: true,
+        },
+        Mode::Refresh {
+            force: false,
+            urls: true,
+            tokens: false,
+        },
+        Mode::Change,
+        Mode::CeRetry { max_wait_secs: 0 },
+    ];
+
+    /// The non-final states a mode's own work leaves rows in: registration
+    /// (`pending`, and for `run` the adopted `created` / looked-up
+    /// `creating`), each stage's intent and outcome.
+    fn written(mode: Mode) -> Vec<RowState> {
+        use RowState::*;
+        match mode {
+            Mode::Run => vec![Pending, Creating, Created, UrlsRefreshed],
+            Mode::Refresh { .. } => vec![Pending, UrlsRefreshed],
+            Mode::Change => vec![Pending, Changing],
+            Mode::CeRetry { .. } => vec![Pending, Retrying, Deferred],
+        }
+    }
+
+    #[test]
+    fn every_state_a_mode_or_its_retry_leaves_is_taken_by_one_of_its_stages() {
+        for mode in MODES {
+            let requeue = mode.requeue();
+            let mut states = written(mode);
+            states.extend([requeue.no_order, requeue.order, requeue.urls]);
+            states.extend(requeue.attempted.map(|(_, s)| s));
+            for state in states {
+                assert!(!state.is_final(), "{mode:?} {state:?}");
+                let taken = mode.stages().iter().any(|s| s.takes().contains(&state));
+                // refresh --no-token moves every `urls_refreshed` row to
+                // `done` once its lookups are through.
+                let moved = matches!(mode, Mode::Refresh { tokens: false, .. })
+                    && state == RowState::UrlsRefreshed;
+                assert!(
+                    taken || moved,
+                    "{mode:?} leaves rows in {state:?}, which no stage takes"
+                );
+            }
+        }
+    }
+}

@@ -117,7 +117,7 @@ pub(crate) async fn faults(
         let ms = shared.rng.lock().unwrap().random_range(min..=max.max(min));
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    if chance(&shared, shared.config.fail_rate) {
+    if chance(&shared, shared.fail_rate()) {
         count(&shared, "fault:failed");
         return fail(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -96,6 +96,41 @@ pub(crate) struct Shared {
     pub rng: Mutex<StdRng>,
     /// When the requests of the last second arrived (for `rate_limit`).
     pub window: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    /// `fail_rate` now (`POST /__sandbox/faults` changes it, e.g. for an
+    /// outage in the middle of a test).
+    pub fail_rate: Mutex<f64>,
+}
+
+impl Shared {
+    pub fn fail_rate(&self) -> f64 {
+        *self.fail_rate.lock().unwrap()
+    }
+}
+
+/// `POST /__sandbox/faults {"fail_rate": 0.0..=1.0}`.
+async fn faults_handler(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    let rate = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("fail_rate").and_then(serde_json::Value::as_f64))
+        .filter(|r| (0.0..=1.0).contains(r));
+    match rate {
+        Some(rate) => {
+            *shared.fail_rate.lock().unwrap() = rate;
+            (
+                axum::http::StatusCode::OK,
+                axum::Json(serde_json::json!({"status":"ok","fail_rate":rate})),
+            )
+        }
+        None => (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(
+                serde_json::json!({"status":"error","errors":[{"code":"invalid_parameter","description":"body must be {\"fail_rate\": 0..1}"}]}),
+            ),
+        ),
+    }
 }
 
 /// A running sandbox.
@@ -149,6 +184,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
     let shared = Arc::new(Shared {
         rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
         window: Mutex::new(std::collections::VecDeque::new()),
+        fail_rate: Mutex::new(config.fail_rate),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),
@@ -182,6 +218,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         .route("/__sandbox/state", get(paynearme::state_handler))
         .route("/__sandbox/counters", get(paynearme::counters_handler))
         .route("/__sandbox/age", post(paynearme::age_handler))
+        .route("/__sandbox/faults", post(faults_handler))
         .route("/__sandbox/ce/orders", post(commerce_engine::seed))
         .merge(storefront)
         .with_state(shared.clone());

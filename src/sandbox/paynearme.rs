@@ -268,7 +268,7 @@ pub(crate) async fn handle(
         .per_second
         .entry(unix_now())
         .or_default() += 1;
-    if chance(&shared, shared.config.fail_rate) {
+    if chance(&shared, shared.fail_rate()) {
         shared.pnm.lock().unwrap().faults.failed += 1;
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,

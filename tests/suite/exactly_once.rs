@@ -379,3 +379,139 @@ fn a_copy_of_a_file_without_identifiers_is_refused_until_told_which_orders_to_us
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sandbox.orders().len(), 401);
 }
+
+/// `site_order_identifier → (url_generations, token, changes)` at the sandbox.
+fn touches(sandbox: &Sandbox) -> HashMap<String, (u64, String, u64)> {
+    by_site_order(sandbox)
+        .into_iter()
+        .map(|(id, o)| {
+            (
+                id,
+                (
+                    o["url_generations"].as_u64().unwrap(),
+                    o["secure_smart_token"].as_str().unwrap_or("").to_string(),
+                    o["changes"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn retry_after_a_full_outage_finishes_refresh_change_and_ce_touching_each_order_once_more() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(12, 3, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "run.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let fast = [
+        "--max-attempts",
+        "2",
+        "--retry-base-ms",
+        "10",
+        "--rate",
+        "unlimited",
+    ];
+    let with = |args: &[&'static str]| -> Vec<&'static str> {
+        args.iter().chain(&fast).copied().collect()
+    };
+
+    // refresh --force: every order's URL and token once more.
+    let before = touches(&sandbox);
+    dir.write("r.csv", "site_customer_identifier\nC-0\nC-1\nC-2\n");
+    sandbox.set_fail_rate(1.0);
+    let out = run(dir.cmd(
+        &sandbox,
+        &with(&["refresh", "r.csv", "--db", "refresh.db", "--force"]),
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    sandbox.set_fail_rate(0.0);
+    let out = run(dir.cmd(
+        &sandbox,
+        &with(&["retry", "--db", "refresh.db", "--export", "r-out.csv"]),
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let after = touches(&sandbox);
+    for (id, (urls, token, _)) in &after {
+        assert_eq!(
+            *urls,
+            before[id].0 + 1,
+            "{id}: URL not regenerated exactly once more"
+        );
+        assert_ne!(*token, before[id].1, "{id}: token not reissued");
+    }
+    assert_eq!(read_export(&dir.path("r-out.csv")).len(), 12);
+
+    // change: every order changed exactly once.
+    dir.write(
+        "c.csv",
+        "site_order_identifier,order_amount\nORD-1,91.00\nORD-2,92.00\nORD-3,93.00\nORD-4,94.00\n",
+    );
+    sandbox.set_fail_rate(1.0);
+    let out = run(dir.cmd(&sandbox, &with(&["change", "c.csv", "--db", "change.db"])));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    sandbox.set_fail_rate(0.0);
+    let out = run(dir.cmd(&sandbox, &with(&["retry", "--db", "change.db"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for i in 1..=4 {
+        let order = sandbox.order(&format!("ORD-{i}"));
+        assert_eq!(order["changes"], 1, "ORD-{i}");
+        assert_eq!(order["fields"]["order_amount"], format!("9{i}.00"));
+    }
+
+    // ce retry-payments: one retry per order, with the run's payment defaults.
+    let names: Vec<String> = (1..=5).map(|i| format!("CE-{i}")).collect();
+    sandbox.seed_failed_ce_orders(&dir, &names);
+    sandbox.set_fail_rate(1.0);
+    let mut cmd = dir.ce_cmd(
+        &sandbox,
+        &with(&[
+            "ce",
+            "retry-payments",
+            "o.csv",
+            "--db",
+            "ce.db",
+            "--payment-provider-slug",
+            "juspay",
+        ]),
+    );
+    cmd.arg("--max-wait").arg("0s");
+    let out = run(cmd);
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    sandbox.set_fail_rate(0.0);
+    let out = run(dir.ce_cmd(&sandbox, &with(&["retry", "--db", "ce.db"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for name in &names {
+        let order = sandbox.ce_order(name);
+        assert_eq!(order["retries"], 1, "{name}");
+        assert_eq!(
+            order["payments"][0]["payment_method"]["payment_provider_slug"],
+            "juspay"
+        );
+    }
+}
+
+#[test]
+fn retry_puts_nothing_back_when_the_configuration_is_wrong() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("c.csv", "pnm_order_identifier,order_amount\nnope-1,1.00\n");
+    let out = run(dir.cmd(
+        &sandbox,
+        &["change", "c.csv", "--db", "c.db", "--max-attempts", "1"],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let failed = || {
+        let status = run(dir.bare_cmd(&["status", "--db", "c.db", "--json"]));
+        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        status["runs"][0]["states"]["failed"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(failed(), 1);
+    // No credentials: refused before anything is put back.
+    let out = run(dir.bare_cmd(&["retry", "--db", "c.db"]));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert_eq!(failed(), 1, "the failed row was requeued before the check");
+}

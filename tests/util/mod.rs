@@ -65,6 +65,21 @@ impl Sandbox {
         self.state()["oauth"].clone()
     }
 
+    /// Sets the share of requests answered 500 (1.0: a full outage).
+    pub fn set_fail_rate(&self, rate: f64) {
+        let url = format!("{}/__sandbox/faults", self.base_url());
+        self.runtime.block_on(async {
+            let status = reqwest::Client::new()
+                .post(url)
+                .body(format!("{{\"fail_rate\": {rate}}}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status.is_success());
+        })
+    }
+
     /// Revokes every token issued so far.
     pub fn revoke_tokens(&self) {
         let url = format!("{}/__sandbox/oauth/revoke", self.base_url());

@@ -119,6 +119,7 @@ pub(super) fn feed_groups(
         let job = match stage {
             Stage::Lookup => Job::Lookup(group),
             Stage::Refresh => Job::Refresh(group),
+            Stage::Resolve => Job::Resolve(group),
             _ => Job::Token(group),
         };
         target.blocking_send(job).is_ok() && !shutdown.is_stopping()
@@ -126,6 +127,15 @@ pub(super) fn feed_groups(
     let mut current: Option<(String, Vec<StoredRow>)> = None;
     let mut going = true;
     store.for_each_row(run_id, stage.takes(), true, |row| {
+        if stage == Stage::Resolve {
+            // Only rows whose customer is unknown (they come first).
+            if row.site_customer_identifier.is_some() {
+                return false;
+            }
+            if row.pnm_customer_identifier.is_some() {
+                return true;
+            }
+        }
         let Some(customer) = row.site_customer_identifier.clone() else {
             going = send(String::new(), vec![row]);
             return going;

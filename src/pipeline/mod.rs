@@ -304,7 +304,14 @@ async fn run_stages(
         } else {
             Box::new(move |senders| feed_groups(&db, run_id, stage, &stopping, senders))
         };
-        run_stage(ctx, header, options.concurrency, &progress, feed).await?;
+        // Rows whose customer is unknown are looked up one at a time: two
+        // at once could be for the same customer.
+        let concurrency = if stage == Stage::Resolve {
+            1
+        } else {
+            options.concurrency
+        };
+        run_stage(ctx, header, concurrency, &progress, feed).await?;
         progress.finish();
         flush(writer).await;
         timings.push(StageTiming {

@@ -41,6 +41,9 @@ pub enum Mode {
 pub enum Stage {
     Create,
     Change,
+    /// `change`: look up the order and customer of rows that name no
+    /// customer, one at a time, so that the changes can go by customer.
+    Resolve,
     /// `refresh`: find each row's orders (expanding customer rows) and
     /// refresh their URLs.
     Lookup,
@@ -56,6 +59,7 @@ impl Stage {
         match self {
             Stage::Create => "create_order",
             Stage::Change => "change_order",
+            Stage::Resolve => "find_orders (customers)",
             Stage::Lookup | Stage::Refresh => "refresh_embedded_js_urls",
             Stage::Token => "get_smart_token",
             Stage::CeRetry => "retry-payment",
@@ -67,6 +71,7 @@ impl Stage {
         match self {
             Stage::Create => &[RowState::Pending, RowState::Creating],
             Stage::Change => &[RowState::Pending, RowState::Changing],
+            Stage::Resolve => &[RowState::Pending],
             Stage::Lookup => &[RowState::Pending],
             Stage::Refresh => &[RowState::Created],
             Stage::Token => &[RowState::UrlsRefreshed],
@@ -113,7 +118,7 @@ impl Mode {
             Mode::Run => &[Stage::Create, Stage::Refresh, Stage::Token],
             Mode::Refresh { tokens: true, .. } => &[Stage::Lookup, Stage::Token],
             Mode::Refresh { tokens: false, .. } => &[Stage::Lookup],
-            Mode::Change => &[Stage::Change],
+            Mode::Change => &[Stage::Resolve, Stage::Change],
             Mode::CeRetry { .. } => &[Stage::CeRetry],
         }
     }

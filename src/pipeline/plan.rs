@@ -70,7 +70,12 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
         let names_order =
             get("pnm_order_identifier").is_some() || get("site_order_identifier").is_some();
         match (mode, names_order, get("site_customer_identifier")) {
-            (Mode::Change, _, _) => lookups += u64::from(get("pnm_order_identifier").is_none()),
+            // A row naming no customer is looked up first (its customer),
+            // which also gives its order; otherwise a site id is looked up.
+            (Mode::Change, _, customer) => {
+                let knows_customer = customer.is_some() || get("pnm_customer_identifier").is_some();
+                lookups += u64::from(!knows_customer || get("pnm_order_identifier").is_none())
+            }
             (_, true, Some(c)) => *per_customer.entry(c.to_string()).or_default() += 1,
             _ => unkeyed += 1,
         }

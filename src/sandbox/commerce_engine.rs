@@ -127,7 +127,7 @@ pub(crate) async fn faults(
         .into_response();
     }
     let response = next.run(request).await;
-    if chance(&shared, shared.config.drop_rate) {
+    if chance(&shared, shared.drop_rate()) {
         count(&shared, "fault:dropped");
         return dropped();
     }

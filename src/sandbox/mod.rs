@@ -99,38 +99,51 @@ pub(crate) struct Shared {
     /// `fail_rate` now (`POST /__sandbox/faults` changes it, e.g. for an
     /// outage in the middle of a test).
     pub fail_rate: Mutex<f64>,
+    /// `drop_rate` now (as `fail_rate`).
+    pub drop_rate: Mutex<f64>,
 }
 
 impl Shared {
     pub fn fail_rate(&self) -> f64 {
         *self.fail_rate.lock().unwrap()
     }
+
+    pub fn drop_rate(&self) -> f64 {
+        *self.drop_rate.lock().unwrap()
+    }
 }
 
-/// `POST /__sandbox/faults {"fail_rate": 0.0..=1.0}`.
+/// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1}` (either
+/// or both): changes the faults of a running sandbox.
 async fn faults_handler(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     body: axum::body::Bytes,
 ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
-    let rate = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("fail_rate").and_then(serde_json::Value::as_f64))
-        .filter(|r| (0.0..=1.0).contains(r));
-    match rate {
-        Some(rate) => {
-            *shared.fail_rate.lock().unwrap() = rate;
-            (
-                axum::http::StatusCode::OK,
-                axum::Json(serde_json::json!({"status":"ok","fail_rate":rate})),
-            )
-        }
-        None => (
+    let body = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let share = |name: &str| {
+        body.get(name)
+            .and_then(serde_json::Value::as_f64)
+            .filter(|r| (0.0..=1.0).contains(r))
+    };
+    let (fail, drop) = (share("fail_rate"), share("drop_rate"));
+    if fail.is_none() && drop.is_none() {
+        return (
             axum::http::StatusCode::BAD_REQUEST,
-            axum::Json(
-                serde_json::json!({"status":"error","errors":[{"code":"invalid_parameter","description":"body must be {\"fail_rate\": 0..1}"}]}),
-            ),
-        ),
+            axum::Json(serde_json::json!({"status":"error","errors":[{
+                "code":"invalid_parameter",
+                "description":"body must name fail_rate and/or drop_rate, each 0..1"}]})),
+        );
     }
+    if let Some(rate) = fail {
+        *shared.fail_rate.lock().unwrap() = rate;
+    }
+    if let Some(rate) = drop {
+        *shared.drop_rate.lock().unwrap() = rate;
+    }
+    (
+        axum::http::StatusCode::OK,
+        axum::Json(serde_json::json!({"status":"ok"})),
+    )
 }
 
 /// A running sandbox.
@@ -185,6 +198,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         rng: Mutex::new(StdRng::seed_from_u64(config.seed)),
         window: Mutex::new(std::collections::VecDeque::new()),
         fail_rate: Mutex::new(config.fail_rate),
+        drop_rate: Mutex::new(config.drop_rate),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),

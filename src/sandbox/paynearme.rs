@@ -278,7 +278,7 @@ pub(crate) async fn handle(
         .into_response();
     }
     let answer = serve(&shared, &endpoint, &headers, &body).await;
-    if chance(&shared, shared.config.drop_rate) {
+    if chance(&shared, shared.drop_rate()) {
         shared.pnm.lock().unwrap().faults.dropped += 1;
         return dropped();
     }

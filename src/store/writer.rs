@@ -40,6 +40,13 @@ pub enum Write {
     /// first, each other becomes a new row of the same input row. No order
     /// fails the row.
     Expand { parent: u64, orders: Vec<PnmOrder> },
+    /// The row's order and customer were looked up (`change` rows that
+    /// named no customer); its state does not change.
+    Resolved {
+        row: u64,
+        pnm_order: String,
+        pnm_customer: Option<String>,
+    },
     /// The row's order was changed: the row is done.
     Changed { row: u64, pnm_order: String },
     /// A retry-payment made a new payment (or, `note` says, an interrupted
@@ -396,6 +403,20 @@ fn apply(
                 Write::Expand { parent, orders } => {
                     expand(&tx, run_id, parent, &orders, next_row).map_err(sql_err)?;
                     *next_row += orders.len().saturating_sub(1) as u64;
+                }
+                Write::Resolved {
+                    row,
+                    pnm_order,
+                    pnm_customer,
+                } => {
+                    exec(
+                        &tx,
+                        "UPDATE rows SET pnm_order_identifier = ?3,
+                             pnm_customer_identifier = COALESCE(?4, pnm_customer_identifier)
+                         WHERE run_id = ?1 AND row_number = ?2",
+                        params![run_id, row, pnm_order, pnm_customer],
+                    )
+                    .map_err(sql_err)?;
                 }
                 Write::Changed { row, pnm_order } => {
                     exec(

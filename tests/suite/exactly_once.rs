@@ -515,3 +515,78 @@ fn retry_puts_nothing_back_when_the_configuration_is_wrong() {
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert_eq!(failed(), 1, "the failed row was requeued before the check");
 }
+
+#[test]
+fn change_under_dropped_connections_applies_each_change_once_and_never_overlaps_a_customer() {
+    let sandbox = Sandbox::with(|c| {
+        c.strict_serial = true;
+        c.latency_ms = Some((2, 6));
+        c.seed = 7;
+    });
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(40, 5, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "run.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Name each order by pnm_order_identifier only: the customer is unknown.
+    let mut csv = String::from("pnm_order_identifier,order_amount\n");
+    let mut expected = HashMap::new();
+    for (i, order) in sandbox.orders().iter().enumerate() {
+        let amount = format!("{}.{:02}", 500 + i, i % 100);
+        csv.push_str(&format!(
+            "{},{amount}\n",
+            order["pnm_order_identifier"].as_str().unwrap()
+        ));
+        expected.insert(
+            order["pnm_order_identifier"].as_str().unwrap().to_string(),
+            amount,
+        );
+    }
+    dir.write("c.csv", &csv);
+    let overlaps_before = sandbox.counter("overlaps");
+    let dry = run(dir.cmd(&sandbox, &["change", "c.csv", "--db", "c.db", "--dry-run"]));
+    assert!(text(&dry).contains("find_orders"), "{}", text(&dry));
+    sandbox.set_drop_rate(0.2);
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "change",
+            "c.csv",
+            "--db",
+            "c.db",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "16",
+            "--retry-base-ms",
+            "10",
+        ],
+    ));
+    sandbox.set_drop_rate(0.0);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        sandbox.state()["counters"]["faults"]["dropped"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    for order in sandbox.orders() {
+        let pnm = order["pnm_order_identifier"].as_str().unwrap();
+        assert_eq!(
+            order["changes"], 1,
+            "{pnm} changed {} times",
+            order["changes"]
+        );
+        assert_eq!(
+            order["fields"]["order_amount"].as_str(),
+            Some(expected[pnm].as_str())
+        );
+    }
+    assert_eq!(
+        sandbox.counter("overlaps") - overlaps_before,
+        0,
+        "requests overlapped"
+    );
+}

@@ -67,11 +67,20 @@ impl Sandbox {
 
     /// Sets the share of requests answered 500 (1.0: a full outage).
     pub fn set_fail_rate(&self, rate: f64) {
+        self.set_faults(format!("{{\"fail_rate\": {rate}}}"));
+    }
+
+    /// Sets the share of requests whose connection is dropped after the work.
+    pub fn set_drop_rate(&self, rate: f64) {
+        self.set_faults(format!("{{\"drop_rate\": {rate}}}"));
+    }
+
+    fn set_faults(&self, body: String) {
         let url = format!("{}/__sandbox/faults", self.base_url());
         self.runtime.block_on(async {
             let status = reqwest::Client::new()
                 .post(url)
-                .body(format!("{{\"fail_rate\": {rate}}}"))
+                .body(body)
                 .send()
                 .await
                 .unwrap()

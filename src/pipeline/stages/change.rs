@@ -1,12 +1,16 @@
 //! `change_order`, exactly once per row.
 
-use super::fail;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Map, Value};
+
+use super::{fail, Group};
 use crate::input::{Header, Row};
 use crate::pipeline::context::{Ctx, Outcome};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::Endpoint;
-use crate::provider::ProviderError;
+use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::Write;
 use crate::store::{RowState, StoredRow};
 
@@ -72,12 +76,7 @@ pub(super) async fn change(
             .await;
         match found {
             Outcome::Done(orders) => {
-                let applied = orders.iter().any(|o| {
-                    params
-                        .iter()
-                        .all(|(k, v)| o.get(*k).and_then(|x| x.as_str()) == Some(*v))
-                });
-                if applied {
+                if applied(&orders, &params) {
                     ctx.write(Write::Changed {
                         row: stored.row_number,
                         pnm_order: pnm,
@@ -95,10 +94,39 @@ pub(super) async fn change(
         return;
     }
     params.push(("pnm_order_identifier", pnm.as_str()));
+    // An attempt whose outcome is unknown (dropped connection, timeout,
+    // 5xx) may have been applied: the order is compared before a resend.
+    let maybe_applied = AtomicBool::new(false);
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
+            if maybe_applied.load(Ordering::Relaxed) {
+                ctx.permit(Endpoint::FindOrders).await?;
+                let orders = ctx
+                    .pnm()
+                    .find_orders_raw("pnm_order_identifier", &pnm)
+                    .await?;
+                if applied(&orders, &params) {
+                    tracing::info!(
+                        row = stored.row_number,
+                        "the change an unanswered attempt sent was applied; not sending it again"
+                    );
+                    return Ok(());
+                }
+                maybe_applied.store(false, Ordering::Relaxed);
+            }
             ctx.permit(Endpoint::ChangeOrder).await?;
-            ctx.pnm().change_order(&params).await
+            let result = ctx.pnm().change_order(&params).await;
+            if let Err(e) = &result {
+                if matches!(
+                    e.class(),
+                    ErrorClass::Transient {
+                        maybe_applied: true
+                    }
+                ) {
+                    maybe_applied.store(true, Ordering::Relaxed);
+                }
+            }
+            result
         })
         .await;
     match outcome {
@@ -112,5 +140,70 @@ pub(super) async fn change(
         }
         Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
         Outcome::Stopped => {}
+    }
+}
+
+/// Whether one of `orders` already holds every value of the change (the
+/// order identifier aside).
+fn applied(orders: &[Map<String, Value>], params: &[(&str, &str)]) -> bool {
+    orders.iter().any(|o| {
+        params
+            .iter()
+            .filter(|(k, _)| *k != "pnm_order_identifier")
+            .all(|(k, v)| o.get(*k).and_then(Value::as_str) == Some(*v))
+    })
+}
+
+/// Looks up the order and customer of `change` rows that name no customer
+/// (run one at a time: two lookups at once could be for one customer), so
+/// that the change stage can keep each customer's requests apart.
+pub(super) async fn resolve(ctx: &Ctx, group: Group, progress: &StageProgress) {
+    for stored in group.rows {
+        if stored.site_customer_identifier.is_some() || stored.pnm_customer_identifier.is_some() {
+            continue;
+        }
+        let selector = match (&stored.pnm_order_identifier, &stored.site_order_identifier) {
+            (Some(pnm), _) => ("pnm_order_identifier", pnm.clone()),
+            (None, Some(site)) => ("site_order_identifier", site.clone()),
+            (None, None) => continue,
+        };
+        let rows = [stored.row_number];
+        let found = ctx
+            .request(Endpoint::FindOrders, &rows, || async {
+                ctx.permit(Endpoint::FindOrders).await?;
+                ctx.pnm().find_orders(selector.0, &selector.1).await
+            })
+            .await;
+        match found {
+            Outcome::Done(orders) => match orders.into_iter().find(|o| {
+                o.pnm_order_identifier.is_some()
+                    && match selector.0 {
+                        "pnm_order_identifier" => {
+                            o.pnm_order_identifier.as_deref() == Some(&selector.1)
+                        }
+                        _ => o.site_order_identifier.as_deref() == Some(&selector.1),
+                    }
+            }) {
+                Some(order) => {
+                    ctx.write(Write::Resolved {
+                        row: stored.row_number,
+                        pnm_order: order.pnm_order_identifier.unwrap_or_default(),
+                        pnm_customer: order.pnm_customer_identifier,
+                    })
+                    .await;
+                }
+                None => {
+                    let error = ProviderError::Api {
+                        endpoint: Endpoint::FindOrders.as_str(),
+                        status: 404,
+                        code: "order_not_found".into(),
+                        description: format!("no order has {} `{}`", selector.0, selector.1),
+                    };
+                    fail(ctx, stored.row_number, &error, progress).await;
+                }
+            },
+            Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
+            Outcome::Stopped => return,
+        }
     }
 }

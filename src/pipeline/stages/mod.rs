@@ -27,6 +27,8 @@ pub enum Job {
     Create(Box<(Arc<Row>, StoredRow)>),
     Change(Box<(Arc<Row>, StoredRow)>),
     Lookup(Group),
+    /// `change` rows whose customer is not known: look it up.
+    Resolve(Group),
     Refresh(Group),
     Token(Group),
     CeRetry(Box<(Arc<Row>, StoredRow)>),
@@ -62,6 +64,7 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
         Job::Create(job) => create::create(ctx, header, &job.0, &job.1, progress).await,
         Job::Change(job) => change::change(ctx, header, &job.0, &job.1, progress).await,
         Job::Lookup(group) => lookup::lookup(ctx, group, progress).await,
+        Job::Resolve(group) => change::resolve(ctx, group, progress).await,
         Job::TokenRow(job) => groups::token_row(ctx, header, &job.0, &job.1, progress).await,
         Job::CeRetry(job) => ce::ce_retry(ctx, header, &job.0, &job.1, progress).await,
         Job::Refresh(group) => groups::refresh(ctx, group, progress).await,
@@ -85,7 +88,7 @@ impl Job {
             Job::Create(job) | Job::Change(job) | Job::CeRetry(job) | Job::TokenRow(job) => {
                 vec![job.1.row_number]
             }
-            Job::Lookup(group) | Job::Refresh(group) | Job::Token(group) => {
+            Job::Lookup(group) | Job::Resolve(group) | Job::Refresh(group) | Job::Token(group) => {
                 group.rows.iter().map(|r| r.row_number).collect()
             }
         }

@@ -505,10 +505,11 @@ fn print_summary(summary: &RunSummary) {
     let w = summary.writer;
     if w.transactions > 0 {
         println!(
-            "  state writes: {} in {} transactions ({:.1} per transaction)",
+            "  state writes: {} in {} transactions ({:.1} per transaction; {} synced to disk for intents)",
             w.operations,
             w.transactions,
-            w.operations as f64 / w.transactions as f64
+            w.operations as f64 / w.transactions as f64,
+            w.durable
         );
     }
 }

@@ -1,8 +1,11 @@
 //! The SQLite state database: runs, row progress, attempts, request counts.
 //!
-//! WAL mode with `synchronous=NORMAL`: a commit survives the process being
-//! killed at any instant; outcomes are written in batched transactions by
-//! one writer thread (see [`writer`]).
+//! WAL mode: every commit survives the process being killed at any
+//! instant; a transaction holding an intent (a request about to leave) is
+//! also synced to disk before the request leaves (`synchronous=FULL`), so it
+//! survives a power loss too; outcomes alone are written at
+//! `synchronous=NORMAL` in batched transactions by one writer thread (see
+//! [`writer`]): one lost to a power cut is reconciled from its intent.
 
 pub mod rows;
 pub mod runs;

@@ -99,6 +99,8 @@ pub enum Write {
 pub struct WriterStats {
     pub transactions: u64,
     pub operations: u64,
+    /// Transactions synced to disk before their commit returned (intents).
+    pub durable: u64,
 }
 
 /// Requests sent, per endpoint: counted by the workers as they send, and
@@ -194,6 +196,8 @@ fn write_loop(
     let mut stats = WriterStats::default();
     let mut counted = Counted::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Whether the connection is at synchronous = FULL (it opens at NORMAL).
+    let mut synced = false;
     let mut next_row: u64 = store
         .conn
         .query_row(
@@ -213,10 +217,24 @@ fn write_loop(
             waited += GATHER_STEP;
             drain(&mut rx, &mut batch);
         }
+        // An intent must be on disk before its request leaves, across a
+        // power loss: its transaction syncs the WAL (synchronous = FULL);
+        // outcomes alone may wait for the next sync (NORMAL), since a lost
+        // outcome is reconciled from the intent before it.
+        let durable = batch.iter().any(|op| matches!(op, Write::Intent { .. }));
+        if durable != synced {
+            let level = if durable { "FULL" } else { "NORMAL" };
+            store
+                .conn
+                .pragma_update(None, "synchronous", level)
+                .map_err(|e| store.err(e))?;
+            synced = durable;
+        }
         let acks = apply(&mut store, run_id, &mut batch, &mut next_row, |tx| {
             counted.write(tx, run_id, requests)
         })?;
         stats.transactions += 1;
+        stats.durable += u64::from(durable);
         stats.operations += acks.1 as u64;
         for ack in acks.0 {
             let _ = ack.send(());

@@ -19,6 +19,12 @@ fn main() -> ExitCode {
     match app::run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // The input changed under the run: nothing with the new values was
+        // sent; the file, not the state, is what needs fixing.
+        Err(e) if input_changed(&e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) if orderbatch::pipeline::requests_sent() => {
             eprintln!(
                 "error: {e:#}\nrequests had already been sent: the state database keeps what was \
@@ -31,6 +37,17 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+fn input_changed(e: &anyhow::Error) -> bool {
+    use orderbatch::pipeline::PipelineError;
+    e.chain().any(|c| {
+        c.is::<orderbatch::input::fingerprint::InputChanged>()
+            || matches!(
+                c.downcast_ref::<PipelineError>(),
+                Some(PipelineError::InputChanged(_))
+            )
+    })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -179,6 +179,72 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
     Ok(scan(path, true)?.fingerprint.unwrap_or_default())
 }
 
+/// The input as a run first read it, to notice it changing under the run.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    path: std::path::PathBuf,
+    fingerprint: String,
+    seen: std::sync::Arc<std::sync::Mutex<(u64, Option<std::time::SystemTime>)>>,
+}
+
+/// The input file changed while the run was reading it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: input changed since the run started (fingerprint {expected}, now {found}); \
+     no request with the new values was sent and the state is kept. Restore the original \
+     file and run the same command again, or run the new file with another --db",
+    path = path.display()
+)]
+pub struct InputChanged {
+    pub path: std::path::PathBuf,
+    pub expected: String,
+    pub found: String,
+}
+
+fn stamp(path: &Path) -> io::Result<(u64, Option<std::time::SystemTime>)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.len(), meta.modified().ok()))
+}
+
+impl Snapshot {
+    /// Takes size and modification time, then the fingerprint (a change in
+    /// between shows up at the first [`Snapshot::check`]).
+    pub fn take(path: &Path, fingerprint: String) -> io::Result<Snapshot> {
+        Ok(Snapshot {
+            path: path.to_path_buf(),
+            fingerprint,
+            seen: std::sync::Arc::new(std::sync::Mutex::new(stamp(path)?)),
+        })
+    }
+
+    /// A snapshot of an input the run took earlier; its stamp is taken now.
+    pub fn of(path: &Path, fingerprint: &str) -> io::Result<Snapshot> {
+        Self::take(path, fingerprint.to_string())
+    }
+
+    /// Checks that the file is still the one the run started with: size
+    /// and modification time first (cheap), the whole hash when they moved.
+    pub fn check(&self) -> Result<(), InputChanged> {
+        let changed = |found: String| InputChanged {
+            path: self.path.clone(),
+            expected: self.fingerprint.clone(),
+            found,
+        };
+        let now = stamp(&self.path).map_err(|e| changed(format!("unreadable: {e}")))?;
+        let mut seen = self.seen.lock().unwrap();
+        if *seen == now {
+            return Ok(());
+        }
+        let found = fingerprint(&self.path).map_err(|e| changed(format!("unreadable: {e}")))?;
+        if found != self.fingerprint {
+            return Err(changed(found));
+        }
+        // Touched, not changed.
+        *seen = now;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::mode::{Mode, Stage};
 use super::stages::{Group, Job};
 use super::{PipelineError, Shutdown};
+use crate::input::fingerprint::Snapshot;
 use crate::input::{ColumnOptions, OrderReader, Row};
 use crate::store::{Store, StoredRow};
 
@@ -44,11 +45,13 @@ pub(super) fn feed_rows(
     stage: Stage,
     input: &Path,
     columns: &ColumnOptions,
+    snapshot: &Snapshot,
     shutdown: &Shutdown,
     senders: Vec<mpsc::Sender<Job>>,
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
     let mut failure = None;
+    snapshot.check()?;
     let send = |row: &Arc<Row>, stored: StoredRow| {
         let target = &senders[shard(&route_key(&stored), senders.len())];
         let job = (row.clone(), stored);
@@ -83,6 +86,14 @@ pub(super) fn feed_rows(
                         return false;
                     }
                 }
+            }
+            // Never a request with values the run did not start with.
+            if let Err(changed) = snapshot.check() {
+                failure = Some(changed.into());
+                shutdown.stop(crate::pipeline::Stop::Aborted(
+                    "the input file changed since the run started".into(),
+                ));
+                return false;
             }
             send(current.as_ref().expect("row found"), stored)
         };

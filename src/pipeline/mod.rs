@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::input::check::check_quotes;
-use crate::input::fingerprint::{fingerprint, scan};
+use crate::input::fingerprint::{fingerprint, scan, Snapshot};
 use crate::input::reader::Schema;
 use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::report::StageTiming;
@@ -116,6 +116,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    InputChanged(#[from] crate::input::fingerprint::InputChanged),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -219,6 +221,10 @@ pub async fn run(
     }
     store.set_finished(run_id, false)?;
 
+    let snapshot = Snapshot::of(&options.input, &fp).map_err(|source| InputError::Io {
+        path: options.input.clone(),
+        source,
+    })?;
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(Ctx::new(
         clients,
@@ -227,7 +233,7 @@ pub async fn run(
         shutdown.clone(),
         run_id,
     ));
-    let stage_result = run_stages(options, run_id, &ctx, &header, &writer).await;
+    let stage_result = run_stages(options, run_id, &ctx, &header, &writer, &snapshot).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
     let timings = registered.into_iter().chain(stage_result?).collect();
@@ -266,6 +272,7 @@ async fn run_stages(
     ctx: &Arc<Ctx>,
     header: &Arc<Header>,
     writer: &Writer,
+    snapshot: &Snapshot,
 ) -> Result<Vec<StageTiming>, PipelineError> {
     let db = options.db.clone();
     let count = |states: &'static [RowState]| {
@@ -294,11 +301,15 @@ async fn run_stages(
         let (db, stopping) = (db.clone(), ctx.shutdown.clone());
         let per_row_tokens = stage == Stage::Token && header.has_token_columns();
         let feed: Feeder = if stage.reads_input() || per_row_tokens {
-            let (input, columns, mode) =
-                (options.input.clone(), options.columns.clone(), options.mode);
+            let (input, columns, mode, snapshot) = (
+                options.input.clone(),
+                options.columns.clone(),
+                options.mode,
+                snapshot.clone(),
+            );
             Box::new(move |senders| {
                 feed_rows(
-                    &db, run_id, mode, stage, &input, &columns, &stopping, senders,
+                    &db, run_id, mode, stage, &input, &columns, &snapshot, &stopping, senders,
                 )
             })
         } else {
@@ -321,16 +332,15 @@ async fn run_stages(
         });
     }
     if let Mode::CeRetry { max_wait_secs } = options.mode {
-        wait_for_deferred(
+        let run = StageRun {
             options,
             run_id,
             ctx,
             header,
             writer,
-            max_wait_secs,
-            &mut timings,
-        )
-        .await?;
+            snapshot,
+        };
+        wait_for_deferred(&run, max_wait_secs, &mut timings).await?;
     }
     if let Mode::Refresh { tokens: false, .. } = options.mode {
         if !ctx.shutdown.is_stopping() {
@@ -347,15 +357,29 @@ async fn run_stages(
 
 /// `ce retry-payments`: while a deferred row's window opens within
 /// `max_wait_secs` of now, sleeps until it does and runs the stage again.
-async fn wait_for_deferred(
-    options: &RunOptions,
+/// What the stages of one run share.
+struct StageRun<'a> {
+    options: &'a RunOptions,
     run_id: i64,
-    ctx: &Arc<Ctx>,
-    header: &Arc<Header>,
-    writer: &Writer,
+    ctx: &'a Arc<Ctx>,
+    header: &'a Arc<Header>,
+    writer: &'a Writer,
+    snapshot: &'a Snapshot,
+}
+
+async fn wait_for_deferred(
+    run: &StageRun<'_>,
     max_wait_secs: u64,
     timings: &mut Vec<StageTiming>,
 ) -> Result<(), PipelineError> {
+    let StageRun {
+        options,
+        run_id,
+        ctx,
+        header,
+        writer,
+        snapshot,
+    } = *run;
     let deadline = chrono::Utc::now().timestamp() + max_wait_secs as i64;
     loop {
         let db = options.db.clone();
@@ -372,16 +396,17 @@ async fn wait_for_deferred(
         let started = Instant::now();
         let stage = Stage::CeRetry;
         let progress = StageProgress::start(stage.name(), 0, options.quiet);
-        let (db, stopping, input, columns, mode) = (
+        let (db, stopping, input, columns, mode, snapshot) = (
             options.db.clone(),
             ctx.shutdown.clone(),
             options.input.clone(),
             options.columns.clone(),
             options.mode,
+            snapshot.clone(),
         );
         let feed: Feeder = Box::new(move |senders| {
             feed_rows(
-                &db, run_id, mode, stage, &input, &columns, &stopping, senders,
+                &db, run_id, mode, stage, &input, &columns, &snapshot, &stopping, senders,
             )
         });
         run_stage(ctx, header, options.concurrency, &progress, feed).await?;

@@ -590,3 +590,61 @@ fn change_under_dropped_connections_applies_each_change_once_and_never_overlaps_
         "requests overlapped"
     );
 }
+
+#[test]
+fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((4, 8)));
+    let dir = Dir::new();
+    let original = orders_csv(300, 60, true);
+    dir.write("o.csv", &original);
+    let child = spawn(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--rate",
+            "unlimited",
+            "--concurrency",
+            "2",
+        ],
+    ));
+    wait_until(std::time::Duration::from_secs(30), || {
+        sandbox.requests("create_order") >= 20
+    });
+    // Same size, other amounts: only the hash tells.
+    let edited: String = original
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l}\n")
+            } else {
+                format!("{}\n", l.replacen(",1", ",9", 1))
+            }
+        })
+        .collect();
+    assert_eq!(edited.len(), original.len());
+    dir.write("o.csv", &edited);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).contains("input changed since the run started"),
+        "{}",
+        text(&out)
+    );
+    for order in sandbox.orders() {
+        let amount = order["fields"]["order_amount"].as_str().unwrap();
+        assert!(!amount.starts_with('9'), "a new value was sent: {amount}");
+    }
+    // Restored, the same command finishes: one order per row.
+    dir.write("o.csv", &original);
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 300);
+    assert_eq!(sandbox.counter("duplicates"), 0);
+}

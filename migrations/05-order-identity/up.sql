@@ -22,3 +22,8 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+
+-- When the row's last intent (a request about to leave) was recorded, unix
+-- seconds: a resumed Commerce Engine retry compares it with the order's
+-- payment attempts to tell whether the retry landed.
+ALTER TABLE rows ADD COLUMN intent_at INTEGER;

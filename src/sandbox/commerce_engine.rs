@@ -28,6 +28,9 @@ struct CeOrder {
     last_request_at: i64,
     retries: u32,
     payments: Vec<Value>,
+    /// Payment attempts as `GET .../payments` lists them: request number,
+    /// when (sandbox clock), status.
+    attempts: Vec<(String, i64, String)>,
 }
 
 /// In-memory Commerce Engine state.
@@ -117,7 +120,14 @@ pub(crate) async fn faults(
         let ms = shared.rng.lock().unwrap().random_range(min..=max.max(min));
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    if chance(&shared, shared.fail_rate()) {
+    let endpoint = request
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if shared.faults_apply(&endpoint) && chance(&shared, shared.fail_rate()) {
         count(&shared, "fault:failed");
         return fail(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -127,7 +137,7 @@ pub(crate) async fn faults(
         .into_response();
     }
     let response = next.run(request).await;
-    if chance(&shared, shared.drop_rate()) {
+    if shared.faults_apply(&endpoint) && chance(&shared, shared.drop_rate()) {
         count(&shared, "fault:dropped");
         return dropped();
     }
@@ -247,12 +257,49 @@ pub(crate) async fn payment_status(
         );
     };
     let paid = order.status == "success";
+    // Numbers, as the storefront SDK's OpenAPI types say (format: double).
     ok(json!({
         "status": order.status,
-        "amount_paid": if paid { "10.00" } else { "0.00" },
-        "amount_unpaid": if paid { "0.00" } else { "10.00" },
+        "amount_paid": if paid { 10.0 } else { 0.0 },
+        "amount_unpaid": if paid { 0.0 } else { 10.0 },
         "is_retry_available": ce.retry_available(order),
     }))
+}
+
+/// `GET .../orders/{n}/payments`: the order's payment attempts, oldest
+/// first, as the SDK's `list-order-payments` (`PaymentInfo` fields).
+pub(crate) async fn payments(
+    State(shared): State<Arc<Shared>>,
+    Path((store, number)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    count(&shared, "payments");
+    if let Err(a) = check_store(&shared, &store).and_then(|_| bearer_ok(&shared, &headers)) {
+        return a;
+    }
+    let ce = shared.ce.lock().unwrap();
+    let Some(order) = ce.orders.get(&number) else {
+        return fail(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("Order {number} not found"),
+        );
+    };
+    let attempts: Vec<Value> = order
+        .attempts
+        .iter()
+        .map(|(request_number, at, status)| {
+            json!({
+                "transaction_type": "payment",
+                "request_number": request_number,
+                "amount": 10.0,
+                "payment_status": status,
+                "payment_date": rfc3339(*at),
+                "payment_method": "upi",
+            })
+        })
+        .collect();
+    ok(json!({ "payments": attempts }))
 }
 
 /// `POST .../orders/{n}/retry-payment`.
@@ -305,6 +352,9 @@ pub(crate) async fn retry_payment(
     entry.last_request_at = now;
     entry.retries += 1;
     entry.payments.push(payment.clone());
+    entry
+        .attempts
+        .push((id.clone(), now, "pending".to_string()));
     ok(json!({"payment_info": payment, "order_expiry": rfc3339(now + 86_400)}))
 }
 
@@ -342,6 +392,14 @@ pub(crate) async fn seed(State(shared): State<Arc<Shared>>, body: Bytes) -> Answ
                 last_request_at: now - ago,
                 retries: 0,
                 payments: Vec::new(),
+                attempts: vec![(
+                    format!("req_{number}_0"),
+                    now - ago,
+                    item.get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("pending")
+                        .to_string(),
+                )],
             },
         );
     }

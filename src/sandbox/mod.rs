@@ -101,6 +101,8 @@ pub(crate) struct Shared {
     pub fail_rate: Mutex<f64>,
     /// `drop_rate` now (as `fail_rate`).
     pub drop_rate: Mutex<f64>,
+    /// When set, faults hit only this endpoint (e.g. `retry-payment`).
+    pub faults_only: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -111,10 +113,20 @@ impl Shared {
     pub fn drop_rate(&self) -> f64 {
         *self.drop_rate.lock().unwrap()
     }
+
+    /// Whether injected faults hit `endpoint` (the last path segment).
+    pub fn faults_apply(&self, endpoint: &str) -> bool {
+        self.faults_only
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_none_or(|only| only == endpoint)
+    }
 }
 
-/// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1}` (either
-/// or both): changes the faults of a running sandbox.
+/// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
+/// "endpoint"}` (any of them): changes the faults of a running sandbox;
+/// `only` limits them to one endpoint (`""` lifts the limit).
 async fn faults_handler(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     body: axum::body::Bytes,
@@ -126,7 +138,11 @@ async fn faults_handler(
             .filter(|r| (0.0..=1.0).contains(r))
     };
     let (fail, drop) = (share("fail_rate"), share("drop_rate"));
-    if fail.is_none() && drop.is_none() {
+    let only = body.get("only").and_then(serde_json::Value::as_str);
+    if let Some(only) = only {
+        *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
+    }
+    if fail.is_none() && drop.is_none() && only.is_none() {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"status":"error","errors":[{
@@ -199,6 +215,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         window: Mutex::new(std::collections::VecDeque::new()),
         fail_rate: Mutex::new(config.fail_rate),
         drop_rate: Mutex::new(config.drop_rate),
+        faults_only: Mutex::new(None),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),
@@ -220,6 +237,10 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         .route(
             "/api/v1/{store}/storefront/orders/{number}/retry-payment",
             post(commerce_engine::retry_payment),
+        )
+        .route(
+            "/api/v1/{store}/storefront/orders/{number}/payments",
+            get(commerce_engine::payments),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),

@@ -268,7 +268,7 @@ pub(crate) async fn handle(
         .per_second
         .entry(unix_now())
         .or_default() += 1;
-    if chance(&shared, shared.fail_rate()) {
+    if shared.faults_apply(&endpoint) && chance(&shared, shared.fail_rate()) {
         shared.pnm.lock().unwrap().faults.failed += 1;
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -278,7 +278,7 @@ pub(crate) async fn handle(
         .into_response();
     }
     let answer = serve(&shared, &endpoint, &headers, &body).await;
-    if chance(&shared, shared.drop_rate()) {
+    if shared.faults_apply(&endpoint) && chance(&shared, shared.drop_rate()) {
         shared.pnm.lock().unwrap().faults.dropped += 1;
         return dropped();
     }

@@ -23,10 +23,13 @@ pub enum RowState {
     Done,
     Failed,
     Rejected,
+    /// Whether the row's request took effect cannot be told from the
+    /// provider's answers: left for an operator (the error says what to check).
+    Unknown,
 }
 
 impl RowState {
-    pub const ALL: [RowState; 11] = [
+    pub const ALL: [RowState; 12] = [
         RowState::Pending,
         RowState::Creating,
         RowState::Changing,
@@ -38,6 +41,7 @@ impl RowState {
         RowState::Done,
         RowState::Failed,
         RowState::Rejected,
+        RowState::Unknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl RowState {
             RowState::Done => "done",
             RowState::Failed => "failed",
             RowState::Rejected => "rejected",
+            RowState::Unknown => "unknown",
         }
     }
 
@@ -64,7 +69,11 @@ impl RowState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RowState::Done | RowState::Failed | RowState::Rejected | RowState::Skipped
+            RowState::Done
+                | RowState::Failed
+                | RowState::Rejected
+                | RowState::Skipped
+                | RowState::Unknown
         )
     }
 }
@@ -147,12 +156,17 @@ pub struct StoredRow {
     pub payment_status: Option<String>,
     pub payment_link: Option<String>,
     pub payment_link_expiry: Option<String>,
+    /// Unix seconds of the row's last intent.
+    pub intent_at: Option<i64>,
 }
 
 const COLUMNS: &str = "row_number, COALESCE(input_row, row_number), line, site_customer_identifier, site_order_identifier, \
      pnm_order_identifier, pnm_customer_identifier, state, attempts, last_error_code, last_error, \
      embedded_js_url, embedded_js_url_expires_at, secure_smart_token, secure_smart_link, \
-     next_attempt_at, payment_id, payment_status, payment_link, payment_link_expiry";
+     next_attempt_at, payment_id, payment_status, payment_link, payment_link_expiry, intent_at";
+
+/// How many columns [`COLUMNS`] names (a query may add its own after them).
+const COLUMN_COUNT: usize = 21;
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     Ok(StoredRow {
@@ -176,6 +190,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         payment_status: r.get(17)?,
         payment_link: r.get(18)?,
         payment_link_expiry: r.get(19)?,
+        intent_at: r.get(20)?,
     })
 }
 
@@ -450,8 +465,10 @@ impl Store {
             .map_err(|e| self.err(e))?;
         self.in_chunks(
             |after: &i64| {
-                stmt.query_map(params![run_id, after], |r| Ok((from_row(r)?, r.get(20)?)))?
-                    .collect()
+                stmt.query_map(params![run_id, after], |r| {
+                    Ok((from_row(r)?, r.get(COLUMN_COUNT)?))
+                })?
+                .collect()
             },
             f,
         )?;

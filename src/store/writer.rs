@@ -76,6 +76,13 @@ pub enum Write {
         token: String,
         link: Option<String>,
     },
+    /// Whether the row's request took effect cannot be told: the row is
+    /// left `unknown` for an operator.
+    Unknown {
+        row: u64,
+        code: String,
+        message: String,
+    },
     /// The row cannot be completed.
     Failed {
         row: u64,
@@ -386,7 +393,10 @@ fn apply(
     let tx = store.conn.transaction().map_err(sql_err)?;
     {
         let mut set_state = tx
-            .prepare_cached("UPDATE rows SET state = ?3 WHERE run_id = ?1 AND row_number = ?2")
+            .prepare_cached(
+                "UPDATE rows SET state = ?3, intent_at = unixepoch()
+                 WHERE run_id = ?1 AND row_number = ?2",
+            )
             .map_err(sql_err)?;
         for op in batch.drain(..) {
             match op {
@@ -499,6 +509,14 @@ fn apply(
                              secure_smart_link = ?5, last_error_code = NULL, last_error = NULL
                          WHERE run_id = ?1 AND row_number = ?2",
                         params![run_id, row, RowState::Done.as_str(), token, link],
+                    )
+                    .map_err(sql_err)?;
+                }
+                Write::Unknown { row, code, message } => {
+                    exec(
+                        &tx,
+                        SET_OUTCOME,
+                        params![run_id, row, RowState::Unknown.as_str(), code, message],
                     )
                     .map_err(sql_err)?;
                 }

@@ -648,3 +648,46 @@ fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
     assert_eq!(sandbox.orders().len(), 300);
     assert_eq!(sandbox.counter("duplicates"), 0);
 }
+
+#[test]
+fn a_ce_retry_whose_answer_was_lost_is_never_sent_again_even_once_the_window_reopens() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let names: Vec<String> = (1..=4).map(|i| format!("LOST-{i}")).collect();
+    sandbox.seed_failed_ce_orders(&dir, &names);
+    // Every retry-payment goes through but its answer is lost; with one
+    // attempt allowed, the rows fail.
+    sandbox.set_faults_only("retry-payment");
+    sandbox.set_drop_rate(1.0);
+    let out = run(dir.ce_cmd(
+        &sandbox,
+        &[
+            "ce",
+            "retry-payments",
+            "o.csv",
+            "--db",
+            "ce.db",
+            "--max-attempts",
+            "1",
+            "--max-wait",
+            "0s",
+        ],
+    ));
+    sandbox.set_drop_rate(0.0);
+    sandbox.set_faults_only("");
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for name in &names {
+        assert_eq!(sandbox.ce_order(name)["retries"], 1, "{name}");
+    }
+    // Sixteen minutes later a retry would be allowed again: the payments
+    // show the lost one landed, so none is sent.
+    sandbox.age(16 * 60);
+    let out = run(dir.ce_cmd(&sandbox, &["retry", "--db", "ce.db", "--export", "e.csv"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for name in &names {
+        assert_eq!(sandbox.ce_order(name)["retries"], 1, "{name} retried twice");
+    }
+    assert!(sandbox.ce_requests("payments") >= 4);
+    let export = read_export(&dir.path("e.csv"));
+    assert!(export.iter().all(|r| r["status"] == "done"), "{export:?}");
+}

@@ -75,6 +75,11 @@ impl Sandbox {
         self.set_faults(format!("{{\"drop_rate\": {rate}}}"));
     }
 
+    /// Limits injected faults to one endpoint (`""`: all of them again).
+    pub fn set_faults_only(&self, endpoint: &str) {
+        self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));
+    }
+
     fn set_faults(&self, body: String) {
         let url = format!("{}/__sandbox/faults", self.base_url());
         self.runtime.block_on(async {

@@ -8,7 +8,7 @@ use crate::input::{Header, Row};
 use crate::pipeline::context::{Ctx, Outcome};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::commerce_engine::{
-    retry_time, PaymentInfo, PaymentMethod, PAYMENT_STATUS, RETRY_PAYMENT,
+    retry_time, Landed, PaymentInfo, PaymentMethod, PAYMENTS, PAYMENT_STATUS, RETRY_PAYMENT,
 };
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::Write;
@@ -27,6 +27,18 @@ enum Retried {
     New(PaymentInfo),
     /// An earlier attempt (whose answer was lost) made the payment request.
     Unrecorded,
+    /// Whether an earlier attempt landed cannot be told: for an operator.
+    Unknown(String),
+}
+
+/// Asks the order's payment attempts whether a retry sent since
+/// `intent_at` landed.
+async fn landed(ctx: &Ctx, order: &str, intent_at: i64, rows: &[u64]) -> Outcome<Landed> {
+    ctx.request(PAYMENTS, rows, || async {
+        ctx.permit(PAYMENTS).await?;
+        ctx.ce().retry_landed(order, intent_at).await
+    })
+    .await
 }
 
 /// The row's `payment_method`: its own columns over the run's defaults.
@@ -85,13 +97,33 @@ pub async fn ce_retry(
         progress.inc(1);
         return;
     }
-    let was_retrying = stored.state == RowState::Retrying.as_str();
-    if was_retrying && !status.is_retry_available {
-        return done(ctx, stored, Retried::Unrecorded, progress).await;
+    // A killed run may have sent a retry after recording its intent: the
+    // order's payment attempts decide, not whether a retry is allowed now
+    // (the window may have reopened since).
+    if stored.state == RowState::Retrying.as_str() {
+        let Some(intent_at) = stored.intent_at else {
+            let why =
+                "an interrupted run's retry intent has no time; check the order's payments in \
+                       the store's admin";
+            return done(ctx, stored, Retried::Unknown(why.into()), progress).await;
+        };
+        match landed(ctx, order, intent_at, &rows).await {
+            Outcome::Done(Landed::Yes) => {
+                return done(ctx, stored, Retried::Unrecorded, progress).await
+            }
+            Outcome::Done(Landed::Unknown(why)) => {
+                return done(ctx, stored, Retried::Unknown(why), progress).await
+            }
+            Outcome::Done(Landed::No) => {}
+            Outcome::Failed(error) => return fail(ctx, stored.row_number, &error, progress).await,
+            Outcome::Stopped => return,
+        }
     }
     // A deferred row goes when the provider says its window is open (its
-    // clock decides, not ours); until then it keeps its time.
-    if stored.state == RowState::Deferred.as_str() && !status.is_retry_available {
+    // clock decides, not ours); until then it keeps its time. An answer
+    // that does not say is not a yes.
+    let available = status.is_retry_available == Some(true);
+    if stored.state == RowState::Deferred.as_str() && !available {
         if stored.next_attempt_at.is_none_or(|t| t <= now) {
             // Our time came but the provider's did not: ask again shortly.
             ctx.write(Write::Deferred {
@@ -103,9 +135,9 @@ pub async fn ce_retry(
         }
         return;
     }
-    if !was_retrying
-        && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Retrying).await)
-    {
+    // Before the intent: a landed retry's payment is never older than it.
+    let intent_at = chrono::Utc::now().timestamp();
+    if ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Retrying).await {
         return;
     }
     let method = method(ctx, header, row);
@@ -113,12 +145,12 @@ pub async fn ce_retry(
     let outcome = ctx
         .request(RETRY_PAYMENT, &rows, || async {
             if maybe_applied.load(Ordering::Relaxed) {
-                ctx.permit(PAYMENT_STATUS).await?;
-                let now = ce.payment_status(order).await?;
-                if !now.is_retry_available {
-                    return Ok(Retried::Unrecorded);
+                ctx.permit(PAYMENTS).await?;
+                match ce.retry_landed(order, intent_at).await? {
+                    Landed::Yes => return Ok(Retried::Unrecorded),
+                    Landed::Unknown(why) => return Ok(Retried::Unknown(why)),
+                    Landed::No => maybe_applied.store(false, Ordering::Relaxed),
                 }
-                maybe_applied.store(false, Ordering::Relaxed);
             }
             ctx.permit(RETRY_PAYMENT).await?;
             let result = ce.retry_payment(order, &method).await;
@@ -168,6 +200,16 @@ pub async fn ce_retry(
 
 async fn done(ctx: &Ctx, stored: &StoredRow, retried: Retried, progress: &StageProgress) {
     let (payment, note) = match retried {
+        Retried::Unknown(why) => {
+            ctx.write(Write::Unknown {
+                row: stored.row_number,
+                code: "retry_unknown".into(),
+                message: why,
+            })
+            .await;
+            progress.inc(1);
+            return;
+        }
         Retried::New(payment) => (payment, None),
         Retried::Unrecorded => (
             PaymentInfo {

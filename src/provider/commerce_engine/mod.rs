@@ -11,6 +11,7 @@ use crate::provider::{exchange, http_client, json_object, ProviderError};
 
 /// Counter names of the endpoints.
 pub const PAYMENT_STATUS: &str = "payment-status";
+pub const PAYMENTS: &str = "payments";
 pub const RETRY_PAYMENT: &str = "retry-payment";
 pub const AUTH: &str = "auth";
 
@@ -40,7 +41,62 @@ pub struct CeCredentials {
 pub struct PaymentStatus {
     /// `pending`, `success`, `failed` or `partially_paid`.
     pub status: String,
-    pub is_retry_available: bool,
+    /// `None` when the answer does not say: never read as "no".
+    pub is_retry_available: Option<bool>,
+}
+
+/// Whether a retry-payment sent at (or after) an intent landed, as the
+/// order's payment attempts tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Landed {
+    /// A payment attempt at or after the intent: the retry went through.
+    Yes,
+    /// Every attempt is clearly older than the intent: it never landed.
+    No,
+    /// The answer cannot tell (no list, unreadable dates, or an attempt too
+    /// close to the intent to call, given clocks that may differ).
+    Unknown(String),
+}
+
+/// How far apart our clock and the provider's may be taken to be.
+pub const CLOCK_MARGIN_SECS: i64 = 30;
+
+/// Decides [`Landed`] from a `GET .../payments` answer's content, for an
+/// intent recorded at `intent_at` (unix seconds, our clock).
+pub fn retry_landed(content: &Map<String, Value>, intent_at: i64) -> Landed {
+    let Some(payments) = content.get("payments").and_then(Value::as_array) else {
+        return Landed::Unknown("the payments answer holds no list of payments".into());
+    };
+    let mut close = false;
+    for payment in payments {
+        if payment
+            .get("transaction_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "payment")
+        {
+            continue;
+        }
+        let Some(at) = payment
+            .get("payment_date")
+            .and_then(Value::as_str)
+            .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+            .map(|d| d.timestamp())
+        else {
+            return Landed::Unknown("a payment attempt has no readable payment_date".into());
+        };
+        if at >= intent_at {
+            return Landed::Yes;
+        }
+        close |= at >= intent_at - CLOCK_MARGIN_SECS;
+    }
+    if close {
+        Landed::Unknown(format!(
+            "a payment attempt is less than {CLOCK_MARGIN_SECS} s older than the retry this run \
+             may have sent; check the order's payments in the store's admin"
+        ))
+    } else {
+        Landed::No
+    }
 }
 
 /// The new payment a retry made.
@@ -292,11 +348,16 @@ impl CeClient {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            is_retry_available: content
-                .get("is_retry_available")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            is_retry_available: content.get("is_retry_available").and_then(Value::as_bool),
         })
+    }
+
+    /// `GET /orders/{n}/payments`: whether a retry sent since `intent_at`
+    /// landed.
+    pub async fn retry_landed(&self, order: &str, intent_at: i64) -> Result<Landed, ProviderError> {
+        let path = format!("/orders/{}/payments", urlencode(order));
+        let content = self.authorized(PAYMENTS, true, &path, &Value::Null).await?;
+        Ok(retry_landed(&content, intent_at))
     }
 
     /// `POST /orders/{n}/retry-payment`.
@@ -397,5 +458,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok["status"], "failed");
+    }
+
+    #[test]
+    fn a_retry_landed_only_when_a_payment_attempt_is_at_or_after_its_intent() {
+        let at = |secs: i64| {
+            chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
+        let content = |dates: &[String]| {
+            let payments: Vec<Value> = dates
+                .iter()
+                .map(|d| json!({"transaction_type": "payment", "payment_date": d}))
+                .collect();
+            json!({ "payments": payments }).as_object().unwrap().clone()
+        };
+        let intent = 1_800_000_000;
+        assert_eq!(
+            retry_landed(&content(&[at(intent - 3600), at(intent + 1)]), intent),
+            Landed::Yes
+        );
+        assert_eq!(retry_landed(&content(&[at(intent)]), intent), Landed::Yes);
+        assert_eq!(
+            retry_landed(&content(&[at(intent - 3600)]), intent),
+            Landed::No
+        );
+        assert_eq!(retry_landed(&content(&[]), intent), Landed::No);
+        // Too close to call, unreadable, or no list at all: for an operator.
+        for unclear in [
+            content(&[at(intent - 30)]),
+            content(&["yesterday".to_string()]),
+            json!({"payments": "none"}).as_object().unwrap().clone(),
+            Map::new(),
+        ] {
+            assert!(
+                matches!(retry_landed(&unclear, intent), Landed::Unknown(_)),
+                "{unclear:?}"
+            );
+        }
+        // Refunds are not payment attempts.
+        let refund =
+            json!({"payments": [{"transaction_type": "refund", "payment_date": at(intent + 5)}]});
+        assert_eq!(
+            retry_landed(refund.as_object().unwrap(), intent),
+            Landed::No
+        );
     }
 }

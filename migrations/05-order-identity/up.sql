@@ -27,3 +27,20 @@ CREATE TABLE meta (
 -- seconds: a resumed Commerce Engine retry compares it with the order's
 -- payment attempts to tell whether the retry landed.
 ALTER TABLE rows ADD COLUMN intent_at INTEGER;
+
+-- Touch only the run's orders: a customer-wide get_smart_token reissues the
+-- tokens of all the customer's orders at the provider, so it is used only
+-- for a customer whose orders (as the refresh pages showed) are all in the
+-- run. `exclusive` records what the pages showed.
+CREATE TABLE run_customers (
+    run_id                   INTEGER NOT NULL,
+    site_customer_identifier TEXT    NOT NULL,
+    exclusive                INTEGER NOT NULL,
+    PRIMARY KEY (run_id, site_customer_identifier)
+) WITHOUT ROWID;
+
+-- The order in which the writer recorded each row's URL and token: when
+-- rows of a `refresh` name one order twice, every row carries the values
+-- issued last (what the provider now holds).
+ALTER TABLE rows ADD COLUMN url_seq INTEGER;
+ALTER TABLE rows ADD COLUMN token_seq INTEGER;

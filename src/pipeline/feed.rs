@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::mode::{Mode, Stage};
-use super::stages::{Group, Job};
+use super::stages::{order_selector, Group, Job};
 use super::{PipelineError, Shutdown};
 use crate::input::fingerprint::Snapshot;
 use crate::input::{ColumnOptions, OrderReader, Row};
@@ -126,9 +126,16 @@ pub(super) fn feed_groups(
             customer.clone()
         };
         let target = &senders[shard(&key, senders.len())];
-        let group = Group { customer, rows };
+        let exclusive = stage == Stage::Token
+            && !customer.is_empty()
+            && store.customer_exclusive(run_id, &customer).unwrap_or(false);
+        let group = Group {
+            customer,
+            rows,
+            exclusive,
+        };
         let job = match stage {
-            Stage::Lookup => Job::Lookup(group),
+            Stage::Expand | Stage::Lookup => Job::Lookup(group),
             Stage::Refresh => Job::Refresh(group),
             Stage::Resolve => Job::Resolve(group),
             _ => Job::Token(group),
@@ -138,6 +145,11 @@ pub(super) fn feed_groups(
     let mut current: Option<(String, Vec<StoredRow>)> = None;
     let mut going = true;
     store.for_each_row(run_id, stage.takes(), true, |row| {
+        // Customer rows first, then order rows (see `Stage::Expand`).
+        let names_order = order_selector(&row).is_some();
+        if (stage == Stage::Expand && names_order) || (stage == Stage::Lookup && !names_order) {
+            return true;
+        }
         if stage == Stage::Resolve {
             // Only rows whose customer is unknown (they come first).
             if row.site_customer_identifier.is_some() {

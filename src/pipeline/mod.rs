@@ -236,6 +236,10 @@ pub async fn run(
     let stage_result = run_stages(options, run_id, &ctx, &header, &writer, &snapshot).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
+    if let Mode::Refresh { .. } = mode {
+        // Rows naming one order carry the values issued last for it.
+        Store::open_reader(&options.db)?.share_latest_values(run_id)?;
+    }
     let timings = registered.into_iter().chain(stage_result?).collect();
 
     let store = Store::open_reader(&options.db)?;

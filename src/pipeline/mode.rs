@@ -44,8 +44,12 @@ pub enum Stage {
     /// `change`: look up the order and customer of rows that name no
     /// customer, one at a time, so that the changes can go by customer.
     Resolve,
-    /// `refresh`: find each row's orders (expanding customer rows) and
-    /// refresh their URLs.
+    /// `refresh`: expand each row naming a customer into the customer's
+    /// orders, refreshing their URLs.
+    Expand,
+    /// `refresh`: refresh the URLs of rows naming orders (after every
+    /// customer row is expanded, so an order named both ways ends up with
+    /// the values issued last).
     Lookup,
     Refresh,
     Token,
@@ -60,6 +64,7 @@ impl Stage {
             Stage::Create => "create_order",
             Stage::Change => "change_order",
             Stage::Resolve => "find_orders (customers)",
+            Stage::Expand => "refresh_embedded_js_urls (customers)",
             Stage::Lookup | Stage::Refresh => "refresh_embedded_js_urls",
             Stage::Token => "get_smart_token",
             Stage::CeRetry => "retry-payment",
@@ -72,7 +77,7 @@ impl Stage {
             Stage::Create => &[RowState::Pending, RowState::Creating],
             Stage::Change => &[RowState::Pending, RowState::Changing],
             Stage::Resolve => &[RowState::Pending],
-            Stage::Lookup => &[RowState::Pending],
+            Stage::Expand | Stage::Lookup => &[RowState::Pending],
             Stage::Refresh => &[RowState::Created],
             Stage::Token => &[RowState::UrlsRefreshed],
             Stage::CeRetry => &[RowState::Pending, RowState::Retrying, RowState::Deferred],
@@ -116,8 +121,8 @@ impl Mode {
     pub fn stages(self) -> &'static [Stage] {
         match self {
             Mode::Run => &[Stage::Create, Stage::Refresh, Stage::Token],
-            Mode::Refresh { tokens: true, .. } => &[Stage::Lookup, Stage::Token],
-            Mode::Refresh { tokens: false, .. } => &[Stage::Lookup],
+            Mode::Refresh { tokens: true, .. } => &[Stage::Expand, Stage::Lookup, Stage::Token],
+            Mode::Refresh { tokens: false, .. } => &[Stage::Expand, Stage::Lookup],
             Mode::Change => &[Stage::Resolve, Stage::Change],
             Mode::CeRetry { .. } => &[Stage::CeRetry],
         }

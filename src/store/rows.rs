@@ -555,6 +555,56 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the refresh pages showed every order of `customer` at the
+    /// provider to be in `run_id` (see migration 05).
+    pub fn customer_exclusive(&self, run_id: i64, customer: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT exclusive FROM run_customers WHERE run_id = ?1 AND site_customer_identifier = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![run_id, customer], |r| r.get::<_, bool>(0))
+                    .optional()
+            })
+            .map(|found| found.unwrap_or(false))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Rows of `run_id` that name one order share the URL and the token
+    /// issued last for it (a `refresh` may name an order directly and
+    /// through its customer).
+    pub fn share_latest_values(&self, run_id: i64) -> Result<(), StoreError> {
+        let latest = |table: &str, a: &str, b: &str, seq: &str| {
+            format!(
+                "DROP TABLE IF EXISTS temp.{table};
+                 CREATE TEMP TABLE {table} (pnm TEXT PRIMARY KEY, a, b) WITHOUT ROWID;
+                 INSERT INTO temp.{table}
+                 SELECT p, a, b FROM (
+                     SELECT pnm_order_identifier AS p, {a} AS a, {b} AS b,
+                         ROW_NUMBER() OVER (PARTITION BY pnm_order_identifier ORDER BY {seq} DESC) AS rn,
+                         COUNT(*) OVER (PARTITION BY pnm_order_identifier) AS n
+                     FROM rows WHERE run_id = {run_id} AND pnm_order_identifier IS NOT NULL
+                       AND {seq} IS NOT NULL)
+                 WHERE rn = 1 AND n > 1;
+                 UPDATE rows SET {a} = l.a, {b} = l.b FROM temp.{table} AS l
+                 WHERE rows.run_id = {run_id} AND rows.pnm_order_identifier = l.pnm;
+                 DROP TABLE temp.{table};"
+            )
+        };
+        let sql = latest(
+            "latest_url",
+            "embedded_js_url",
+            "embedded_js_url_expires_at",
+            "url_seq",
+        ) + &latest(
+            "latest_token",
+            "secure_smart_token",
+            "secure_smart_link",
+            "token_seq",
+        );
+        self.conn.execute_batch(&sql).map_err(|e| self.err(e))
+    }
+
     /// Puts failed rows of `run_id` (only those whose last error is
     /// `error_code`, when given) back to the state `to` picks for what each
     /// already holds; returns how many.

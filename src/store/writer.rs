@@ -97,6 +97,9 @@ pub enum Write {
         message: String,
         latency_ms: u64,
     },
+    /// What the refresh pages showed of a customer's orders at the
+    /// provider: `exclusive` when every one of them is in this run.
+    Customer { customer: String, exclusive: bool },
     /// Acknowledged once everything sent before it is committed.
     Flush { ack: oneshot::Sender<()> },
 }
@@ -205,6 +208,16 @@ fn write_loop(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Whether the connection is at synchronous = FULL (it opens at NORMAL).
     let mut synced = false;
+    // Orders URL and token writes (see migration 05).
+    let mut seq: i64 = store
+        .conn
+        .query_row(
+            "SELECT COALESCE(MAX(MAX(COALESCE(url_seq, 0)), MAX(COALESCE(token_seq, 0))), 0)
+             FROM rows WHERE run_id = ?1",
+            params![run_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| store.err(e))?;
     let mut next_row: u64 = store
         .conn
         .query_row(
@@ -237,9 +250,14 @@ fn write_loop(
                 .map_err(|e| store.err(e))?;
             synced = durable;
         }
-        let acks = apply(&mut store, run_id, &mut batch, &mut next_row, |tx| {
-            counted.write(tx, run_id, requests)
-        })?;
+        let acks = apply(
+            &mut store,
+            run_id,
+            &mut batch,
+            &mut next_row,
+            &mut seq,
+            |tx| counted.write(tx, run_id, requests),
+        )?;
         stats.transactions += 1;
         stats.durable += u64::from(durable);
         stats.operations += acks.1 as u64;
@@ -248,9 +266,14 @@ fn write_loop(
         }
     }
     // Requests counted after the last commit.
-    apply(&mut store, run_id, &mut batch, &mut next_row, |tx| {
-        counted.write(tx, run_id, requests)
-    })?;
+    apply(
+        &mut store,
+        run_id,
+        &mut batch,
+        &mut next_row,
+        &mut seq,
+        |tx| counted.write(tx, run_id, requests),
+    )?;
     Ok(stats)
 }
 
@@ -297,18 +320,25 @@ fn exec(
 const SET_OUTCOME: &str = "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
      WHERE run_id = ?1 AND row_number = ?2";
 
-/// Records an order's identifiers and URL (URL may be absent).
+/// Records an order's identifiers and URL (URL may be absent); a URL takes
+/// the next number of `seq`.
 fn set_urls(
     tx: &rusqlite::Transaction<'_>,
     run_id: i64,
     row: u64,
     order: &PnmOrder,
+    seq: &mut i64,
 ) -> rusqlite::Result<()> {
+    let url_seq = order.embedded_js_url.is_some().then(|| {
+        *seq += 1;
+        *seq
+    });
     tx.prepare_cached(
         "UPDATE rows SET state = ?3, embedded_js_url = COALESCE(?4, embedded_js_url),
              embedded_js_url_expires_at = COALESCE(?5, embedded_js_url_expires_at),
              pnm_order_identifier = COALESCE(pnm_order_identifier, ?6),
-             pnm_customer_identifier = COALESCE(pnm_customer_identifier, ?7)
+             pnm_customer_identifier = COALESCE(pnm_customer_identifier, ?7),
+             url_seq = COALESCE(?8, url_seq)
          WHERE run_id = ?1 AND row_number = ?2",
     )?
     .execute(params![
@@ -319,6 +349,7 @@ fn set_urls(
         order.embedded_js_url_expires_at,
         order.pnm_order_identifier,
         order.pnm_customer_identifier,
+        url_seq,
     ])?;
     // Indexed identifiers are filled in only where they are unknown: an
     // update that names an indexed column rewrites its index entries.
@@ -347,6 +378,7 @@ fn expand(
     parent: u64,
     orders: &[PnmOrder],
     next_row: &mut u64,
+    seq: &mut i64,
 ) -> rusqlite::Result<()> {
     let Some((first, rest)) = orders.split_first() else {
         tx.execute(
@@ -357,7 +389,7 @@ fn expand(
         )?;
         return Ok(());
     };
-    set_urls(tx, run_id, parent, first)?;
+    set_urls(tx, run_id, parent, first, seq)?;
     for (i, order) in rest.iter().enumerate() {
         tx.execute(
             "INSERT INTO rows (run_id, row_number, input_row, line, site_customer_identifier,
@@ -371,7 +403,7 @@ fn expand(
                 RowState::Pending.as_str()
             ],
         )?;
-        set_urls(tx, run_id, *next_row + i as u64, order)?;
+        set_urls(tx, run_id, *next_row + i as u64, order, seq)?;
     }
     Ok(())
 }
@@ -381,6 +413,7 @@ fn apply(
     run_id: i64,
     batch: &mut Vec<Write>,
     next_row: &mut u64,
+    seq: &mut i64,
     also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
 ) -> Result<Acks, StoreError> {
     let path = store.path().to_path_buf();
@@ -426,10 +459,10 @@ fn apply(
                     .map_err(sql_err)?;
                 }
                 Write::Urls { row, order } => {
-                    set_urls(&tx, run_id, row, &order).map_err(sql_err)?;
+                    set_urls(&tx, run_id, row, &order, seq).map_err(sql_err)?;
                 }
                 Write::Expand { parent, orders } => {
-                    expand(&tx, run_id, parent, &orders, next_row).map_err(sql_err)?;
+                    expand(&tx, run_id, parent, &orders, next_row, seq).map_err(sql_err)?;
                     *next_row += orders.len().saturating_sub(1) as u64;
                 }
                 Write::Resolved {
@@ -506,9 +539,13 @@ fn apply(
                     exec(
                         &tx,
                         "UPDATE rows SET state = ?3, secure_smart_token = ?4,
-                             secure_smart_link = ?5, last_error_code = NULL, last_error = NULL
+                             secure_smart_link = ?5, last_error_code = NULL, last_error = NULL,
+                             token_seq = ?6
                          WHERE run_id = ?1 AND row_number = ?2",
-                        params![run_id, row, RowState::Done.as_str(), token, link],
+                        params![run_id, row, RowState::Done.as_str(), token, link, {
+                            *seq += 1;
+                            *seq
+                        }],
                     )
                     .map_err(sql_err)?;
                 }
@@ -549,6 +586,20 @@ fn apply(
                          SELECT ?1, ?2, ?3, attempts, ?4, ?5, ?6, ?7 FROM rows
                              WHERE run_id = ?1 AND row_number = ?2",
                         params![run_id, row, endpoint, code, message, latency_ms, now()],
+                    )
+                    .map_err(sql_err)?;
+                }
+                Write::Customer {
+                    customer,
+                    exclusive,
+                } => {
+                    exec(
+                        &tx,
+                        "INSERT INTO run_customers (run_id, site_customer_identifier, exclusive)
+                         VALUES (?1, ?2, ?3)
+                         ON CONFLICT (run_id, site_customer_identifier)
+                         DO UPDATE SET exclusive = excluded.exclusive",
+                        params![run_id, customer, exclusive],
                     )
                     .map_err(sql_err)?;
                 }

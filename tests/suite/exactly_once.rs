@@ -691,3 +691,125 @@ fn a_ce_retry_whose_answer_was_lost_is_never_sent_again_even_once_the_window_reo
     let export = read_export(&dir.path("e.csv"));
     assert!(export.iter().all(|r| r["status"] == "done"), "{export:?}");
 }
+
+#[test]
+fn a_later_run_for_the_same_customers_leaves_the_earlier_export_valid() {
+    let sandbox = Sandbox::with(|c| c.strict_serial = true);
+    let dir = Dir::new();
+    let header = "site_customer_identifier,site_order_identifier,order_amount,order_currency,order_type,order_is_standing\n";
+    let file = |from: usize, to: usize| {
+        let mut csv = header.to_string();
+        for i in from..to {
+            csv.push_str(&format!("C-{},N-{i},{}.00,USD,exact,true\n", i % 5, 10 + i));
+        }
+        csv
+    };
+    dir.write("first.csv", file(0, 20));
+    dir.write("second.csv", file(20, 40));
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "first.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "first-out.csv",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_export_is_the_sandbox(&sandbox, &dir.path("first-out.csv"));
+    // New customers: one token call per customer, as before.
+    assert_eq!(sandbox.requests("get_smart_token"), 5);
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "second.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "second-out.csv",
+            "--rate",
+            "unlimited",
+            "--flow",
+            "debit",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Both exports still hold what the provider holds.
+    assert_export_is_the_sandbox(&sandbox, &dir.path("first-out.csv"));
+    assert_export_is_the_sandbox(&sandbox, &dir.path("second-out.csv"));
+    // The first run's orders kept their token options.
+    for order in sandbox.orders() {
+        let id = order["fields"]["site_order_identifier"].as_str().unwrap();
+        let n: usize = id.trim_start_matches("N-").parse().unwrap();
+        let debit = order["token_options"].get("flow_debit").is_some();
+        assert_eq!(debit, n >= 20, "{id}: {}", order["token_options"]);
+    }
+    assert_eq!(sandbox.counter("overlaps"), 0);
+}
+
+#[test]
+fn a_refresh_naming_an_order_directly_and_through_its_customer_exports_the_last_values() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(40, 4, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "run.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Every order twice: by its customer, and by itself.
+    let mut csv = String::from("site_customer_identifier,pnm_order_identifier\n");
+    for c in 0..4 {
+        csv.push_str(&format!("C-{c},\n"));
+    }
+    for order in sandbox.orders() {
+        csv.push_str(&format!(
+            ",{}\n",
+            order["pnm_order_identifier"].as_str().unwrap()
+        ));
+    }
+    dir.write("r.csv", &csv);
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "refresh",
+            "r.csv",
+            "--db",
+            "r.db",
+            "--force",
+            "--export",
+            "r-out.csv",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let export = read_export(&dir.path("r-out.csv"));
+    assert_eq!(export.len(), 80);
+    let orders: HashMap<String, Value> = sandbox
+        .orders()
+        .into_iter()
+        .map(|o| (o["pnm_order_identifier"].as_str().unwrap().to_string(), o))
+        .collect();
+    for line in &export {
+        let order = &orders[&line["pnm_order_identifier"]];
+        for field in [
+            "embedded_js_url",
+            "embedded_js_url_expires_at",
+            "secure_smart_token",
+            "secure_smart_link",
+        ] {
+            assert_eq!(
+                order[field].as_str(),
+                Some(line[field].as_str()),
+                "{field} of row {}",
+                line["row_number"]
+            );
+        }
+    }
+}

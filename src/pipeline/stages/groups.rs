@@ -139,7 +139,7 @@ async fn record_answers(
 
 /// How to name a row's order in a request: `pnm_order_identifier`, else
 /// `site_order_identifier`.
-pub(super) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> {
+pub(crate) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> {
     match (&row.pnm_order_identifier, &row.site_order_identifier) {
         (Some(pnm), _) => Some(("pnm_order_identifier", pnm.clone())),
         (None, Some(site)) => Some(("site_order_identifier", site.clone())),
@@ -147,18 +147,28 @@ pub(super) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> 
     }
 }
 
-/// One call per order, for rows a customer-wide call did not cover.
+/// One call per order, for rows a customer-wide call did not cover; rows
+/// that name an order already answered share that answer (an order's URL
+/// and token are issued once).
 async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress: &StageProgress) {
+    let mut answered: Vec<PnmOrder> = Vec::new();
     for row in rows {
         let Some((key, id)) = order_selector(&row) else {
             continue;
         };
+        if let Some(order) = answered.iter().find(|o| same_order(&row, o)) {
+            record_answers(ctx, stage, vec![(row, order.clone())], progress).await;
+            continue;
+        }
         let params = [(key, id.as_str())];
         let outcome = ctx
             .request(stage.endpoint(), &[row.row_number], || {
                 stage.call(ctx, &params)
             })
             .await;
+        if let Outcome::Done(orders) = &outcome {
+            answered.extend(orders.iter().cloned());
+        }
         if !record_one(ctx, stage, row, outcome, progress).await {
             return;
         }
@@ -166,11 +176,16 @@ async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress:
 }
 
 /// Refreshes the URLs of a customer's ready orders: pages of five through the
-/// customer's orders when it has several, one call per order otherwise.
-pub(super) async fn refresh(ctx: &Ctx, group: Group, progress: &StageProgress) {
+/// customer's orders when it has several (and `may_page`), one call per
+/// order otherwise. The pages show all the customer's orders at the
+/// provider: whether they are all in this run is recorded for the token
+/// stage.
+pub(super) async fn refresh(ctx: &Ctx, group: Group, may_page: bool, progress: &StageProgress) {
     let stage = GroupStage::Refresh;
     let mut remaining = group.rows;
-    if remaining.len() > 1 {
+    if remaining.len() > 1 && may_page && !group.customer.is_empty() {
+        let ours = remaining.clone();
+        let mut foreign = false;
         let limit = PAGE_LIMIT.to_string();
         let mut offset = 0usize;
         loop {
@@ -187,9 +202,20 @@ pub(super) async fn refresh(ctx: &Ctx, group: Group, progress: &StageProgress) {
             {
                 Outcome::Done(page) => {
                     let short = page.len() < PAGE_LIMIT;
+                    foreign |= page
+                        .iter()
+                        .any(|order| !ours.iter().any(|row| same_order(row, order)));
                     let answered = take_answered(&mut remaining, page);
                     record_answers(ctx, stage, answered, progress).await;
-                    if short || remaining.is_empty() {
+                    // A full page may be followed by orders of other runs:
+                    // one more page tells (and costs one request only for
+                    // customers with a multiple of five orders).
+                    if short || (remaining.is_empty() && foreign) {
+                        ctx.write(Write::Customer {
+                            customer: group.customer.clone(),
+                            exclusive: short && !foreign,
+                        })
+                        .await;
                         break;
                     }
                     offset += PAGE_LIMIT;
@@ -208,11 +234,13 @@ pub(super) async fn refresh(ctx: &Ctx, group: Group, progress: &StageProgress) {
 }
 
 /// Issues smart tokens: one customer-wide call when the customer has several
-/// ready orders, one call per order otherwise.
+/// ready orders and all its orders at the provider are in this run (a
+/// customer-wide call reissues every one of them), one call per order
+/// otherwise.
 pub(super) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
     let stage = GroupStage::Token;
     let mut remaining = group.rows;
-    if remaining.len() > 1 {
+    if remaining.len() > 1 && group.exclusive {
         let params = [("site_customer_identifier", group.customer.as_str())];
         let rows = row_numbers(&remaining);
         match ctx

@@ -17,6 +17,7 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
         .rows
         .into_iter()
         .partition(|r| order_selector(r).is_some());
+    let expands = !customer_rows.is_empty();
     for row in customer_rows {
         let selector = match (&row.site_customer_identifier, &row.pnm_customer_identifier) {
             (Some(c), _) => ("site_customer_identifier", c.clone()),
@@ -37,6 +38,14 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
             orders,
         })
         .await;
+        // Every order of the customer is now a row of this run.
+        if let Some(customer) = &row.site_customer_identifier {
+            ctx.write(Write::Customer {
+                customer: customer.clone(),
+                exclusive: true,
+            })
+            .await;
+        }
         progress.inc(found);
     }
     if order_rows.is_empty() {
@@ -58,12 +67,19 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
         }
         return;
     }
+    // Customer-wide pages would regenerate (with --force) the URLs of the
+    // customer's orders that this run does not name: only when a customer
+    // row of the group names them all, or without --force (the provider
+    // then regenerates only expired URLs).
+    let may_page = expands || !ctx.options.refresh.iter().any(|(k, _)| k == "force");
     refresh(
         ctx,
         Group {
             customer: group.customer,
             rows: order_rows,
+            exclusive: false,
         },
+        may_page,
         progress,
     )
     .await;

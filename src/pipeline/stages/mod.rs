@@ -7,6 +7,7 @@ mod ce;
 mod change;
 mod create;
 mod groups;
+pub(crate) use groups::order_selector;
 mod lookup;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub enum Job {
 pub struct Group {
     pub customer: String,
     pub rows: Vec<StoredRow>,
+    /// Every order the customer has at the provider is in this run (as
+    /// the refresh pages showed): a customer-wide call touches nothing else.
+    pub exclusive: bool,
 }
 
 /// `ORDERBATCH_FAILPOINT=panic-at-row:N`: the job of state row N panics
@@ -67,7 +71,7 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
         Job::Resolve(group) => change::resolve(ctx, group, progress).await,
         Job::TokenRow(job) => groups::token_row(ctx, header, &job.0, &job.1, progress).await,
         Job::CeRetry(job) => ce::ce_retry(ctx, header, &job.0, &job.1, progress).await,
-        Job::Refresh(group) => groups::refresh(ctx, group, progress).await,
+        Job::Refresh(group) => groups::refresh(ctx, group, true, progress).await,
         Job::Token(group) => groups::token(ctx, group, progress).await,
     }
 }

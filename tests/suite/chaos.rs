@@ -199,3 +199,96 @@ fn ce_retry_payments_under_faults_and_a_kill_retry_each_order_exactly_once() {
         assert_eq!(row["status"], "done", "{row:?}");
     }
 }
+
+/// Runs `args` against `sandbox`, SIGKILLs it once `killed_at` requests
+/// have reached the sandbox, then runs it again to the end.
+fn kill_then_finish(sandbox: &Sandbox, dir: &Dir, args: &[&str], killed_at: u64) {
+    let mut child = spawn(dir.cmd(sandbox, args));
+    let mut finished = false;
+    wait_until(Duration::from_secs(60), || {
+        finished = child.try_wait().unwrap().is_some();
+        finished || sandbox.total_requests() >= killed_at
+    });
+    if !finished {
+        signal(&child, 9);
+    }
+    let _ = child.wait_with_output().unwrap();
+    let out = run(dir.cmd(sandbox, args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+/// Across runs and commands under the same faults: a second file repeating
+/// half of the first on the same db, then a bulk change by
+/// `pnm_order_identifier` alone, each killed once and resumed: one order
+/// per identifier, each change applied once, no customer ever overlapping.
+#[test]
+fn chaos_across_files_and_changes_keeps_one_order_per_id_and_one_change_per_order() {
+    let sandbox = faulty_sandbox(99);
+    let dir = Dir::new();
+    let first = orders_csv(400, 40, true);
+    dir.write("o.csv", &first);
+    let out = run(dir.cmd(&sandbox, &args()));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let lines: Vec<&str> = first.lines().collect();
+    let mut second = format!("{}\n", lines[0]);
+    for line in lines[201..]
+        .iter()
+        .copied()
+        .chain(orders_csv(600, 40, true).lines().skip(401))
+    {
+        second.push_str(line);
+        second.push('\n');
+    }
+    dir.write("second.csv", &second);
+    let mut second_args = args();
+    second_args[1] = "second.csv";
+    let before = sandbox.total_requests();
+    kill_then_finish(&sandbox, &dir, &second_args, before + 150);
+    let state = sandbox.http_state();
+    let orders = state["orders"].as_array().unwrap();
+    let ids: HashSet<&str> = orders
+        .iter()
+        .map(|o| o["fields"]["site_order_identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(orders.len(), 600, "orders created twice");
+    assert_eq!(ids.len(), 600);
+    assert_eq!(state["counters"]["duplicates"], 0);
+
+    let mut change = String::from("pnm_order_identifier,order_amount\n");
+    for order in orders.iter().take(150) {
+        change.push_str(&format!(
+            "{},77.77\n",
+            order["pnm_order_identifier"].as_str().unwrap()
+        ));
+    }
+    dir.write("c.csv", &change);
+    let change_args = [
+        "change",
+        "c.csv",
+        "--db",
+        "s.db",
+        "--rate",
+        "unlimited",
+        "--concurrency",
+        "8",
+        "--retry-base-ms",
+        "5",
+        "--max-attempts",
+        "12",
+        "--quiet",
+    ];
+    let before = sandbox.total_requests();
+    kill_then_finish(&sandbox, &dir, &change_args, before + 200);
+    let state = sandbox.http_state();
+    let changed: Vec<&Value> = state["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["fields"]["order_amount"] == "77.77")
+        .collect();
+    assert_eq!(changed.len(), 150);
+    for order in &changed {
+        assert_eq!(order["changes"], 1, "{}", order["pnm_order_identifier"]);
+    }
+    assert_eq!(state["counters"]["overlaps"], 0);
+}

@@ -677,6 +677,9 @@ pub struct SandboxArgs {
     /// Issue smart tokens that begin with - = + @ and URLs holding commas, quotes and line breaks (to check that exports keep them byte for byte).
     #[arg(long)]
     pub hostile_values: bool,
+    /// Answer 500 to every request for this site_customer_identifier (a customer in trouble).
+    #[arg(long)]
+    pub poison_customer: Option<String>,
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {

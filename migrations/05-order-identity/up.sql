@@ -44,3 +44,8 @@ CREATE TABLE run_customers (
 -- issued last (what the provider now holds).
 ALTER TABLE rows ADD COLUMN url_seq INTEGER;
 ALTER TABLE rows ADD COLUMN token_seq INTEGER;
+
+-- Where each input row's record starts (byte offset; `line` has its line),
+-- so that a customer's rows can be re-read without reading the file from
+-- the top: customers stream through create → refresh → token one by one.
+ALTER TABLE rows ADD COLUMN input_offset INTEGER;

@@ -89,6 +89,8 @@ impl Header {
 pub struct Row {
     pub number: u64,
     pub line: u64,
+    /// Byte offset of the record in the file (see [`OrderReader::read_at`]).
+    pub offset: u64,
     fields: Fields,
 }
 
@@ -122,9 +124,11 @@ impl Fields {
 impl Row {
     /// A row from raw fields (checked for UTF-8 once, here).
     pub fn new(number: u64, line: u64, record: csv::ByteRecord) -> Self {
+        let offset = record.position().map_or(0, |p| p.byte());
         Row {
             number,
             line,
+            offset,
             fields: Fields::from_bytes(record),
         }
     }
@@ -283,6 +287,29 @@ impl OrderReader {
                 let line = self.record.position().map_or(0, |p| p.line());
                 Some(Ok(Row::new(self.rows, line, self.record.clone())))
             }
+        }
+    }
+}
+
+impl OrderReader {
+    /// The row numbered `number` whose record starts at byte `offset` on
+    /// `line` (as a registration recorded it), read without the rows
+    /// before it.
+    pub fn read_at(&mut self, offset: u64, line: u64, number: u64) -> Result<Row, InputError> {
+        let mut position = csv::Position::new();
+        position.set_byte(offset).set_line(line).set_record(number);
+        self.reader
+            .seek(position)
+            .map_err(|e| csv_error(&self.path, e))?;
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(true) => Ok(Row::new(number, line, self.record.clone())),
+            Ok(false) => Err(InputError::At {
+                path: self.path.clone(),
+                line,
+                column: 1,
+                message: format!("row {number} is missing; the file changed under the run"),
+            }),
+            Err(e) => Err(csv_error(&self.path, e)),
         }
     }
 }

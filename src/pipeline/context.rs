@@ -81,6 +81,9 @@ pub struct Ctx {
     pub payment_defaults: PaymentMethod,
     pub options: CallOptions,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// `--concurrency` request slots, each held only while a request is
+    /// in flight.
+    slots: tokio::sync::Semaphore,
     gate: Gate,
     writes: mpsc::Sender<Write>,
     requests: Arc<RequestCounts>,
@@ -123,6 +126,7 @@ impl Ctx {
                 urls,
             },
             limiter,
+            slots: tokio::sync::Semaphore::new(options.concurrency.max(1)),
             gate: Gate::default(),
             writes: writer.sender(),
             requests: writer.request_counts(),
@@ -182,27 +186,35 @@ impl Ctx {
         done.await.is_ok()
     }
 
-    /// Waits until a request to `endpoint` may leave (429 gate, then rate
-    /// limit) and counts it; [`ProviderError::Cancelled`] when the run
-    /// stops meanwhile (the first Ctrl-C ends every wait at once).
-    pub async fn permit(&self, endpoint: impl Into<&'static str>) -> Result<(), ProviderError> {
+    /// Waits until a request to `endpoint` may leave — the 429 gate, then
+    /// one of the `--concurrency` request slots, then the rate limit — and
+    /// counts it. The slot is held until the returned guard is dropped
+    /// (when the answer is in): a row waiting for the gate or sleeping in
+    /// backoff holds none. [`ProviderError::Cancelled`] when the run stops
+    /// meanwhile (the first Ctrl-C ends every wait at once).
+    pub async fn permit(
+        &self,
+        endpoint: impl Into<&'static str>,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ProviderError> {
         let endpoint: &'static str = endpoint.into();
         let wait = async {
             self.gate.wait().await;
+            let slot = self.slots.acquire().await.expect("never closed");
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
+            slot
         };
-        tokio::select! {
-            _ = wait => {}
+        let slot = tokio::select! {
+            slot = wait => slot,
             _ = self.shutdown.stopped() => return Err(ProviderError::Cancelled),
-        }
+        };
         if self.shutdown.is_stopping() {
             return Err(ProviderError::Cancelled);
         }
         REQUESTS_SENT.store(true, Ordering::Relaxed);
         self.requests.add(endpoint);
-        Ok(())
+        Ok(slot)
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.

@@ -19,6 +19,8 @@ struct Inner {
     total: u64,
     done: AtomicU64,
     started: Instant,
+    /// Microseconds from `started` to the latest row finished.
+    last_us: AtomicU64,
     bar: Option<ProgressBar>,
 }
 
@@ -28,6 +30,17 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 impl StageProgress {
     /// Starts showing progress of `name` over `total` rows.
     pub fn start(name: &'static str, total: u64, quiet: bool) -> Self {
+        Self::start_in(None, name, total, quiet)
+    }
+
+    /// [`StageProgress::start`], as one of several bars shown together
+    /// (stages that overlap).
+    pub fn start_in(
+        multi: Option<&indicatif::MultiProgress>,
+        name: &'static str,
+        total: u64,
+        quiet: bool,
+    ) -> Self {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -38,7 +51,10 @@ impl StageProgress {
                 .progress_chars("=> "),
             );
             bar.set_prefix(name);
-            bar
+            match multi {
+                Some(multi) => multi.add(bar),
+                None => bar,
+            }
         });
         let progress = StageProgress {
             inner: Arc::new(Inner {
@@ -46,6 +62,7 @@ impl StageProgress {
                 total,
                 done: AtomicU64::new(0),
                 started: Instant::now(),
+                last_us: AtomicU64::new(0),
                 bar,
             }),
         };
@@ -67,6 +84,8 @@ impl StageProgress {
     /// Counts `n` more rows finished.
     pub fn inc(&self, n: u64) {
         self.inner.done.fetch_add(n, Ordering::Relaxed);
+        let at = self.inner.started.elapsed().as_micros() as u64;
+        self.inner.last_us.fetch_max(at, Ordering::Relaxed);
         if let Some(bar) = &self.inner.bar {
             bar.inc(n);
         }
@@ -75,6 +94,11 @@ impl StageProgress {
     /// Rows finished so far.
     pub fn done(&self) -> u64 {
         self.inner.done.load(Ordering::Relaxed)
+    }
+
+    /// Seconds from the start to the latest row finished.
+    pub fn busy_secs(&self) -> f64 {
+        self.inner.last_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     /// Ends the stage's display.

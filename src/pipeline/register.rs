@@ -147,6 +147,7 @@ pub(super) fn register(
             pnm_customer_identifier: text(pnm_customer_col),
             rejection,
             identity,
+            input_offset: Some(row.offset),
         });
         if batch.len() == REGISTER_BATCH {
             store.insert_rows(run_id, &batch)?;

@@ -60,6 +60,9 @@ pub struct SandboxConfig {
     /// Smart tokens that begin with `-` `=` `+` `@` and hold a comma and
     /// quotes; URLs with commas, quotes and a line break.
     pub hostile_values: bool,
+    /// Every request for this site customer answers 500 (a customer in
+    /// trouble, for tests and benchmarks).
+    pub poison_customer: Option<String>,
 }
 
 impl SandboxConfig {
@@ -83,6 +86,7 @@ impl SandboxConfig {
             token_lifetime: std::time::Duration::from_secs(3600),
             oauth_only: false,
             hostile_values: false,
+            poison_customer: None,
         }
     }
 }

@@ -82,6 +82,7 @@ struct Faults {
     failed: u64,
     dropped: u64,
     rate_limited: u64,
+    poisoned: u64,
 }
 
 type Answer = (StatusCode, Json<Value>);
@@ -313,6 +314,14 @@ async fn do_work(shared: &Shared, endpoint: &str, params: Vec<(String, String)>)
         .collect();
 
     let customer = shared.pnm.lock().unwrap().customer_of(&params);
+    if customer.is_some() && customer == shared.config.poison_customer {
+        shared.pnm.lock().unwrap().faults.poisoned += 1;
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "this customer is poisoned (--poison-customer)",
+        );
+    }
     let _guard = {
         let mut pnm = shared.pnm.lock().unwrap();
         match customer {

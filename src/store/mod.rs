@@ -205,6 +205,7 @@ mod chunk_tests {
                 pnm_customer_identifier: None,
                 rejection: None,
                 identity: None,
+                input_offset: None,
             })
             .collect();
         store.insert_rows(run, &rows).unwrap();

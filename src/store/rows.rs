@@ -107,6 +107,8 @@ pub struct NewRow {
     pub rejection: Option<(String, String)>,
     /// `run`: how the row's order identity is settled against earlier runs.
     pub identity: Option<Identity>,
+    /// Byte offset of the input record.
+    pub input_offset: Option<u64>,
 }
 
 /// What `run` records about a row's order identity (see migration 05).
@@ -158,15 +160,17 @@ pub struct StoredRow {
     pub payment_link_expiry: Option<String>,
     /// Unix seconds of the row's last intent.
     pub intent_at: Option<i64>,
+    /// Byte offset of the input record (rows registered since schema 5).
+    pub input_offset: Option<u64>,
 }
 
 const COLUMNS: &str = "row_number, COALESCE(input_row, row_number), line, site_customer_identifier, site_order_identifier, \
      pnm_order_identifier, pnm_customer_identifier, state, attempts, last_error_code, last_error, \
      embedded_js_url, embedded_js_url_expires_at, secure_smart_token, secure_smart_link, \
-     next_attempt_at, payment_id, payment_status, payment_link, payment_link_expiry, intent_at";
+     next_attempt_at, payment_id, payment_status, payment_link, payment_link_expiry, intent_at, input_offset";
 
 /// How many columns [`COLUMNS`] names (a query may add its own after them).
-const COLUMN_COUNT: usize = 21;
+const COLUMN_COUNT: usize = 22;
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     Ok(StoredRow {
@@ -191,6 +195,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         payment_link: r.get(18)?,
         payment_link_expiry: r.get(19)?,
         intent_at: r.get(20)?,
+        input_offset: r.get(21)?,
     })
 }
 
@@ -353,8 +358,8 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
     tx.prepare_cached(
         "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, site_order_identifier,
              pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error,
-             order_amount, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             order_amount, content, input_offset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (run_id, row_number) DO NOTHING",
     )?
     .execute(params![
@@ -370,6 +375,7 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         error,
         identity.and_then(|i| i.order_amount.as_deref()),
         identity.and_then(|i| i.content.as_deref()),
+        row.input_offset,
     ])?;
     Ok(())
 }
@@ -720,6 +726,7 @@ mod tests {
             pnm_customer_identifier: None,
             rejection: None,
             identity: None,
+            input_offset: None,
         }
     }
 

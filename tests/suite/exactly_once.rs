@@ -595,7 +595,9 @@ fn change_under_dropped_connections_applies_each_change_once_and_never_overlaps_
 fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
     let sandbox = Sandbox::with(|c| c.latency_ms = Some((4, 8)));
     let dir = Dir::new();
-    let original = orders_csv(300, 60, true);
+    // More customers than a run keeps in flight: the file is still being
+    // read when it changes.
+    let original = orders_csv(600, 600, true);
     dir.write("o.csv", &original);
     let child = spawn(dir.cmd(
         &sandbox,
@@ -645,7 +647,7 @@ fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
         &["run", "o.csv", "--db", "s.db", "--rate", "unlimited"],
     ));
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert_eq!(sandbox.orders().len(), 300);
+    assert_eq!(sandbox.orders().len(), 600);
     assert_eq!(sandbox.counter("duplicates"), 0);
 }
 

@@ -10,3 +10,4 @@ mod ops;
 mod resume;
 mod run;
 mod security;
+mod streaming;

@@ -35,7 +35,7 @@ enum Retried {
 /// `intent_at` landed.
 async fn landed(ctx: &Ctx, order: &str, intent_at: i64, rows: &[u64]) -> Outcome<Landed> {
     ctx.request(PAYMENTS, rows, || async {
-        ctx.permit(PAYMENTS).await?;
+        let _slot = ctx.permit(PAYMENTS).await?;
         ctx.ce().retry_landed(order, intent_at).await
     })
     .await
@@ -78,7 +78,7 @@ pub async fn ce_retry(
     let ce = ctx.ce();
     let status = match ctx
         .request(PAYMENT_STATUS, &rows, || async {
-            ctx.permit(PAYMENT_STATUS).await?;
+            let _slot = ctx.permit(PAYMENT_STATUS).await?;
             ce.payment_status(order).await
         })
         .await
@@ -145,14 +145,14 @@ pub async fn ce_retry(
     let outcome = ctx
         .request(RETRY_PAYMENT, &rows, || async {
             if maybe_applied.load(Ordering::Relaxed) {
-                ctx.permit(PAYMENTS).await?;
+                let _slot = ctx.permit(PAYMENTS).await?;
                 match ce.retry_landed(order, intent_at).await? {
                     Landed::Yes => return Ok(Retried::Unrecorded),
                     Landed::Unknown(why) => return Ok(Retried::Unknown(why)),
                     Landed::No => maybe_applied.store(false, Ordering::Relaxed),
                 }
             }
-            ctx.permit(RETRY_PAYMENT).await?;
+            let _slot = ctx.permit(RETRY_PAYMENT).await?;
             let result = ce.retry_payment(order, &method).await;
             if let Err(e) = &result {
                 if matches!(

@@ -31,7 +31,7 @@ pub(super) async fn change(
         (None, Some(site)) => {
             let found = ctx
                 .request(Endpoint::FindOrders, &rows, || async {
-                    ctx.permit(Endpoint::FindOrders).await?;
+                    let _slot = ctx.permit(Endpoint::FindOrders).await?;
                     ctx.pnm().find_orders("site_order_identifier", site).await
                 })
                 .await;
@@ -68,7 +68,7 @@ pub(super) async fn change(
         // every value, it was applied.
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
-                ctx.permit(Endpoint::FindOrders).await?;
+                let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 ctx.pnm()
                     .find_orders_raw("pnm_order_identifier", &pnm)
                     .await
@@ -100,7 +100,7 @@ pub(super) async fn change(
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
             if maybe_applied.load(Ordering::Relaxed) {
-                ctx.permit(Endpoint::FindOrders).await?;
+                let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 let orders = ctx
                     .pnm()
                     .find_orders_raw("pnm_order_identifier", &pnm)
@@ -114,7 +114,7 @@ pub(super) async fn change(
                 }
                 maybe_applied.store(false, Ordering::Relaxed);
             }
-            ctx.permit(Endpoint::ChangeOrder).await?;
+            let _slot = ctx.permit(Endpoint::ChangeOrder).await?;
             let result = ctx.pnm().change_order(&params).await;
             if let Err(e) = &result {
                 if matches!(
@@ -170,7 +170,7 @@ pub(super) async fn resolve(ctx: &Ctx, group: Group, progress: &StageProgress) {
         let rows = [stored.row_number];
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
-                ctx.permit(Endpoint::FindOrders).await?;
+                let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 ctx.pnm().find_orders(selector.0, &selector.1).await
             })
             .await;

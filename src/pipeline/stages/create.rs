@@ -15,16 +15,17 @@ use crate::store::{RowState, StoredRow};
 /// Creates the row's order exactly once: intent is committed before the
 /// request leaves, and an attempt whose outcome is unknown (this run's or a
 /// killed run's) is reconciled with `find_orders` before anything is resent.
-pub(super) async fn create(
+///
+/// Returns the order's `(pnm_order_identifier, pnm_customer_identifier)`
+/// once it exists.
+pub(crate) async fn create(
     ctx: &Ctx,
     header: &Header,
     row: &Row,
     stored: &StoredRow,
     progress: &StageProgress,
-) {
-    let Some(order_id) = stored.site_order_identifier.as_deref() else {
-        return;
-    };
+) -> Option<(String, Option<String>)> {
+    let order_id = stored.site_order_identifier.as_deref()?;
     let mut params = row.params_for(header, ep::CREATE);
     if !params.iter().any(|(k, _)| *k == "site_order_identifier") {
         params.push(("site_order_identifier", order_id));
@@ -33,7 +34,7 @@ pub(super) async fn create(
     if !maybe_exists.load(Ordering::Relaxed)
         && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
     {
-        return;
+        return None;
     }
     let outcome = ctx
         .request(Endpoint::CreateOrder, &[stored.row_number], || {
@@ -45,11 +46,12 @@ pub(super) async fn create(
             Some(pnm_order) => {
                 ctx.write(Write::Created {
                     row: stored.row_number,
-                    pnm_order,
-                    pnm_customer: order.pnm_customer_identifier,
+                    pnm_order: pnm_order.clone(),
+                    pnm_customer: order.pnm_customer_identifier.clone(),
                 })
                 .await;
                 progress.inc(1);
+                return Some((pnm_order, order.pnm_customer_identifier));
             }
             None => {
                 let error = ProviderError::UnexpectedBody {
@@ -63,6 +65,7 @@ pub(super) async fn create(
         Outcome::Failed(error) => fail(ctx, stored.row_number, &error, progress).await,
         Outcome::Stopped => {}
     }
+    None
 }
 
 /// One attempt: reconcile first when an earlier attempt may have created the
@@ -75,7 +78,7 @@ async fn create_attempt(
     params: &[(&str, &str)],
 ) -> Result<PnmOrder, ProviderError> {
     if maybe_exists.load(Ordering::Relaxed) {
-        ctx.permit(Endpoint::FindOrders).await?;
+        let _slot = ctx.permit(Endpoint::FindOrders).await?;
         let found = ctx
             .pnm()
             .find_orders("site_order_identifier", order_id)
@@ -89,7 +92,7 @@ async fn create_attempt(
         }
         maybe_exists.store(false, Ordering::Relaxed);
     }
-    ctx.permit(Endpoint::CreateOrder).await?;
+    let _slot = ctx.permit(Endpoint::CreateOrder).await?;
     let result = ctx.pnm().create_order(params).await;
     if let Err(e) = &result {
         if matches!(

@@ -9,7 +9,7 @@ use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
 use crate::provider::ProviderError;
 use crate::store::writer::Write;
-use crate::store::StoredRow;
+use crate::store::{RowState, StoredRow};
 
 /// Whether an answer's order is this row's.
 fn same_order(row: &StoredRow, order: &PnmOrder) -> bool {
@@ -74,7 +74,7 @@ impl GroupStage {
         ctx: &Ctx,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        ctx.permit(self.endpoint()).await?;
+        let _slot = ctx.permit(self.endpoint()).await?;
         let mut all = params.to_vec();
         match self {
             GroupStage::Refresh => {
@@ -113,17 +113,32 @@ impl GroupStage {
     }
 }
 
+/// Records each answer; returns the rows recorded, with what the answer
+/// told (identifiers, URL).
 async fn record_answers(
     ctx: &Ctx,
     stage: GroupStage,
     answered: Vec<(StoredRow, PnmOrder)>,
     progress: &StageProgress,
-) {
-    for (row, order) in answered {
+) -> Vec<StoredRow> {
+    let mut recorded = Vec::with_capacity(answered.len());
+    for (mut row, order) in answered {
+        let learned = order.clone();
         match stage.record(row.row_number, order) {
             Some(write) => {
                 ctx.write(write).await;
                 progress.inc(1);
+                row.pnm_order_identifier =
+                    row.pnm_order_identifier.or(learned.pnm_order_identifier);
+                row.pnm_customer_identifier = row
+                    .pnm_customer_identifier
+                    .or(learned.pnm_customer_identifier);
+                row.embedded_js_url = learned.embedded_js_url.or(row.embedded_js_url);
+                row.embedded_js_url_expires_at = learned
+                    .embedded_js_url_expires_at
+                    .or(row.embedded_js_url_expires_at);
+                row.state = RowState::UrlsRefreshed.as_str().to_string();
+                recorded.push(row);
             }
             None => {
                 let error = ProviderError::UnexpectedBody {
@@ -135,6 +150,7 @@ async fn record_answers(
             }
         }
     }
+    recorded
 }
 
 /// How to name a row's order in a request: `pnm_order_identifier`, else
@@ -150,14 +166,20 @@ pub(crate) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> 
 /// One call per order, for rows a customer-wide call did not cover; rows
 /// that name an order already answered share that answer (an order's URL
 /// and token are issued once).
-async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress: &StageProgress) {
+async fn per_order(
+    ctx: &Ctx,
+    stage: GroupStage,
+    rows: Vec<StoredRow>,
+    progress: &StageProgress,
+) -> Vec<StoredRow> {
     let mut answered: Vec<PnmOrder> = Vec::new();
+    let mut recorded = Vec::new();
     for row in rows {
         let Some((key, id)) = order_selector(&row) else {
             continue;
         };
         if let Some(order) = answered.iter().find(|o| same_order(&row, o)) {
-            record_answers(ctx, stage, vec![(row, order.clone())], progress).await;
+            recorded.extend(record_answers(ctx, stage, vec![(row, order.clone())], progress).await);
             continue;
         }
         let params = [(key, id.as_str())];
@@ -169,10 +191,20 @@ async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress:
         if let Outcome::Done(orders) = &outcome {
             answered.extend(orders.iter().cloned());
         }
-        if !record_one(ctx, stage, row, outcome, progress).await {
-            return;
+        match record_one(ctx, stage, row, outcome, progress).await {
+            Some(rows) => recorded.extend(rows),
+            None => return recorded,
         }
     }
+    recorded
+}
+
+/// What [`refresh`] did for a customer's rows.
+pub(crate) struct Refreshed {
+    /// The rows whose URL was recorded (ready for their token).
+    pub rows: Vec<StoredRow>,
+    /// The pages showed every order of the customer to be in this run.
+    pub exclusive: bool,
 }
 
 /// Refreshes the URLs of a customer's ready orders: pages of five through the
@@ -180,9 +212,16 @@ async fn per_order(ctx: &Ctx, stage: GroupStage, rows: Vec<StoredRow>, progress:
 /// order otherwise. The pages show all the customer's orders at the
 /// provider: whether they are all in this run is recorded for the token
 /// stage.
-pub(super) async fn refresh(ctx: &Ctx, group: Group, may_page: bool, progress: &StageProgress) {
+pub(crate) async fn refresh(
+    ctx: &Ctx,
+    group: Group,
+    may_page: bool,
+    progress: &StageProgress,
+) -> Refreshed {
     let stage = GroupStage::Refresh;
     let mut remaining = group.rows;
+    let mut recorded = Vec::new();
+    let mut exclusive = false;
     if remaining.len() > 1 && may_page && !group.customer.is_empty() {
         let ours = remaining.clone();
         let mut foreign = false;
@@ -206,14 +245,15 @@ pub(super) async fn refresh(ctx: &Ctx, group: Group, may_page: bool, progress: &
                         .iter()
                         .any(|order| !ours.iter().any(|row| same_order(row, order)));
                     let answered = take_answered(&mut remaining, page);
-                    record_answers(ctx, stage, answered, progress).await;
+                    recorded.extend(record_answers(ctx, stage, answered, progress).await);
                     // A full page may be followed by orders of other runs:
                     // one more page tells (and costs one request only for
                     // customers with a multiple of five orders).
                     if short || (remaining.is_empty() && foreign) {
+                        exclusive = short && !foreign;
                         ctx.write(Write::Customer {
                             customer: group.customer.clone(),
-                            exclusive: short && !foreign,
+                            exclusive,
                         })
                         .await;
                         break;
@@ -224,20 +264,32 @@ pub(super) async fn refresh(ctx: &Ctx, group: Group, may_page: bool, progress: &
                     for row in remaining {
                         fail(ctx, row.row_number, &error, progress).await;
                     }
-                    return;
+                    return Refreshed {
+                        rows: recorded,
+                        exclusive: false,
+                    };
                 }
-                Outcome::Stopped => return,
+                Outcome::Stopped => {
+                    return Refreshed {
+                        rows: recorded,
+                        exclusive: false,
+                    }
+                }
             }
         }
     }
-    per_order(ctx, stage, remaining, progress).await;
+    recorded.extend(per_order(ctx, stage, remaining, progress).await);
+    Refreshed {
+        rows: recorded,
+        exclusive,
+    }
 }
 
 /// Issues smart tokens: one customer-wide call when the customer has several
 /// ready orders and all its orders at the provider are in this run (a
 /// customer-wide call reissues every one of them), one call per order
 /// otherwise.
-pub(super) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
+pub(crate) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
     let stage = GroupStage::Token;
     let mut remaining = group.rows;
     if remaining.len() > 1 && group.exclusive {
@@ -266,7 +318,7 @@ pub(super) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
 /// A smart token for one order, with its input row's token columns
 /// (`payment_amount`, Guaranteed ACH fields, ...): rows with their own
 /// values cannot share a customer-wide call.
-pub(super) async fn token_row(
+pub(crate) async fn token_row(
     ctx: &Ctx,
     header: &Header,
     row: &Row,
@@ -287,19 +339,20 @@ pub(super) async fn token_row(
     record_one(ctx, stage, stored.clone(), outcome, progress).await;
 }
 
-/// Records the outcome of a call for one order; false when the run stops.
+/// Records the outcome of a call for one order: the rows recorded, or
+/// `None` when the run stops.
 async fn record_one(
     ctx: &Ctx,
     stage: GroupStage,
     row: StoredRow,
     outcome: Outcome<Vec<PnmOrder>>,
     progress: &StageProgress,
-) -> bool {
+) -> Option<Vec<StoredRow>> {
     match outcome {
         Outcome::Done(orders) => {
             let mut remaining = vec![row];
             let answered = take_answered(&mut remaining, orders);
-            record_answers(ctx, stage, answered, progress).await;
+            let recorded = record_answers(ctx, stage, answered, progress).await;
             for row in remaining {
                 fail(
                     ctx,
@@ -309,12 +362,12 @@ async fn record_one(
                 )
                 .await;
             }
-            true
+            Some(recorded)
         }
         Outcome::Failed(error) => {
             fail(ctx, row.row_number, &error, progress).await;
-            true
+            Some(Vec::new())
         }
-        Outcome::Stopped => false,
+        Outcome::Stopped => None,
     }
 }

@@ -96,7 +96,7 @@ async fn customer_orders(
     if !ctx.options.urls {
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
-                ctx.permit(Endpoint::FindOrders).await?;
+                let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 ctx.pnm().find_orders(selector.0, &selector.1).await
             })
             .await;

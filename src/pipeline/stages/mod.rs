@@ -5,8 +5,8 @@
 
 mod ce;
 mod change;
-mod create;
-mod groups;
+pub(crate) mod create;
+pub(crate) mod groups;
 pub(crate) use groups::order_selector;
 mod lookup;
 
@@ -48,7 +48,7 @@ pub struct Group {
 
 /// `ORDERBATCH_FAILPOINT=panic-at-row:N`: the job of state row N panics
 /// (for tests of what an internal error does to a run; unset in use).
-fn failpoint_row() -> Option<u64> {
+pub(crate) fn failpoint_row() -> Option<u64> {
     static ROW: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     *ROW.get_or_init(|| {
         std::env::var("ORDERBATCH_FAILPOINT")
@@ -65,13 +65,17 @@ pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgr
         assert!(!job.rows().contains(&row), "failpoint panic-at-row:{row}");
     }
     match job {
-        Job::Create(job) => create::create(ctx, header, &job.0, &job.1, progress).await,
+        Job::Create(job) => {
+            create::create(ctx, header, &job.0, &job.1, progress).await;
+        }
         Job::Change(job) => change::change(ctx, header, &job.0, &job.1, progress).await,
         Job::Lookup(group) => lookup::lookup(ctx, group, progress).await,
         Job::Resolve(group) => change::resolve(ctx, group, progress).await,
         Job::TokenRow(job) => groups::token_row(ctx, header, &job.0, &job.1, progress).await,
         Job::CeRetry(job) => ce::ce_retry(ctx, header, &job.0, &job.1, progress).await,
-        Job::Refresh(group) => groups::refresh(ctx, group, true, progress).await,
+        Job::Refresh(group) => {
+            groups::refresh(ctx, group, true, progress).await;
+        }
         Job::Token(group) => groups::token(ctx, group, progress).await,
     }
 }

@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream first-done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,11 +14,32 @@ GEN=$ROOT/target/release/examples/gen_orders
 export PNM_SITE_IDENTIFIER=S_BENCH PNM_SECRET_KEY=bench-secret
 SECTIONS=${*:-"validate memory state rate headroom resume batching"}
 
-data() { # rows -> path
-  local f=$WORK/orders-$1.csv
-  [ -s "$f" ] || "$GEN" "$1" 4 > "$f"
+data() { # rows [orders per customer, e.g. 4 or 1-7] -> path
+  local per=${2:-4}
+  local f=$WORK/orders-$1-$per.csv
+  [ -s "$f" ] || "$GEN" "$1" "$per" > "$f"
   echo "$f"
 }
+
+# The latency bound of a run of file $1 that sent $2 requests, at $3 ms per
+# answer and concurrency $4: max(requests x latency / concurrency, the
+# longest customer's chain of requests x latency).
+bound() {
+  python3 - "$@" <<'PY'
+import csv, math, sys
+from collections import Counter
+path, requests, latency, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000, int(sys.argv[4])
+orders = Counter(r["site_customer_identifier"] for r in csv.DictReader(open(path, newline="", encoding="utf-8")))
+def chain(k):  # creates, refresh pages (a full last page needs one more), one token call
+    pages = 1 if k == 1 else math.ceil(k / 5) + (1 if k % 5 == 0 else 0)
+    return k + pages + 1
+longest = max(chain(k) for k in orders.values())
+print(f"{max(requests * latency / conc, longest * latency):.3f} {longest}")
+PY
+}
+
+# Median of the "rows in N s" wall time of the summary in $1.
+run_secs() { grep -oE 'rows in [0-9.]+s' "$1" | grep -oE '[0-9.]+'; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -180,5 +201,61 @@ oauth)
   h=$(awk -F'\t' '$1=="hmac" {print $2}' "$WORK/oauth.tsv" | median)
   o=$(awk -F'\t' '$1=="oauth" {print $2}' "$WORK/oauth.tsv" | median)
   echo "  median: hmac $h req/s, oauth $o req/s -> oauth at $(awk -v h="$h" -v o="$o" 'BEGIN {printf "%.1f %%", 100 * o / h}') of hmac"
+  ;;
+stream)
+  echo "== 9. streaming against a slow provider (issue 16): 3 rounds each, medians"
+  for spec in "100 800 32" "300 2000 64"; do
+    set -- $spec; lat=$1; n=$2; conc=$3
+    f=$(data $n 1-7)
+    : > "$WORK/stream.tsv"
+    for round in 1 2 3; do
+      start_sandbox --latency-ms $lat,$lat; rm -f "$WORK/stream.db"*
+      "$B" run "$f" --db "$WORK/stream.db" --rate unlimited --concurrency $conc -q > "$WORK/stream.out"
+      stop_sandbox
+      req=$(grep -oE '^ *[0-9]+ requests,' "$WORK/stream.out" | tr -dc 0-9)
+      secs=$(run_secs "$WORK/stream.out")
+      read b longest < <(bound "$f" "$req" "$lat" "$conc")
+      printf '%s\t%s\t%s\t%s\n' "$secs" "$req" "$b" "$longest" | tee -a "$WORK/stream.tsv" |
+        awk -F'\t' '{printf "  round: %s s for %s requests; bound %s s (longest chain %s) -> %.2f x the bound\n", $1, $2, $3, $4, $1 / $3}'
+    done
+    secs=$(cut -f1 "$WORK/stream.tsv" | median); b=$(cut -f3 "$WORK/stream.tsv" | median)
+    echo "  latency ${lat} ms, $n rows (1-7 orders per customer), --concurrency $conc: median $secs s vs bound $b s = $(awk -v s="$secs" -v b="$b" 'BEGIN {printf "%.2f x the bound (%.0f %% of it)", s / b, 100 * b / s}')"
+  done
+  echo "  -- one customer poisoned (every request 500), latency 100 ms, 800 rows, --concurrency 32, --max-attempts 8"
+  f=$(data 800 1-7)
+  victim=$(sed -n 2p "$f" | cut -d, -f1)
+  healthy=$(( $(tail -n +2 "$f" | wc -l) - $(grep -c "^$victim," "$f") ))
+  for round in 1 2 3; do
+    start_sandbox --latency-ms 100,100 --poison-customer "$victim"; rm -f "$WORK/poison.db"*
+    "$B" run "$f" --db "$WORK/poison.db" --rate unlimited --concurrency 32 --max-attempts 8 -q > /dev/null & RUN=$!
+    t0=$(date +%s.%N)
+    while :; do
+      done_rows=$("$B" status --db "$WORK/poison.db" --json 2>/dev/null | python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["runs"][0]["states"].get("done", 0))
+except Exception: print(0)')
+      [ "$done_rows" -ge "$healthy" ] && break
+      sleep 0.1
+    done
+    t1=$(date +%s.%N); kill $RUN 2>/dev/null || true; wait $RUN 2>/dev/null || true; stop_sandbox
+    echo "  round: all $healthy healthy rows done after $(python3 -c "print(f'{$t1 - $t0:.2f}')") s (poisoned $victim still retrying)"
+  done
+  ;;
+first-done)
+  echo "== 10. time to the first row done: 100,000 rows at --rate 1000 (issue 16 target 5)"
+  f=$(data 100000)
+  for round in 1 2 3; do
+    start_sandbox; rm -f "$WORK/first.db"*
+    "$B" run "$f" --db "$WORK/first.db" --rate 1000 --concurrency 16 -q > /dev/null & RUN=$!
+    while [ "$(total_requests)" -eq 0 ]; do sleep 0.01; done; t0=$(date +%s.%N)
+    while :; do
+      d=$("$B" status --db "$WORK/first.db" --json 2>/dev/null | python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["runs"][0]["states"].get("done", 0))
+except Exception: print(0)')
+      [ "$d" -gt 0 ] && break
+      sleep 0.05
+    done
+    t1=$(date +%s.%N); kill $RUN; wait $RUN 2>/dev/null || true; stop_sandbox
+    echo "  round: first row done $(python3 -c "print(f'{$t1 - $t0:.2f}')") s after the first request"
+  done
   ;;
 esac; done

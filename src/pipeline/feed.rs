@@ -14,7 +14,7 @@ use super::stages::{order_selector, Group, Job};
 use super::{PipelineError, Shutdown};
 use crate::input::fingerprint::Snapshot;
 use crate::input::{ColumnOptions, OrderReader, Row};
-use crate::store::{Store, StoredRow};
+use crate::store::{RowState, Store, StoredRow};
 
 /// The worker that owns `key` (a customer, or an order when the customer is
 /// not known).
@@ -46,6 +46,7 @@ pub(super) fn feed_rows(
     input: &Path,
     columns: &ColumnOptions,
     snapshot: &Snapshot,
+    only_due: bool,
     shutdown: &Shutdown,
     senders: Vec<mpsc::Sender<Job>>,
 ) -> Result<(), PipelineError> {
@@ -66,7 +67,15 @@ pub(super) fn feed_rows(
     for expanded in [false, true] {
         let mut reader = OrderReader::open(input, mode.schema(columns))?;
         let mut current: Option<Arc<Row>> = None;
+        let now = chrono::Utc::now().timestamp();
         let mut each = |stored: StoredRow| {
+            // Woken for deferred rows: only those whose time has come.
+            if only_due
+                && stored.state == RowState::Deferred.as_str()
+                && stored.next_attempt_at.is_some_and(|t| t > now)
+            {
+                return true;
+            }
             let wanted = stored.input_row;
             loop {
                 if current.as_ref().is_some_and(|r| r.number == wanted) {

@@ -326,7 +326,8 @@ async fn run_stages(
             );
             Box::new(move |senders| {
                 feed_rows(
-                    &db, run_id, mode, stage, &input, &columns, &snapshot, &stopping, senders,
+                    &db, run_id, mode, stage, &input, &columns, &snapshot, false, &stopping,
+                    senders,
                 )
             })
         } else {
@@ -423,7 +424,7 @@ async fn wait_for_deferred(
         );
         let feed: Feeder = Box::new(move |senders| {
             feed_rows(
-                &db, run_id, mode, stage, &input, &columns, &snapshot, &stopping, senders,
+                &db, run_id, mode, stage, &input, &columns, &snapshot, true, &stopping, senders,
             )
         });
         run_stage(ctx, header, options.concurrency, &progress, feed).await?;

@@ -106,6 +106,49 @@ pub enum Command {
         after_help = "Example:\n  orderbatch demo            # writes ./orderbatch-demo/{state.db,export.csv}"
     )]
     Demo(DemoArgs),
+    /// Serve just-in-time embedded JS URLs and smart links for agents from a state database.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+}
+
+const SERVE_HELP: &str = "\
+Every endpoint but /healthz needs Authorization: Bearer <token>, the token
+from ORDERBATCH_SERVE_TOKEN or ORDERBATCH_SERVE_TOKEN_FILE (mode 600).
+Provider settings as for `refresh` (PNM_BASE_URL, PNM_SITE_IDENTIFIER, and
+OAuth or HMAC credentials). Runs beside a nightly run on the same --db.
+
+  GET /v1/orders/{site_order_identifier}/embedded-js-url
+      the stored URL while it has --min-validity left, else one
+      refresh_embedded_js_urls for that order (stored, then returned)
+  GET /v1/orders/{site_order_identifier}/smart-link
+      a fresh get_smart_token with the options of the order's run
+  GET /healthz     GET /metrics (Prometheus text)
+
+Errors are JSON {\"error\":{\"code\",\"message\"}}: 401, 404 unknown order,
+502 the provider refused, 503 (with Retry-After) rate limited or down.
+
+Example:
+  export ORDERBATCH_SERVE_TOKEN_FILE=/etc/orderbatch/serve-token
+  orderbatch serve --db state/orders.db --listen 127.0.0.1:8787 --rate 20
+  curl -H \"Authorization: Bearer $(cat /etc/orderbatch/serve-token)\" \\
+    http://127.0.0.1:8787/v1/orders/ORD-1001/embedded-js-url";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// State database whose orders to serve (a run may be writing it).
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: std::net::SocketAddr,
+    /// Allow listening on a non-loopback address (put TLS in front of it).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Refresh a stored URL that has less than this left (e.g. 5m, 90s).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub min_validity: u64,
+    #[command(flatten)]
+    pub pace: PaceArgs,
 }
 
 const RUN_HELP: &str = "\

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod export;
 pub mod files;
 pub mod input;
+pub mod links;
 pub mod lock;
 pub mod money;
 pub mod pipeline;

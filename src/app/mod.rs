@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sandbox(args) => serve::sandbox(args),
         Command::Demo(args) => orders::demo(args, quiet),
+        Command::Serve(args) => orders::serve_links(args, &env),
     }
 }
 

@@ -232,6 +232,73 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     )
 }
 
+/// `orderbatch serve`.
+pub fn serve_links(args: crate::cli::ServeArgs, env: &Env) -> anyhow::Result<ExitCode> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        anyhow::bail!(
+            "--listen {} is not a loopback address; add --allow-remote to serve other machines, \
+             and put TLS in front of it (the bearer token travels with every request)",
+            args.listen
+        );
+    }
+    let token = match (
+        std::env::var("ORDERBATCH_SERVE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        std::env::var("ORDERBATCH_SERVE_TOKEN_FILE")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    ) {
+        (Some(token), _) => secrecy::SecretString::from(token),
+        (None, Some(path)) => config::read_secret_file(Path::new(&path))?,
+        (None, None) => anyhow::bail!(
+            "ORDERBATCH_SERVE_TOKEN is not set; serve refuses to start without a bearer token: \
+             set it, or ORDERBATCH_SERVE_TOKEN_FILE to a file (mode 600) that holds it"
+        ),
+    };
+    if secrecy::ExposeSecret::expose_secret(&token).len() < 16 {
+        anyhow::bail!("the serve token is shorter than 16 characters; use a long random one");
+    }
+    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let timeout = Duration::from_secs(settings.timeout.value);
+    let client = PnmClient::new(settings.credentials()?, timeout)?;
+    let config = crate::links::LinksConfig {
+        db: args.db.clone(),
+        token,
+        min_validity: Duration::from_secs(args.min_validity),
+        rate: settings.rate.value,
+        client,
+    };
+    runtime()?.block_on(async move {
+        let links = crate::links::Links::bind(config, args.listen).await?;
+        let addr = links.addr()?;
+        println!("http://{addr}");
+        eprintln!(
+            "orderbatch serve: links from {} on http://{addr}",
+            args.db.display()
+        );
+        links.serve(stop_signal()).await?;
+        eprintln!("orderbatch serve: stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 pub fn config_show(pace: &PaceArgs, token: &TokenArgs, env: &Env) -> anyhow::Result<ExitCode> {
     print!("{}", env.settings(pace, token)?.render());
     Ok(ExitCode::SUCCESS)

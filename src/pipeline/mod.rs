@@ -29,7 +29,7 @@ use crate::report::StageTiming;
 use crate::store::writer::{Write, Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
 use context::Ctx;
-pub use context::{requests_sent, Clients};
+pub use context::{quota, requests_sent, Clients};
 use feed::{feed_groups, feed_rows};
 pub use mode::{Mode, Stage};
 use progress::StageProgress;

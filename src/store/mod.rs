@@ -9,6 +9,7 @@
 
 pub mod rows;
 pub mod runs;
+pub mod served;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -10,4 +10,5 @@ mod ops;
 mod resume;
 mod run;
 mod security;
+mod serve;
 mod streaming;

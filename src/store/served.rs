@@ -1,0 +1,96 @@
+//! What `orderbatch serve` reads and writes: one order's identifiers, URL
+//! and token, by `site_order_identifier`, in short transactions beside a
+//! run that may be writing the same database.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+
+/// An order as the database last recorded it (the newest run's row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedOrder {
+    pub run_id: i64,
+    pub row_number: u64,
+    pub site_order_identifier: String,
+    pub pnm_order_identifier: String,
+    pub site_customer_identifier: Option<String>,
+    pub pnm_customer_identifier: Option<String>,
+    pub embedded_js_url: Option<String>,
+    pub embedded_js_url_expires_at: Option<String>,
+}
+
+impl Store {
+    /// The newest row that knows the order of `site_order_identifier`.
+    pub fn served_order(
+        &self,
+        site_order_identifier: &str,
+    ) -> Result<Option<ServedOrder>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT run_id, row_number, pnm_order_identifier, site_customer_identifier,
+                        pnm_customer_identifier, embedded_js_url, embedded_js_url_expires_at
+                 FROM rows WHERE site_order_identifier = ?1 AND pnm_order_identifier IS NOT NULL
+                 ORDER BY run_id DESC, row_number DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![site_order_identifier], |r| {
+                    Ok(ServedOrder {
+                        run_id: r.get(0)?,
+                        row_number: r.get(1)?,
+                        site_order_identifier: site_order_identifier.to_string(),
+                        pnm_order_identifier: r.get(2)?,
+                        site_customer_identifier: r.get(3)?,
+                        pnm_customer_identifier: r.get(4)?,
+                        embedded_js_url: r.get(5)?,
+                        embedded_js_url_expires_at: r.get(6)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a URL the provider just issued for the order's row.
+    pub fn set_served_url(
+        &self,
+        order: &ServedOrder,
+        url: &str,
+        expires_at: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE rows SET embedded_js_url = ?3,
+                     embedded_js_url_expires_at = COALESCE(?4, embedded_js_url_expires_at)
+                 WHERE run_id = ?1 AND row_number = ?2",
+            )
+            .and_then(|mut s| s.execute(params![order.run_id, order.row_number, url, expires_at]))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a smart token the provider just issued for the order's row.
+    pub fn set_served_token(
+        &self,
+        order: &ServedOrder,
+        token: &str,
+        link: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE rows SET secure_smart_token = ?3, secure_smart_link = ?4
+                 WHERE run_id = ?1 AND row_number = ?2",
+            )
+            .and_then(|mut s| s.execute(params![order.run_id, order.row_number, token, link]))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The `get_smart_token` options run `run_id` was started with.
+    pub fn run_token_options(&self, run_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let Some(run) = self.run(run_id)? else {
+            return Ok(Vec::new());
+        };
+        let options: serde_json::Value = serde_json::from_str(&run.options).unwrap_or_default();
+        Ok(serde_json::from_value(options["token_options"].clone()).unwrap_or_default())
+    }
+}

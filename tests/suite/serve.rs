@@ -1,0 +1,343 @@
+//! `orderbatch serve`: just-in-time URLs and smart links from the state db.
+
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const TOKEN: &str = "serve-token-1234567890abcdef";
+
+struct Server {
+    child: Child,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    /// Serves `db`; a stored URL with less than `min_validity` left (e.g.
+    /// `5m`) is refreshed. (Tests age the sandbox's clock, not ours: a
+    /// `min_validity` above the 30-minute URL lifetime makes every URL
+    /// stored so far due.)
+    fn start(dir: &Dir, sandbox: &Sandbox, db: &str, min_validity: &str) -> Server {
+        let mut cmd = dir.cmd(
+            sandbox,
+            &[
+                "serve",
+                "--db",
+                db,
+                "--listen",
+                "127.0.0.1:0",
+                "--min-validity",
+                min_validity,
+            ],
+        );
+        cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
+        let mut child = spawn(cmd);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("http://"), "serve printed {line:?}");
+        Server {
+            child,
+            url: line.trim().to_string(),
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// GETs `path` with `token` (if any): status and JSON body.
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        self.runtime.block_on(async {
+            let mut request = reqwest::Client::new().get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let answer = request.send().await.unwrap();
+            let status = answer.status().as_u16();
+            let body = answer.bytes().await.unwrap();
+            (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        })
+    }
+
+    /// `n` GETs of `path` at once.
+    fn get_many(&self, path: &str, n: usize) -> Vec<(u16, Value)> {
+        let url = format!("{}{path}", self.url);
+        self.runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let calls = (0..n).map(|_| {
+                let request = client.get(url.clone()).bearer_auth(TOKEN);
+                async move {
+                    let answer = request.send().await.unwrap();
+                    let status = answer.status().as_u16();
+                    (status, answer.json::<Value>().await.unwrap_or(Value::Null))
+                }
+            });
+            futures_util::future::join_all(calls).await
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A db with orders ORD-1.. created by `run` (their URLs fresh).
+fn setup(sandbox: &Sandbox, dir: &Dir, rows: usize, customers: usize) {
+    dir.write("o.csv", orders_csv(rows, customers, true));
+    let out = run(dir.cmd(
+        sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--rate",
+            "unlimited",
+            "--export",
+            "e.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+#[test]
+fn urls_come_from_the_db_while_fresh_and_one_refresh_serves_fifty_callers() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((20, 30)));
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 6, 2);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["embedded_js_url"],
+        sandbox.order("ORD-1")["embedded_js_url"]
+    );
+    assert_eq!(
+        body["pnm_order_identifier"],
+        sandbox.order("ORD-1")["pnm_order_identifier"]
+    );
+    assert_eq!(
+        sandbox.requests("refresh_embedded_js_urls"),
+        before,
+        "a fresh URL was refreshed"
+    );
+
+    // 31 minutes later every URL has expired: fifty callers at once share
+    // one refresh and all get the new URL.
+    sandbox.age(31 * 60);
+    drop(server);
+    let server = Server::start(&dir, &sandbox, "s.db", "40m");
+    let answers = server.get_many("/v1/orders/ORD-1/embedded-js-url", 50);
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+    let fresh = sandbox.order("ORD-1")["embedded_js_url"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["embedded_js_url"], fresh);
+    }
+    // Stored: the export of the run now carries it too.
+    let out = run(dir.bare_cmd(&["export", "--db", "s.db", "--out", "again.csv"]));
+    assert_eq!(code(&out), 0);
+    let again = read_export(&dir.path("again.csv"));
+    let row = again
+        .iter()
+        .find(|r| r["site_order_identifier"] == "ORD-1")
+        .unwrap();
+    assert_eq!(Value::String(row["embedded_js_url"].clone()), fresh);
+
+    // A smart link is issued fresh each time.
+    let (status, link) = server.get("/v1/orders/ORD-2/smart-link", Some(TOKEN));
+    assert_eq!(status, 200, "{link}");
+    assert_eq!(
+        link["secure_smart_token"],
+        sandbox.order("ORD-2")["secure_smart_token"]
+    );
+
+    let metrics = server.runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(
+        metrics.contains("orderbatch_serve_provider_calls_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orderbatch_serve_served_from_db_total 49"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_customers_orders_fetched_at_once_never_overlap_at_the_provider() {
+    let sandbox = Sandbox::with(|c| {
+        c.latency_ms = Some((30, 40));
+        c.strict_serial = true;
+    });
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 4, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "40m");
+    sandbox.age(31 * 60);
+    let overlaps = sandbox.counter("overlaps");
+    let urls: Vec<String> = (1..=4)
+        .map(|i| format!("/v1/orders/ORD-{i}/embedded-js-url"))
+        .collect();
+    let answers = server.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let calls = urls.iter().map(|path| {
+            let request = client
+                .get(format!("{}{path}", server.url))
+                .bearer_auth(TOKEN);
+            async move { request.send().await.unwrap().status().as_u16() }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(sandbox.counter("overlaps"), overlaps);
+}
+
+#[test]
+fn errors_are_json_with_the_right_status() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 2, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "40m");
+    let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated"))
+    );
+    let (status, _) = server.get(
+        "/v1/orders/ORD-1/embedded-js-url",
+        Some("wrong-token-000000000000"),
+    );
+    assert_eq!(status, 401);
+    let (status, body) = server.get("/v1/orders/NOPE/embedded-js-url", Some(TOKEN));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_order"))
+    );
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    // The provider down: 503 with Retry-After.
+    sandbox.age(31 * 60);
+    sandbox.set_fail_rate(1.0);
+    let answer = server.runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/v1/orders/ORD-1/embedded-js-url", server.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(answer.status().as_u16(), 503);
+    assert!(answer.headers().contains_key("retry-after"));
+    sandbox.set_fail_rate(0.0);
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let out = run(dir.cmd(
+        &sandbox,
+        &["serve", "--db", "s.db", "--listen", "127.0.0.1:0"],
+    ));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("ORDERBATCH_SERVE_TOKEN"));
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &["serve", "--db", "s.db", "--listen", "0.0.0.0:0"],
+    );
+    cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
+    let out = run(cmd);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(text(&out).contains("--allow-remote"));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_lets_the_request_in_flight_finish() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((600, 700)));
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let mut server = Server::start(&dir, &sandbox, "s.db", "40m");
+    sandbox.age(31 * 60);
+    let url = format!("{}/v1/orders/ORD-1/embedded-js-url", server.url);
+    let pending = server.runtime.spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .map(|a| a.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&server.child, 15);
+    let status = server.runtime.block_on(pending).unwrap().unwrap();
+    assert_eq!(status, 200);
+    let exit = server.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn serve_beside_a_refresh_of_the_same_db_both_finish() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((1, 3)));
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 60, 6);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    sandbox.age(31 * 60);
+    dir.write(
+        "r.csv",
+        "site_customer_identifier\nC-0\nC-1\nC-2\nC-3\nC-4\nC-5\n",
+    );
+    let refresh = spawn(dir.cmd(
+        &sandbox,
+        &[
+            "refresh",
+            "r.csv",
+            "--db",
+            "s.db",
+            "--rate",
+            "unlimited",
+            "--export",
+            "r.csv.out",
+        ],
+    ));
+    for i in 1..=60 {
+        let (status, body) =
+            server.get(&format!("/v1/orders/ORD-{i}/embedded-js-url"), Some(TOKEN));
+        assert_eq!(status, 200, "ORD-{i}: {body}");
+    }
+    let out = refresh.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Every URL served or exported is the provider's current one or was
+    // current when issued; the latest of each order is in the database.
+    for i in 1..=60 {
+        let (status, body) =
+            server.get(&format!("/v1/orders/ORD-{i}/embedded-js-url"), Some(TOKEN));
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["embedded_js_url"],
+            sandbox.order(&format!("ORD-{i}"))["embedded_js_url"]
+        );
+    }
+}

@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream first-done
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -221,16 +221,18 @@ stream)
     secs=$(cut -f1 "$WORK/stream.tsv" | median); b=$(cut -f3 "$WORK/stream.tsv" | median)
     echo "  latency ${lat} ms, $n rows (1-7 orders per customer), --concurrency $conc: median $secs s vs bound $b s = $(awk -v s="$secs" -v b="$b" 'BEGIN {printf "%.2f x the bound (%.0f %% of it)", s / b, 100 * b / s}')"
   done
-  echo "  -- one customer poisoned (every request 500), latency 100 ms, 800 rows, --concurrency 32, --max-attempts 8"
+  ;;
+poison)
+  echo "== 11. one customer poisoned (every request 500), latency 100 ms, 800 rows (1-7 per customer), --concurrency 32, --max-attempts 8"
   f=$(data 800 1-7)
   victim=$(sed -n 2p "$f" | cut -d, -f1)
   healthy=$(( $(tail -n +2 "$f" | wc -l) - $(grep -c "^$victim," "$f") ))
   for round in 1 2 3; do
     start_sandbox --latency-ms 100,100 --poison-customer "$victim"; rm -f "$WORK/poison.db"*
-    "$B" run "$f" --db "$WORK/poison.db" --rate unlimited --concurrency 32 --max-attempts 8 -q > /dev/null & RUN=$!
+    "$B" run "$f" --db "$WORK/poison.db" --rate unlimited --concurrency 32 --max-attempts 8 -q > /dev/null 2>&1 & RUN=$!
     t0=$(date +%s.%N)
     while :; do
-      done_rows=$("$B" status --db "$WORK/poison.db" --json 2>/dev/null | python3 -c 'import json,sys
+      done_rows=$( ("$B" status --db "$WORK/poison.db" --json 2>/dev/null || true) | python3 -c 'import json,sys
 try: print(json.load(sys.stdin)["runs"][0]["states"].get("done", 0))
 except Exception: print(0)')
       [ "$done_rows" -ge "$healthy" ] && break
@@ -248,7 +250,7 @@ first-done)
     "$B" run "$f" --db "$WORK/first.db" --rate 1000 --concurrency 16 -q > /dev/null & RUN=$!
     while [ "$(total_requests)" -eq 0 ]; do sleep 0.01; done; t0=$(date +%s.%N)
     while :; do
-      d=$("$B" status --db "$WORK/first.db" --json 2>/dev/null | python3 -c 'import json,sys
+      d=$( ("$B" status --db "$WORK/first.db" --json 2>/dev/null || true) | python3 -c 'import json,sys
 try: print(json.load(sys.stdin)["runs"][0]["states"].get("done", 0))
 except Exception: print(0)')
       [ "$d" -gt 0 ] && break

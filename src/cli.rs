@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::TokenOptions;
+
 /// Exit codes, shown in `--help`.
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -253,7 +255,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub new_orders: bool,
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub token: TokenOptions,
     #[command(flatten)]
     pub columns: ColumnArgs,
     #[command(flatten)]
@@ -348,7 +350,7 @@ pub enum ConfigCommand {
         #[command(flatten)]
         pace: PaceArgs,
         #[command(flatten)]
-        token: TokenArgs,
+        token: TokenOptions,
     },
 }
 
@@ -409,7 +411,7 @@ pub struct RefreshArgs {
     #[arg(long)]
     pub new_run: bool,
     #[command(flatten)]
-    pub token: TokenArgs,
+    pub token: TokenOptions,
     #[command(flatten)]
     pub columns: ColumnArgs,
     #[command(flatten)]
@@ -438,111 +440,6 @@ pub struct ChangeArgs {
     pub outcome: OutcomeArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
-}
-
-/// Options sent with every `get_smart_token` call (also the `[token]`
-/// table of the config file).
-#[derive(Debug, Args, Default, Clone, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TokenArgs {
-    /// Payment flows to offer, comma separated (debit, credit, ach, apple_pay, ...); each sends flow_<name>=true.
-    #[arg(long, value_delimiter = ',')]
-    pub flow: Vec<String>,
-    /// Lifetime of the smart link in seconds.
-    #[arg(long)]
-    pub link_lifetime_seconds: Option<u64>,
-    /// URL shown when payment completes.
-    #[arg(long)]
-    pub flow_pay_url: Option<String>,
-    /// URL shown when the consumer leaves without paying.
-    #[arg(long)]
-    pub flow_no_pay_url: Option<String>,
-    /// URL shown when the flow completes.
-    #[arg(long)]
-    pub flow_return_url: Option<String>,
-    /// URL shown for an expired smart link.
-    #[arg(long)]
-    pub flow_expired_url: Option<String>,
-    /// URL shown when the flow fails.
-    #[arg(long)]
-    pub flow_error_url: Option<String>,
-    /// Ask for a shortened order tracking URL (true or false).
-    #[arg(long)]
-    pub short_order_url: Option<bool>,
-    /// Hide saved payment methods (true or false).
-    #[arg(long)]
-    pub flow_hide_saved_payment_methods: Option<bool>,
-}
-
-impl TokenArgs {
-    /// These options, each unset one taken from `file`.
-    pub fn over(self, file: TokenArgs) -> TokenArgs {
-        TokenArgs {
-            flow: if self.flow.is_empty() {
-                file.flow
-            } else {
-                self.flow
-            },
-            link_lifetime_seconds: self.link_lifetime_seconds.or(file.link_lifetime_seconds),
-            flow_pay_url: self.flow_pay_url.or(file.flow_pay_url),
-            flow_no_pay_url: self.flow_no_pay_url.or(file.flow_no_pay_url),
-            flow_return_url: self.flow_return_url.or(file.flow_return_url),
-            flow_expired_url: self.flow_expired_url.or(file.flow_expired_url),
-            flow_error_url: self.flow_error_url.or(file.flow_error_url),
-            short_order_url: self.short_order_url.or(file.short_order_url),
-            flow_hide_saved_payment_methods: self
-                .flow_hide_saved_payment_methods
-                .or(file.flow_hide_saved_payment_methods),
-        }
-    }
-
-    /// The parameters to send, or an error naming an unknown flow.
-    pub fn params(&self) -> Result<Vec<(String, String)>, String> {
-        use crate::provider::paynearme::params::FLOWS;
-        let mut params = Vec::new();
-        for flow in &self.flow {
-            let flow = flow.trim();
-            if !FLOWS.contains(&flow) {
-                let near = FLOWS
-                    .iter()
-                    .map(|f| (strsim::levenshtein(flow, f), *f))
-                    .min()
-                    .filter(|(d, _)| *d <= 3)
-                    .map(|(_, f)| format!("; did you mean `{f}`?"))
-                    .unwrap_or_default();
-                return Err(format!(
-                    "unknown flow `{flow}`{near} (known: {})",
-                    FLOWS.join(", ")
-                ));
-            }
-            params.push((format!("flow_{flow}"), "true".to_string()));
-        }
-        let texts = [
-            (
-                "link_lifetime_seconds",
-                self.link_lifetime_seconds.map(|s| s.to_string()),
-            ),
-            ("flow_pay_url", self.flow_pay_url.clone()),
-            ("flow_no_pay_url", self.flow_no_pay_url.clone()),
-            ("flow_return_url", self.flow_return_url.clone()),
-            ("flow_expired_url", self.flow_expired_url.clone()),
-            ("flow_error_url", self.flow_error_url.clone()),
-            (
-                "short_order_url",
-                self.short_order_url.map(|b| b.to_string()),
-            ),
-            (
-                "flow_hide_saved_payment_methods",
-                self.flow_hide_saved_payment_methods.map(|b| b.to_string()),
-            ),
-        ];
-        params.extend(
-            texts
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v?))),
-        );
-        Ok(params)
-    }
 }
 
 #[derive(Debug, Args)]
@@ -635,7 +532,7 @@ pub struct ColumnArgs {
 
 impl PaceArgs {
     /// The flags settings resolve, with the token options given.
-    pub fn flags(&self, token: &TokenArgs) -> crate::config::Flags {
+    pub fn flags(&self, token: &TokenOptions) -> crate::config::Flags {
         crate::config::Flags {
             base_url: self.base_url.clone(),
             auth: self.auth,

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
+mod token;
+pub use token::TokenOptions;
+
 use crate::provider::paynearme::oauth::{ClientAuth, OAuthConfig};
 use crate::provider::paynearme::{PnmAuth, PnmCredentials};
 
@@ -181,7 +184,7 @@ pub struct FileConfig {
     pub timeout: Option<u64>,
     /// Options sent with every `get_smart_token` call.
     #[serde(default)]
-    pub token: crate::cli::TokenArgs,
+    pub token: crate::config::TokenOptions,
     /// `orderbatch ce` settings.
     #[serde(default)]
     pub commerce_engine: CeFileConfig,
@@ -328,7 +331,7 @@ pub struct Flags {
     pub rate: Option<Option<NonZeroU32>>,
     pub concurrency: Option<u16>,
     pub timeout: Option<u64>,
-    pub token: crate::cli::TokenArgs,
+    pub token: crate::config::TokenOptions,
 }
 
 /// Where the secret is read from.
@@ -367,7 +370,7 @@ pub struct Settings {
     pub concurrency: Sourced<u16>,
     pub timeout: Sourced<u64>,
     /// `get_smart_token` options: flags over the file's, key by key.
-    pub token: crate::cli::TokenArgs,
+    pub token: crate::config::TokenOptions,
     /// Commerce Engine settings; [`Settings::ce_credentials`] reads them.
     pub ce: CeSettings,
 }

@@ -45,8 +45,8 @@ pub enum ExportError {
 
 /// A row's error text for the export: none for a clean `done` row.
 fn error_text(row: &StoredRow) -> String {
-    let clean = row.state == RowState::Done.as_str()
-        && row.last_error_code.as_deref() != Some("link_not_recorded");
+    let clean =
+        row.state == RowState::Done && row.last_error_code.as_deref() != Some("link_not_recorded");
     if clean {
         String::new()
     } else {
@@ -63,7 +63,7 @@ fn ce_record(row: &StoredRow) -> Vec<String> {
         opt(&row.payment_status),
         opt(&row.payment_link),
         opt(&row.payment_link_expiry),
-        row.state.clone(),
+        row.state.as_str().to_string(),
         error_text(row),
     ]
 }
@@ -81,7 +81,7 @@ fn record(row: &StoredRow) -> Vec<String> {
         opt(&row.embedded_js_url_expires_at),
         opt(&row.secure_smart_token),
         opt(&row.secure_smart_link),
-        row.state.clone(),
+        row.state.as_str().to_string(),
         error,
     ]
 }
@@ -97,9 +97,9 @@ pub fn export(store: &Store, run_id: i64, out: &Path, cells: Cells) -> Result<u6
     };
     let file = crate::files::write_private(out).map_err(|e| write_err(&e))?;
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    let commerce_engine = store.run(run_id)?.is_some_and(|r| {
-        r.command == crate::pipeline::Mode::CeRetry { max_wait_secs: 0 }.command()
-    });
+    let commerce_engine = store
+        .run(run_id)?
+        .is_some_and(|r| r.command == crate::store::runs::commands::CE_RETRY_PAYMENTS);
     let (columns, to_record): (&[&str], ToRecord) = if commerce_engine {
         (&CE_COLUMNS, ce_record)
     } else {

@@ -11,9 +11,9 @@ use std::num::NonZeroU32;
 
 use crate::cli::{
     CeRetryArgs, ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs,
-    RetryArgs, RunArgs, TokenArgs,
+    RetryArgs, RunArgs,
 };
-use crate::config::Settings;
+use crate::config::{Settings, TokenOptions};
 use crate::input::ColumnOptions;
 use crate::pipeline::plan::plan;
 use crate::pipeline::{self, Mode, RunOptions, RunSummary, Shutdown, Stop};
@@ -47,7 +47,7 @@ pub struct Env {
 
 impl Env {
     /// Settings from the flags, environment, config file and defaults.
-    fn settings(&self, pace: &PaceArgs, token: &TokenArgs) -> anyhow::Result<Settings> {
+    fn settings(&self, pace: &PaceArgs, token: &TokenOptions) -> anyhow::Result<Settings> {
         let file = config::load_file(self.config.as_deref())?;
         Ok(Settings::resolve(pace.flags(token), file))
     }
@@ -84,12 +84,12 @@ pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
 }
 
 pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
-    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let settings = env.settings(&args.pace, &TokenOptions::default())?;
     start(Mode::Change, settings, inputs!(args), &args.pace, env.quiet)
 }
 
 pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
-    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let defaults = PaymentMethod {
         payment_provider_slug: args.payment_provider_slug.clone(),
         integration_type: args.integration_type.clone(),
@@ -192,7 +192,7 @@ fn start_with(
 }
 
 pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
-    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     // Check the configuration and the outputs before putting anything back
@@ -259,7 +259,7 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &Env) -> anyhow::Result<Exi
     if secrecy::ExposeSecret::expose_secret(&token).len() < 16 {
         anyhow::bail!("the serve token is shorter than 16 characters; use a long random one");
     }
-    let settings = env.settings(&args.pace, &TokenArgs::default())?;
+    let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let timeout = Duration::from_secs(settings.timeout.value);
     let client = PnmClient::new(settings.credentials()?, timeout)?;
     let config = crate::links::LinksConfig {
@@ -299,7 +299,7 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub fn config_show(pace: &PaceArgs, token: &TokenArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn config_show(pace: &PaceArgs, token: &TokenOptions, env: &Env) -> anyhow::Result<ExitCode> {
     print!("{}", env.settings(pace, token)?.render());
     Ok(ExitCode::SUCCESS)
 }

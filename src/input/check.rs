@@ -212,6 +212,16 @@ fn pass(
 
 #[cfg(test)]
 mod tests {
+    /// The header `run` accepts (as `pipeline::schema` builds it).
+    fn run_schema(columns: &crate::input::ColumnOptions) -> Schema<'_> {
+        use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
+        Schema {
+            endpoints: ep::CREATE | ep::TOKEN_ROW,
+            required: CREATE_REQUIRED,
+            columns,
+        }
+    }
+
     use super::*;
     use crate::input::ColumnOptions;
     use proptest::prelude::*;
@@ -221,7 +231,7 @@ mod tests {
         let path = dir.path().join("in.csv");
         std::fs::write(&path, bytes).unwrap();
         let columns = ColumnOptions::default();
-        let schema = crate::pipeline::schema(&columns);
+        let schema = run_schema(&columns);
         let _ = check_file(
             &path,
             schema,
@@ -235,7 +245,7 @@ mod tests {
             pass_through: Vec::new(),
             allow_unknown: true,
         };
-        let _ = check_file(&path, crate::pipeline::schema(&lenient), None);
+        let _ = check_file(&path, run_schema(&lenient), None);
     }
 
     proptest! {

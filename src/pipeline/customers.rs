@@ -187,8 +187,8 @@ async fn customer(ctx: &Ctx, header: &Header, unit: Unit, bars: &Bars) {
         if let Some(input) = &input {
             inputs.insert(stored.row_number, input.clone());
         }
-        match RowState::parse(&stored.state) {
-            Some(RowState::Pending | RowState::Creating) => {
+        match stored.state {
+            RowState::Pending | RowState::Creating => {
                 let Some(input) = input else { continue };
                 if let Some((pnm_order, pnm_customer)) =
                     create(ctx, header, &input, &stored, &bars.create).await
@@ -196,12 +196,12 @@ async fn customer(ctx: &Ctx, header: &Header, unit: Unit, bars: &Bars) {
                     let mut row = stored;
                     row.pnm_order_identifier = Some(pnm_order);
                     row.pnm_customer_identifier = pnm_customer.or(row.pnm_customer_identifier);
-                    row.state = RowState::Created.as_str().to_string();
+                    row.state = RowState::Created;
                     created.push(row);
                 }
             }
-            Some(RowState::Created) => created.push(stored),
-            Some(RowState::UrlsRefreshed) => ready.push(stored),
+            RowState::Created => created.push(stored),
+            RowState::UrlsRefreshed => ready.push(stored),
             _ => {}
         }
     }
@@ -273,11 +273,8 @@ fn feed(
     };
     let mut going = true;
     store.for_each_row(run_id, &UNFINISHED, true, |row| {
-        let needs_input = per_row_tokens
-            || matches!(
-                RowState::parse(&row.state),
-                Some(RowState::Pending | RowState::Creating)
-            );
+        let needs_input =
+            per_row_tokens || matches!(row.state, RowState::Pending | RowState::Creating);
         let input = if needs_input {
             // Never a request with values the run did not start with.
             if let Err(changed) = snapshot.check() {

@@ -71,7 +71,7 @@ pub(super) fn feed_rows(
         let mut each = |stored: StoredRow| {
             // Woken for deferred rows: only those whose time has come.
             if only_due
-                && stored.state == RowState::Deferred.as_str()
+                && stored.state == RowState::Deferred
                 && stored.next_attempt_at.is_some_and(|t| t > now)
             {
                 return true;

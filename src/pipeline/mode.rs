@@ -7,6 +7,7 @@ use crate::input::reader::Schema;
 use crate::input::validate::{check_row, Rejection};
 use crate::input::{ColumnOptions, Header, Row};
 use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
+use crate::store::runs::commands;
 use crate::store::{Requeue, RowState};
 
 /// Columns that name existing orders, in the order `refresh` prefers them.
@@ -94,10 +95,10 @@ impl Mode {
     /// The command name runs are stored under.
     pub fn command(self) -> &'static str {
         match self {
-            Mode::Run => "run",
-            Mode::Refresh { .. } => "refresh",
-            Mode::Change => "change",
-            Mode::CeRetry { .. } => "ce-retry-payments",
+            Mode::Run => commands::RUN,
+            Mode::Refresh { .. } => commands::REFRESH,
+            Mode::Change => commands::CHANGE,
+            Mode::CeRetry { .. } => commands::CE_RETRY_PAYMENTS,
         }
     }
 

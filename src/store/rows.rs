@@ -6,8 +6,9 @@ use super::{Store, StoreError};
 
 /// Where a row is. `creating` is written before the create request leaves,
 /// so a row found in it has an unknown outcome and is reconciled first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RowState {
+    #[default]
     Pending,
     Creating,
     /// A change request is about to leave (or may have); reconciled on resume.
@@ -144,7 +145,7 @@ pub struct StoredRow {
     pub site_order_identifier: Option<String>,
     pub pnm_order_identifier: Option<String>,
     pub pnm_customer_identifier: Option<String>,
-    pub state: String,
+    pub state: RowState,
     pub attempts: u32,
     pub last_error_code: Option<String>,
     pub last_error: Option<String>,
@@ -181,7 +182,16 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         site_order_identifier: r.get(4)?,
         pnm_order_identifier: r.get(5)?,
         pnm_customer_identifier: r.get(6)?,
-        state: r.get(7)?,
+        state: {
+            let text: String = r.get(7)?;
+            RowState::parse(&text).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    7,
+                    rusqlite::types::Type::Text,
+                    format!("unknown row state `{text}`").into(),
+                )
+            })?
+        },
         attempts: r.get(8)?,
         last_error_code: r.get(9)?,
         last_error: r.get(10)?,
@@ -760,9 +770,9 @@ mod tests {
         assert_eq!(
             rows,
             [
-                (1, "creating".to_string(), Some("A".to_string())),
-                (2, "pending".to_string(), Some("B".to_string())),
-                (3, "rejected".to_string(), None),
+                (1, RowState::Creating, Some("A".to_string())),
+                (2, RowState::Pending, Some("B".to_string())),
+                (3, RowState::Rejected, None),
             ]
         );
         let (code, _, example) = &store.error_summary(run, 5).unwrap()[0];

@@ -5,6 +5,14 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{Store, StoreError};
 
+/// The names runs are stored under, one per command.
+pub mod commands {
+    pub const RUN: &str = "run";
+    pub const REFRESH: &str = "refresh";
+    pub const CHANGE: &str = "change";
+    pub const CE_RETRY_PAYMENTS: &str = "ce-retry-payments";
+}
+
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {

@@ -100,7 +100,7 @@ pub async fn ce_retry(
     // A killed run may have sent a retry after recording its intent: the
     // order's payment attempts decide, not whether a retry is allowed now
     // (the window may have reopened since).
-    if stored.state == RowState::Retrying.as_str() {
+    if stored.state == RowState::Retrying {
         let Some(intent_at) = stored.intent_at else {
             let why =
                 "an interrupted run's retry intent has no time; check the order's payments in \
@@ -123,7 +123,7 @@ pub async fn ce_retry(
     // clock decides, not ours); until then it keeps its time. An answer
     // that does not say is not a yes.
     let available = status.is_retry_available == Some(true);
-    if stored.state == RowState::Deferred.as_str() && !available {
+    if stored.state == RowState::Deferred && !available {
         if stored.next_attempt_at.is_none_or(|t| t <= now) {
             // Our time came but the provider's did not: ask again shortly.
             ctx.write(Write::Deferred {

@@ -63,7 +63,7 @@ pub(super) async fn change(
         .into_iter()
         .filter(|(k, _)| *k != "pnm_order_identifier" && *k != "site_order_identifier")
         .collect();
-    if stored.state == RowState::Changing.as_str() {
+    if stored.state == RowState::Changing {
         // A killed run may have sent the change: if the order already has
         // every value, it was applied.
         let found = ctx

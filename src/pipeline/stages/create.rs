@@ -30,7 +30,7 @@ pub(crate) async fn create(
     if !params.iter().any(|(k, _)| *k == "site_order_identifier") {
         params.push(("site_order_identifier", order_id));
     }
-    let maybe_exists = AtomicBool::new(stored.state == RowState::Creating.as_str());
+    let maybe_exists = AtomicBool::new(stored.state == RowState::Creating);
     if !maybe_exists.load(Ordering::Relaxed)
         && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
     {

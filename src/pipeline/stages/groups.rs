@@ -137,7 +137,7 @@ async fn record_answers(
                 row.embedded_js_url_expires_at = learned
                     .embedded_js_url_expires_at
                     .or(row.embedded_js_url_expires_at);
-                row.state = RowState::UrlsRefreshed.as_str().to_string();
+                row.state = RowState::UrlsRefreshed;
                 recorded.push(row);
             }
             None => {

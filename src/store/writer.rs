@@ -12,10 +12,30 @@ use tokio::sync::{mpsc, oneshot};
 use super::rows::RowState;
 use super::runs::now;
 use super::{Store, StoreError};
-use crate::provider::paynearme::PnmOrder;
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
+
+/// What a provider's answer told about an order, as the store records it
+/// (the pipeline maps the provider's own types to it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFacts {
+    pub pnm_order_identifier: Option<String>,
+    pub pnm_customer_identifier: Option<String>,
+    pub site_order_identifier: Option<String>,
+    pub site_customer_identifier: Option<String>,
+    pub embedded_js_url: Option<String>,
+    pub embedded_js_url_expires_at: Option<String>,
+}
+
+/// A Commerce Engine payment a retry made, as the store records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentFacts {
+    pub id: Option<String>,
+    pub status: Option<String>,
+    pub link: Option<String>,
+    pub link_expiry: Option<String>,
+}
 
 /// One change to the state of the run's rows.
 #[derive(Debug)]
@@ -35,11 +55,14 @@ pub enum Write {
     },
     /// The row's order was found and its embedded JS URL is fresh (or URLs
     /// were skipped); identifiers the answer names fill in unknown ones.
-    Urls { row: u64, order: PnmOrder },
+    Urls { row: u64, order: OrderFacts },
     /// A `refresh` customer row found these orders: the row takes the
     /// first, each other becomes a new row of the same input row. No order
     /// fails the row.
-    Expand { parent: u64, orders: Vec<PnmOrder> },
+    Expand {
+        parent: u64,
+        orders: Vec<OrderFacts>,
+    },
     /// The row's order and customer were looked up (`change` rows that
     /// named no customer); its state does not change.
     Resolved {
@@ -53,7 +76,7 @@ pub enum Write {
     /// run's retry went through): the row is done.
     Retried {
         row: u64,
-        payment: crate::provider::commerce_engine::PaymentInfo,
+        payment: PaymentFacts,
         note: Option<String>,
     },
     /// The row waits until `until` (unix seconds).
@@ -326,7 +349,7 @@ fn set_urls(
     tx: &rusqlite::Transaction<'_>,
     run_id: i64,
     row: u64,
-    order: &PnmOrder,
+    order: &OrderFacts,
     seq: &mut i64,
 ) -> rusqlite::Result<()> {
     let url_seq = order.embedded_js_url.is_some().then(|| {
@@ -376,7 +399,7 @@ fn expand(
     tx: &rusqlite::Transaction<'_>,
     run_id: i64,
     parent: u64,
-    orders: &[PnmOrder],
+    orders: &[OrderFacts],
     next_row: &mut u64,
     seq: &mut i64,
 ) -> rusqlite::Result<()> {

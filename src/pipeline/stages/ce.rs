@@ -221,7 +221,7 @@ async fn done(ctx: &Ctx, stored: &StoredRow, retried: Retried, progress: &StageP
     };
     ctx.write(Write::Retried {
         row: stored.row_number,
-        payment,
+        payment: payment.into(),
         note,
     })
     .await;

@@ -102,7 +102,10 @@ impl GroupStage {
         match self {
             GroupStage::Refresh => {
                 order.embedded_js_url.as_ref()?;
-                Some(Write::Urls { row, order })
+                Some(Write::Urls {
+                    row,
+                    order: order.into(),
+                })
             }
             GroupStage::Token => Some(Write::Token {
                 row,

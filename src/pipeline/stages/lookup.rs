@@ -5,7 +5,7 @@ use super::{fail, Group, PAGE_LIMIT};
 use crate::pipeline::context::{Ctx, Outcome};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
-use crate::store::writer::Write;
+use crate::store::writer::{OrderFacts, Write};
 use crate::store::StoredRow;
 
 /// `refresh`: finds each row's orders. A row naming a customer pages through
@@ -35,7 +35,7 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
         let found = orders.len().max(1) as u64;
         ctx.write(Write::Expand {
             parent: row.row_number,
-            orders,
+            orders: orders.into_iter().map(Into::into).collect(),
         })
         .await;
         // Every order of the customer is now a row of this run.
@@ -53,10 +53,10 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
     }
     if !ctx.options.urls {
         for row in order_rows {
-            let order = PnmOrder {
+            let order = OrderFacts {
                 pnm_order_identifier: row.pnm_order_identifier.clone(),
                 site_order_identifier: row.site_order_identifier.clone(),
-                ..PnmOrder::default()
+                ..OrderFacts::default()
             };
             ctx.write(Write::Urls {
                 row: row.row_number,

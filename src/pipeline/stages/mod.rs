@@ -16,7 +16,9 @@ use super::context::Ctx;
 use super::progress::StageProgress;
 use crate::input::{Header, Row};
 use crate::provider::ProviderError;
-use crate::store::writer::Write;
+use crate::provider::commerce_engine::PaymentInfo;
+use crate::provider::paynearme::PnmOrder;
+use crate::store::writer::{OrderFacts, PaymentFacts, Write};
 use crate::store::StoredRow;
 
 /// Most orders a customer-wide `refresh_embedded_js_urls` page returns.
@@ -35,6 +37,30 @@ pub enum Job {
     CeRetry(Box<(Arc<Row>, StoredRow)>),
     /// A smart token for one order with its input row's token columns.
     TokenRow(Box<(Arc<Row>, StoredRow)>),
+}
+
+impl From<PnmOrder> for OrderFacts {
+    fn from(order: PnmOrder) -> Self {
+        OrderFacts {
+            pnm_order_identifier: order.pnm_order_identifier,
+            pnm_customer_identifier: order.pnm_customer_identifier,
+            site_order_identifier: order.site_order_identifier,
+            site_customer_identifier: order.site_customer_identifier,
+            embedded_js_url: order.embedded_js_url,
+            embedded_js_url_expires_at: order.embedded_js_url_expires_at,
+        }
+    }
+}
+
+impl From<PaymentInfo> for PaymentFacts {
+    fn from(payment: PaymentInfo) -> Self {
+        PaymentFacts {
+            id: payment.id,
+            status: payment.status,
+            link: payment.link,
+            link_expiry: payment.link_expiry,
+        }
+    }
 }
 
 /// A customer's rows that are ready for the same stage.

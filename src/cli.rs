@@ -85,6 +85,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  orderbatch export --db state.db --out links.csv")]
     Export(ExportArgs),
     /// Serve a local stand-in for the PayNearMe API (a TEST server; no real orders).
+    #[cfg(feature = "sandbox")]
     #[command(after_help = SANDBOX_HELP)]
     Sandbox(SandboxArgs),
     /// Show each run of a state database: rows per state, requests, throughput, ETA, top errors.
@@ -104,6 +105,7 @@ pub enum Command {
     )]
     Completions(CompletionsArgs),
     /// Rehearse the whole pipeline on the bundled sample against an in-process sandbox.
+    #[cfg(feature = "sandbox")]
     #[command(
         after_help = "Example:\n  orderbatch demo            # writes ./orderbatch-demo/{state.db,export.csv}"
     )]
@@ -193,6 +195,7 @@ A resumed run never changes an order twice.
 Example:
   orderbatch change new-amounts.csv --db backfill.db --export changed.csv";
 
+#[cfg(feature = "sandbox")]
 const SANDBOX_HELP: &str = "\
 Accepts requests signed with PNM_SITE_IDENTIFIER / PNM_SECRET_KEY (or
 PNM_SECRET_KEY_FILE) from the environment (defaults: S_SANDBOX /
@@ -225,6 +228,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct Range(pub u64, pub u64);
 
+#[cfg(feature = "sandbox")]
 fn parse_range(s: &str) -> Result<Range, String> {
     let parsed = s
         .split_once(',')
@@ -582,6 +586,7 @@ pub struct ExportArgs {
     pub spreadsheet_safe: bool,
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Address to listen on.
@@ -622,6 +627,7 @@ pub struct SandboxArgs {
     pub poison_customer: Option<String>,
 }
 
+#[cfg(feature = "sandbox")]
 fn parse_share(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
@@ -629,6 +635,7 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
+#[cfg(feature = "sandbox")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Folder for the demo's state database, input copy and export.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod cells;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "sandbox")]
 pub mod demo;
 pub mod export;
 pub mod files;
@@ -18,6 +19,7 @@ pub mod money;
 pub mod pipeline;
 pub mod provider;
 pub mod report;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod status;
 pub mod store;

@@ -3,6 +3,7 @@
 
 mod inspect;
 mod orders;
+#[cfg(feature = "sandbox")]
 mod serve;
 
 use std::process::ExitCode;
@@ -48,7 +49,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(args.shell, &mut cmd, "orderbatch", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => serve::sandbox(args),
+        #[cfg(feature = "sandbox")]
         Command::Demo(args) => orders::demo(args, quiet),
         Command::Serve(args) => orders::serve_links(args, &env),
     }

@@ -10,7 +10,7 @@ use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED, EXIT_INTERRUPTED};
 use std::num::NonZeroU32;
 
 use crate::cli::{
-    CeRetryArgs, ChangeArgs, ColumnArgs, DemoArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs,
+    CeRetryArgs, ChangeArgs, ColumnArgs, OutcomeArgs, PaceArgs, RefreshArgs, RejectsArgs,
     RetryArgs, RunArgs,
 };
 use crate::config::{Settings, TokenOptions};
@@ -304,7 +304,8 @@ pub fn config_show(pace: &PaceArgs, token: &TokenOptions, env: &Env) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn demo(args: DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+#[cfg(feature = "sandbox")]
+pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         pipeline::handle_ctrl_c(shutdown.clone());

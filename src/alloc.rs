@@ -1,11 +1,10 @@
 //! The allocator: mimalloc, set up to give memory back promptly.
 //!
-//! A request allocates in many small pieces (HTTP client, answers, state
-//! rows); glibc's malloc took a quarter of the client's time, mimalloc a
-//! fraction of that (BENCHMARKS.md). Left at its defaults, mimalloc keeps
-//! freed memory for a second and commits arenas eagerly: a 100,000-row run
-//! peaked at 66 MB instead of 26 MB, so both are turned off (eager commit at
-//! build time, in `.cargo/config.toml`, as it acts before `main`).
+//! A request allocates in many small pieces; mimalloc costs a fraction of
+//! glibc's malloc for that (figures in BENCHMARKS.md). Its defaults keep
+//! freed memory and commit arenas eagerly, which doubles peak memory, so
+//! both are turned off (eager commit at build time, in `.cargo/config.toml`,
+//! as it acts before `main`).
 
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 

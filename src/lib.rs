@@ -1,7 +1,7 @@
 //! orderbatch: bulk orders through PayNearMe, resumable and rate-limited.
 //!
-//! See `ARCHITECTURE.md` in the shared docs for the data flow. The binary in
-//! `main.rs` is a thin shell over these modules.
+//! See `ARCHITECTURE.md` at the project root for the data flow and the
+//! module map. The binary in `main.rs` is a thin shell over these modules.
 
 pub mod alloc;
 pub mod app;

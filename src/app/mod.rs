@@ -27,7 +27,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
-    let env = orders::Env {
+    let env = orders::GlobalArgs {
         quiet,
         config: cli.config.clone(),
     };

@@ -40,12 +40,12 @@ macro_rules! inputs {
 }
 
 /// What every command that sends requests gets from the command line.
-pub struct Env {
+pub struct GlobalArgs {
     pub quiet: bool,
     pub config: Option<PathBuf>,
 }
 
-impl Env {
+impl GlobalArgs {
     /// Settings from the flags, environment, config file and defaults.
     fn settings(&self, pace: &PaceArgs, token: &TokenOptions) -> anyhow::Result<Settings> {
         let file = config::load_file(self.config.as_deref())?;
@@ -53,7 +53,7 @@ impl Env {
     }
 }
 
-pub fn run(args: RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
     let inputs = Inputs {
         identity: pipeline::IdentityOptions {
@@ -69,7 +69,7 @@ pub fn run(args: RunArgs, env: &Env) -> anyhow::Result<ExitCode> {
     start(Mode::Run, settings, inputs, &args.pace, env.quiet)
 }
 
-pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
     let mode = Mode::Refresh {
         force: args.force,
@@ -83,12 +83,12 @@ pub fn refresh(args: RefreshArgs, env: &Env) -> anyhow::Result<ExitCode> {
     start(mode, settings, inputs, &args.pace, env.quiet)
 }
 
-pub fn change(args: ChangeArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn change(args: ChangeArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     start(Mode::Change, settings, inputs!(args), &args.pace, env.quiet)
 }
 
-pub fn ce_retry(args: CeRetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn ce_retry(args: CeRetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let defaults = PaymentMethod {
         payment_provider_slug: args.payment_provider_slug.clone(),
@@ -170,7 +170,7 @@ fn start_with(
     let held = lock::lock(&args.db)?;
     execute(
         clients,
-        Job {
+        RunJob {
             mode,
             new_run: args.new_run,
             identity: args.identity,
@@ -191,7 +191,7 @@ fn start_with(
     )
 }
 
-pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let held = lock::lock(&args.db)?;
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
@@ -211,7 +211,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
     );
     execute(
         clients,
-        Job {
+        RunJob {
             mode: plan.mode,
             new_run: false,
             identity: Default::default(),
@@ -233,7 +233,7 @@ pub fn retry(args: RetryArgs, env: &Env) -> anyhow::Result<ExitCode> {
 }
 
 /// `orderbatch serve`.
-pub fn serve_links(args: crate::cli::ServeArgs, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
             "--listen {} is not a loopback address; add --allow-remote to serve other machines, \
@@ -299,7 +299,11 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub fn config_show(pace: &PaceArgs, token: &TokenOptions, env: &Env) -> anyhow::Result<ExitCode> {
+pub fn config_show(
+    pace: &PaceArgs,
+    token: &TokenOptions,
+    env: &GlobalArgs,
+) -> anyhow::Result<ExitCode> {
     print!("{}", env.settings(pace, token)?.render());
     Ok(ExitCode::SUCCESS)
 }
@@ -322,7 +326,7 @@ pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<ExitCode>
 }
 
 /// What one invocation of `run` or `retry` works on.
-struct Job {
+struct RunJob {
     mode: Mode,
     new_run: bool,
     identity: pipeline::IdentityOptions,
@@ -391,7 +395,7 @@ fn human(d: Duration) -> String {
 /// the database's lock; prints the summary, exports, reports.
 fn execute(
     clients: pipeline::Clients,
-    job: Job,
+    job: RunJob,
     settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,

@@ -75,7 +75,7 @@ pub struct Clients {
 }
 
 /// Shared by all workers of a run.
-pub struct Ctx {
+pub struct RunContext {
     clients: Clients,
     /// Default `payment_method` of Commerce Engine retries.
     pub payment_defaults: PaymentMethod,
@@ -99,7 +99,7 @@ pub struct Ctx {
     run_id: i64,
 }
 
-impl Ctx {
+impl RunContext {
     /// Shared state for the workers of run `run_id` under `options`.
     pub fn new(
         clients: Clients,
@@ -113,7 +113,7 @@ impl Ctx {
             super::Mode::Refresh { force, urls, .. } => (force, urls),
             _ => (false, true),
         };
-        Ctx {
+        RunContext {
             clients,
             payment_defaults: options.payment_defaults.clone(),
             options: CallOptions {

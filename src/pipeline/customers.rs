@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use super::context::Ctx;
+use super::context::RunContext;
 use super::progress::StageProgress;
 use super::stages::{self, create::create, groups, Group};
 use super::{PipelineError, RunOptions};
@@ -63,7 +63,7 @@ pub(super) fn streamable(store: &Store, run_id: i64) -> Result<bool, PipelineErr
 pub(super) async fn stream(
     options: &RunOptions,
     run_id: i64,
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<RunContext>,
     header: &Arc<Header>,
     snapshot: &Snapshot,
 ) -> Result<Vec<StageTiming>, PipelineError> {
@@ -170,7 +170,7 @@ pub(super) async fn stream(
 /// One customer's chain: its creates one after another, then its URLs
 /// (pages of five), then its tokens. Never two requests of the customer
 /// in flight together.
-async fn customer(ctx: &Ctx, header: &Header, unit: Unit, bars: &Bars) {
+async fn customer(ctx: &RunContext, header: &Header, unit: Unit, bars: &Bars) {
     let mut created = Vec::new();
     let mut ready = Vec::new();
     let mut inputs = std::collections::HashMap::new();

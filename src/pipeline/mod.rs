@@ -28,7 +28,7 @@ use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::report::StageTiming;
 use crate::store::writer::{Write, Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
-use context::Ctx;
+use context::RunContext;
 pub use context::{quota, requests_sent, Clients};
 use feed::{feed_groups, feed_rows};
 pub use mode::{Mode, Stage};
@@ -227,7 +227,7 @@ pub async fn run(
         source,
     })?;
     let writer = Writer::start(store, run_id);
-    let ctx = Arc::new(Ctx::new(
+    let ctx = Arc::new(RunContext::new(
         clients,
         options,
         &writer,
@@ -274,7 +274,7 @@ pub async fn run(
 async fn run_stages(
     options: &RunOptions,
     run_id: i64,
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<RunContext>,
     header: &Arc<Header>,
     writer: &Writer,
     snapshot: &Snapshot,
@@ -379,7 +379,7 @@ async fn run_stages(
 struct StageRun<'a> {
     options: &'a RunOptions,
     run_id: i64,
-    ctx: &'a Arc<Ctx>,
+    ctx: &'a Arc<RunContext>,
     header: &'a Arc<Header>,
     writer: &'a Writer,
     snapshot: &'a Snapshot,
@@ -460,7 +460,7 @@ async fn blocking<T: Send + 'static>(
 /// Starts one worker per unit of concurrency, feeds them from a blocking
 /// thread, and waits until every job is done.
 async fn run_stage(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<RunContext>,
     header: &Arc<Header>,
     concurrency: usize,
     progress: &StageProgress,

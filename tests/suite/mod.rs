@@ -1,3 +1,4 @@
+mod architecture;
 mod chaos;
 mod commerce;
 mod config;

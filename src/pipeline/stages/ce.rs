@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fail;
 use crate::input::{Header, Row};
-use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::commerce_engine::{
     retry_time, Landed, PaymentInfo, PaymentMethod, PAYMENTS, PAYMENT_STATUS, RETRY_PAYMENT,
@@ -33,7 +33,7 @@ enum Retried {
 
 /// Asks the order's payment attempts whether a retry sent since
 /// `intent_at` landed.
-async fn landed(ctx: &Ctx, order: &str, intent_at: i64, rows: &[u64]) -> Outcome<Landed> {
+async fn landed(ctx: &RunContext, order: &str, intent_at: i64, rows: &[u64]) -> Outcome<Landed> {
     ctx.request(PAYMENTS, rows, || async {
         let _slot = ctx.permit(PAYMENTS).await?;
         ctx.ce().retry_landed(order, intent_at).await
@@ -42,7 +42,7 @@ async fn landed(ctx: &Ctx, order: &str, intent_at: i64, rows: &[u64]) -> Outcome
 }
 
 /// The row's `payment_method`: its own columns over the run's defaults.
-fn method(ctx: &Ctx, header: &Header, row: &Row) -> PaymentMethod {
+fn method(ctx: &RunContext, header: &Header, row: &Row) -> PaymentMethod {
     let column = |name: &str| {
         header
             .index(name)
@@ -64,7 +64,7 @@ fn method(ctx: &Ctx, header: &Header, row: &Row) -> PaymentMethod {
 /// deferred row whose window is still closed → left as it is; otherwise
 /// retry now, or defer to the time a too-early answer names.
 pub async fn ce_retry(
-    ctx: &Ctx,
+    ctx: &RunContext,
     header: &Header,
     row: &Row,
     stored: &StoredRow,
@@ -198,7 +198,7 @@ pub async fn ce_retry(
     }
 }
 
-async fn done(ctx: &Ctx, stored: &StoredRow, retried: Retried, progress: &StageProgress) {
+async fn done(ctx: &RunContext, stored: &StoredRow, retried: Retried, progress: &StageProgress) {
     let (payment, note) = match retried {
         Retried::Unknown(why) => {
             ctx.write(Write::Unknown {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{fail, Group};
 use crate::input::{Header, Row};
-use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::Endpoint;
@@ -19,7 +19,7 @@ use crate::store::{RowState, StoredRow};
 /// is committed before the change leaves, and a change whose outcome is
 /// unknown (a killed run's) is checked against the order before it is resent.
 pub(super) async fn change(
-    ctx: &Ctx,
+    ctx: &RunContext,
     header: &Header,
     row: &Row,
     stored: &StoredRow,
@@ -157,7 +157,7 @@ fn applied(orders: &[Map<String, Value>], params: &[(&str, &str)]) -> bool {
 /// Looks up the order and customer of `change` rows that name no customer
 /// (run one at a time: two lookups at once could be for one customer), so
 /// that the change stage can keep each customer's requests apart.
-pub(super) async fn resolve(ctx: &Ctx, group: Group, progress: &StageProgress) {
+pub(super) async fn resolve(ctx: &RunContext, group: Group, progress: &StageProgress) {
     for stored in group.rows {
         if stored.site_customer_identifier.is_some() || stored.pnm_customer_identifier.is_some() {
             continue;

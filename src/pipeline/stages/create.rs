@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fail;
 use crate::input::{Header, Row};
-use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
@@ -19,7 +19,7 @@ use crate::store::{RowState, StoredRow};
 /// Returns the order's `(pnm_order_identifier, pnm_customer_identifier)`
 /// once it exists.
 pub(crate) async fn create(
-    ctx: &Ctx,
+    ctx: &RunContext,
     header: &Header,
     row: &Row,
     stored: &StoredRow,
@@ -71,7 +71,7 @@ pub(crate) async fn create(
 /// One attempt: reconcile first when an earlier attempt may have created the
 /// order, then create.
 async fn create_attempt(
-    ctx: &Ctx,
+    ctx: &RunContext,
     maybe_exists: &AtomicBool,
     row: u64,
     order_id: &str,

@@ -3,7 +3,7 @@
 
 use super::{fail, Group, PAGE_LIMIT};
 use crate::input::{Header, Row};
-use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
@@ -71,7 +71,7 @@ impl GroupStage {
     /// it (`force`, smart-token options).
     pub(super) async fn call(
         self,
-        ctx: &Ctx,
+        ctx: &RunContext,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
         let _slot = ctx.permit(self.endpoint()).await?;
@@ -119,7 +119,7 @@ impl GroupStage {
 /// Records each answer; returns the rows recorded, with what the answer
 /// told (identifiers, URL).
 async fn record_answers(
-    ctx: &Ctx,
+    ctx: &RunContext,
     stage: GroupStage,
     answered: Vec<(StoredRow, PnmOrder)>,
     progress: &StageProgress,
@@ -170,7 +170,7 @@ pub(crate) fn order_selector(row: &StoredRow) -> Option<(&'static str, String)> 
 /// that name an order already answered share that answer (an order's URL
 /// and token are issued once).
 async fn per_order(
-    ctx: &Ctx,
+    ctx: &RunContext,
     stage: GroupStage,
     rows: Vec<StoredRow>,
     progress: &StageProgress,
@@ -216,7 +216,7 @@ pub(crate) struct Refreshed {
 /// provider: whether they are all in this run is recorded for the token
 /// stage.
 pub(crate) async fn refresh(
-    ctx: &Ctx,
+    ctx: &RunContext,
     group: Group,
     may_page: bool,
     progress: &StageProgress,
@@ -292,7 +292,7 @@ pub(crate) async fn refresh(
 /// ready orders and all its orders at the provider are in this run (a
 /// customer-wide call reissues every one of them), one call per order
 /// otherwise.
-pub(crate) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
+pub(crate) async fn token(ctx: &RunContext, group: Group, progress: &StageProgress) {
     let stage = GroupStage::Token;
     let mut remaining = group.rows;
     if remaining.len() > 1 && group.exclusive {
@@ -322,7 +322,7 @@ pub(crate) async fn token(ctx: &Ctx, group: Group, progress: &StageProgress) {
 /// (`payment_amount`, Guaranteed ACH fields, ...): rows with their own
 /// values cannot share a customer-wide call.
 pub(crate) async fn token_row(
-    ctx: &Ctx,
+    ctx: &RunContext,
     header: &Header,
     row: &Row,
     stored: &StoredRow,
@@ -345,7 +345,7 @@ pub(crate) async fn token_row(
 /// Records the outcome of a call for one order: the rows recorded, or
 /// `None` when the run stops.
 async fn record_one(
-    ctx: &Ctx,
+    ctx: &RunContext,
     stage: GroupStage,
     row: StoredRow,
     outcome: Outcome<Vec<PnmOrder>>,

@@ -2,7 +2,7 @@
 
 use super::groups::{order_selector, refresh, GroupStage};
 use super::{fail, Group, PAGE_LIMIT};
-use crate::pipeline::context::{Ctx, Outcome};
+use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
 use crate::store::writer::{OrderFacts, Write};
@@ -12,7 +12,7 @@ use crate::store::StoredRow;
 /// all its orders (`limit` 5) and expands into one row per order; rows
 /// naming orders are refreshed like `run`'s, batched per customer when the
 /// customer is known. With URLs off, orders are only looked up.
-pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
+pub(super) async fn lookup(ctx: &RunContext, group: Group, progress: &StageProgress) {
     let (order_rows, customer_rows): (Vec<StoredRow>, Vec<StoredRow>) = group
         .rows
         .into_iter()
@@ -88,7 +88,7 @@ pub(super) async fn lookup(ctx: &Ctx, group: Group, progress: &StageProgress) {
 /// Every order of a customer: pages of five through
 /// `refresh_embedded_js_urls` (or one `find_orders` with URLs off).
 async fn customer_orders(
-    ctx: &Ctx,
+    ctx: &RunContext,
     row: &StoredRow,
     selector: &(&'static str, String),
 ) -> Outcome<Vec<PnmOrder>> {

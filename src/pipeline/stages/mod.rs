@@ -12,12 +12,12 @@ mod lookup;
 
 use std::sync::Arc;
 
-use super::context::Ctx;
+use super::context::RunContext;
 use super::progress::StageProgress;
 use crate::input::{Header, Row};
-use crate::provider::ProviderError;
 use crate::provider::commerce_engine::PaymentInfo;
 use crate::provider::paynearme::PnmOrder;
+use crate::provider::ProviderError;
 use crate::store::writer::{OrderFacts, PaymentFacts, Write};
 use crate::store::StoredRow;
 
@@ -86,7 +86,7 @@ pub(crate) fn failpoint_row() -> Option<u64> {
 }
 
 /// Runs one job to its end.
-pub async fn execute(ctx: &Ctx, header: &Header, job: Job, progress: &StageProgress) {
+pub async fn execute(ctx: &RunContext, header: &Header, job: Job, progress: &StageProgress) {
     if let Some(row) = failpoint_row() {
         assert!(!job.rows().contains(&row), "failpoint panic-at-row:{row}");
     }
@@ -132,7 +132,12 @@ impl Job {
 /// A job panicked: its rows fail with `internal_error` (a row whose request
 /// may have left is reconciled when `orderbatch retry` sends it again),
 /// and the rest of the run goes on.
-pub async fn internal_error(ctx: &Ctx, rows: &[u64], what: String, progress: &StageProgress) {
+pub async fn internal_error(
+    ctx: &RunContext,
+    rows: &[u64],
+    what: String,
+    progress: &StageProgress,
+) {
     tracing::error!(
         rows = ?rows,
         "internal error while working on row {}: {what}; the row is marked failed \
@@ -150,7 +155,12 @@ pub async fn internal_error(ctx: &Ctx, rows: &[u64], what: String, progress: &St
     }
 }
 
-pub(super) async fn fail(ctx: &Ctx, row: u64, error: &ProviderError, progress: &StageProgress) {
+pub(super) async fn fail(
+    ctx: &RunContext,
+    row: u64,
+    error: &ProviderError,
+    progress: &StageProgress,
+) {
     ctx.row_failed();
     ctx.write(Write::Failed {
         row,

@@ -183,17 +183,17 @@ fn order_from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<PnmOrder, A::Err
                 continue;
             }
         };
-        *field = map.next_value::<Liberal>()?.0;
+        *field = map.next_value::<TextOrScalar>()?.0;
     }
     Ok(order)
 }
 
 /// A text field that may come as a string, number or boolean (see [`text_of`]).
-struct Liberal(Option<String>);
+struct TextOrScalar(Option<String>);
 
-impl<'de> Deserialize<'de> for Liberal {
+impl<'de> Deserialize<'de> for TextOrScalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Liberal(text_of(Value::deserialize(d)?)))
+        Ok(TextOrScalar(text_of(Value::deserialize(d)?)))
     }
 }
 

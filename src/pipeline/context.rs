@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 
-use super::retry::{Attempts, Gate, Next};
+use super::backoff::{Attempts, Gate, Next};
 use super::shutdown::{Shutdown, Stop};
 use super::RunOptions;
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};

@@ -63,3 +63,18 @@ impl Shutdown {
         let _ = rx.wait_for(|s| *s != Stop::Running).await;
     }
 }
+
+/// Installs the Ctrl-C handler: the first asks the run to stop after its
+/// in-flight requests, the second exits at once (state is safe either way).
+pub fn handle_ctrl_c(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing in-flight requests and saving state (Ctrl-C again to quit now)");
+            shutdown.stop(Stop::Interrupted);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("quitting now; run the same command again to resume");
+                std::process::exit(130);
+            }
+        }
+    });
+}

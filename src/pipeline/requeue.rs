@@ -1,0 +1,105 @@
+//! `orderbatch retry`: what a run needs to be retried, and putting its
+//! failed rows back where its command's stages take them.
+
+use std::path::{Path, PathBuf};
+
+use super::{Mode, PipelineError};
+use crate::input::fingerprint::fingerprint;
+use crate::input::ColumnOptions;
+use crate::store::Store;
+
+/// What `orderbatch retry` resumes: the run's input, and everything the run
+/// was started with that its requests need.
+#[derive(Debug, Clone)]
+pub struct RetryPlan {
+    pub run_id: i64,
+    pub input: PathBuf,
+    pub columns: ColumnOptions,
+    pub mode: Mode,
+    pub token_options: Vec<(String, String)>,
+    pub payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+    /// Failed rows that [`RetryPlan::requeue`] would put back.
+    error_code: Option<String>,
+}
+
+/// The options a run stores (see [`run`]) as `orderbatch retry` reads them.
+#[derive(Debug, serde::Deserialize)]
+struct StoredOptions {
+    mode: Mode,
+    #[serde(default)]
+    token_options: Vec<(String, String)>,
+    #[serde(default)]
+    columns: ColumnOptions,
+    #[serde(default)]
+    payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+}
+
+/// Reads what retrying `run_id` (default: the newest run) of `db` needs,
+/// changing nothing: the caller checks its configuration, then
+/// [`RetryPlan::requeue`]s.
+pub fn prepare_retry(
+    db: &Path,
+    run_id: Option<i64>,
+    error_code: Option<&str>,
+) -> Result<RetryPlan, PipelineError> {
+    if !db.exists() {
+        return Err(PipelineError::Conflict(format!(
+            "state database {} does not exist",
+            db.display()
+        )));
+    }
+    let store = Store::open(db)?;
+    let run = match run_id {
+        Some(id) => store.run(id)?,
+        None => store.runs()?.pop(),
+    }
+    .ok_or_else(|| PipelineError::Conflict(format!("{} holds no such run", db.display())))?;
+    let input = PathBuf::from(&run.input_path);
+    let found = fingerprint(&input).map_err(|e| {
+        PipelineError::Conflict(format!(
+            "run {} needs its input file {} (fingerprint {}), which cannot be read: {e}",
+            run.id,
+            input.display(),
+            run.fingerprint
+        ))
+    })?;
+    if found != run.fingerprint {
+        return Err(PipelineError::Conflict(format!(
+            "{} has changed since run {} read it: expected fingerprint {}, found {found}. \
+             Restore the original file to retry this run",
+            input.display(),
+            run.id,
+            run.fingerprint
+        )));
+    }
+    let options: StoredOptions = serde_json::from_str(&run.options).map_err(|e| {
+        PipelineError::Conflict(format!(
+            "run {} in {} has options this version cannot read ({e}); \
+             run its command again instead of retry",
+            run.id,
+            db.display()
+        ))
+    })?;
+    Ok(RetryPlan {
+        run_id: run.id,
+        input,
+        columns: options.columns,
+        mode: options.mode,
+        token_options: options.token_options,
+        payment_defaults: options.payment_defaults,
+        error_code: error_code.map(str::to_string),
+    })
+}
+
+impl RetryPlan {
+    /// Puts the failed rows back into the state their command's stages
+    /// take; returns how many.
+    pub fn requeue(&self, db: &Path) -> Result<u64, PipelineError> {
+        let store = Store::open(db)?;
+        Ok(store.requeue_failed(
+            self.run_id,
+            self.error_code.as_deref(),
+            &self.mode.requeue(),
+        )?)
+    }
+}

@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done serve
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -259,5 +259,29 @@ except Exception: print(0)')
     t1=$(date +%s.%N); kill $RUN; wait $RUN 2>/dev/null || true; stop_sandbox
     echo "  round: first row done $(python3 -c "print(f'{$t1 - $t0:.2f}')") s after the first request"
   done
+  ;;
+serve)
+  echo "== 12. orderbatch serve: URLs served from the db (issue 18), wrk -t2 -c32 -d10s, 3 rounds"
+  command -v wrk >/dev/null || { echo "  (install wrk: apt-get install wrk)"; exit 0; }
+  f=$(data 10000); start_sandbox; rm -f "$WORK/serve.db"*
+  "$B" run "$f" --db "$WORK/serve.db" --rate unlimited --concurrency 32 -q > /dev/null
+  export ORDERBATCH_SERVE_TOKEN=bench-serve-token-0123456789
+  "$B" serve --db "$WORK/serve.db" --listen 127.0.0.1:18399 -q > "$WORK/serve.url" 2>/dev/null & SERVE=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:18399/healthz >/dev/null && break; sleep 0.05; done
+  cat > "$WORK/serve.lua" <<'LUA'
+wrk.headers["Authorization"] = "Bearer bench-serve-token-0123456789"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", string.format("/v1/orders/ORD-%09d/embedded-js-url", counter % 10000))
+end
+LUA
+  for round in 1 2 3; do
+    wrk -t2 -c32 -d10s --latency -s "$WORK/serve.lua" http://127.0.0.1:18399 > "$WORK/wrk-serve.out"
+    echo "  round: $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-serve.out") req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/wrk-serve.out"), p99 $(awk '$1=="99%" {print $2}' "$WORK/wrk-serve.out"), non-2xx: $(grep -c 'Non-2xx' "$WORK/wrk-serve.out" || true)"
+  done
+  refreshes=$(counters | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"].get("refresh_embedded_js_urls", 0))')
+  echo "  refresh_embedded_js_urls at the sandbox after serving: $refreshes (all from the run itself: the URLs were fresh)"
+  kill $SERVE; wait $SERVE 2>/dev/null || true; stop_sandbox
   ;;
 esac; done

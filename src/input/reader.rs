@@ -227,6 +227,16 @@ pub struct OrderReader {
 impl OrderReader {
     /// Opens `path` and checks its header against `schema`.
     pub fn open(path: &Path, schema: Schema<'_>) -> Result<Self, InputError> {
+        Self::open_with(path, schema, 1 << 16)
+    }
+
+    /// [`OrderReader::open`] for [`OrderReader::read_at`]: a seek throws
+    /// the buffers away, so they are kept small (a record or two).
+    pub fn open_for_seeking(path: &Path, schema: Schema<'_>) -> Result<Self, InputError> {
+        Self::open_with(path, schema, 1 << 10)
+    }
+
+    fn open_with(path: &Path, schema: Schema<'_>, buffer: usize) -> Result<Self, InputError> {
         let io_err = |source| InputError::Io {
             path: path.to_path_buf(),
             source,
@@ -240,7 +250,8 @@ impl OrderReader {
         }
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
-            .from_reader(BufReader::with_capacity(1 << 16, file));
+            .buffer_capacity(buffer.min(8 * 1024))
+            .from_reader(BufReader::with_capacity(buffer, file));
         let raw = reader
             .byte_headers()
             .map_err(|e| csv_error(path, e))?
@@ -426,4 +437,45 @@ fn check_header(
         }
     }
     Ok(Header::new(names, known, send))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::paynearme::params::{ep, CREATE_REQUIRED};
+
+    #[test]
+    fn a_row_read_at_its_offset_equals_the_row_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        // A byte-order mark, CRLF line ends, a quoted field over three lines.
+        std::fs::write(
+            &path,
+            "\u{feff}site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_order_description\r\n\
+             C1,10,USD,exact,true,\"one\r\ntwo, \"\"three\"\"\r\nfour\"\r\n\
+             C2,11,USD,any,false,plain\r\n\
+             C3,12,USD,up-to,true,Ñandú\r\n",
+        )
+        .unwrap();
+        let columns = ColumnOptions::default();
+        let schema = || Schema {
+            endpoints: ep::CREATE,
+            required: CREATE_REQUIRED,
+            columns: &columns,
+        };
+        let rows: Vec<Row> = OrderReader::open(&path, schema())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), 3);
+        let mut seeking = OrderReader::open_for_seeking(&path, schema()).unwrap();
+        for row in rows.iter().rev() {
+            let again = seeking.read_at(row.offset, row.line, row.number).unwrap();
+            assert_eq!(again.number, row.number);
+            for i in 0..6 {
+                assert_eq!(again.get(i), row.get(i), "row {} field {i}", row.number);
+            }
+        }
+        assert_eq!(rows[0].get(5), Some("one\r\ntwo, \"three\"\r\nfour"));
+    }
 }

@@ -261,7 +261,7 @@ fn feed(
     units: mpsc::Sender<Unit>,
 ) -> Result<(), PipelineError> {
     let store = Store::open_reader(db)?;
-    let mut reader = OrderReader::open(input, super::Mode::Run.schema(columns))?;
+    let mut reader = OrderReader::open_for_seeking(input, super::Mode::Run.schema(columns))?;
     let mut failure: Option<PipelineError> = None;
     let mut current: Option<Unit> = None;
     let started = Instant::now();

@@ -7,6 +7,10 @@
 //! requests for one order share one call: the second finds the first's
 //! fresh URL in the database) and through one rate limiter.
 
+// A handler's early answers travel as `Err(Response)` straight to the
+// client; boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -201,11 +205,40 @@ fn provider_error(e: &ProviderError) -> Response {
     }
 }
 
-/// The order the provider's answer names.
-fn answered(orders: Vec<PnmOrder>, pnm: &str) -> Option<PnmOrder> {
-    orders
+/// The order `pnm` in the provider's answer, or the answer to give.
+fn answered(result: Result<Vec<PnmOrder>, ProviderError>, pnm: &str) -> Result<PnmOrder, Response> {
+    result
+        .map_err(|e| provider_error(&e))?
         .into_iter()
         .find(|o| o.pnm_order_identifier.as_deref() == Some(pnm))
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_GATEWAY,
+                "order_not_found",
+                "the provider's answer did not include this order",
+            )
+        })
+}
+
+/// A field the provider's answer should have held.
+fn lacks(field: &str) -> Response {
+    error(
+        StatusCode::BAD_GATEWAY,
+        "unexpected_body",
+        format!("the provider's answer has no {field}"),
+    )
+}
+
+/// The order `id` names, for a caller with the right token.
+fn find(shared: &Shared, id: &str, headers: &HeaderMap) -> Result<ServedOrder, Response> {
+    if !shared.authorized(headers) {
+        return Err(unauthorized());
+    }
+    match shared.store(|s| s.served_order(id)) {
+        Ok(Some(order)) => Ok(order),
+        Ok(None) => Err(unknown(id)),
+        Err(e) => Err(internal(&e)),
+    }
 }
 
 /// `GET /v1/orders/{id}/embedded-js-url`.
@@ -222,14 +255,6 @@ async fn embedded_js_url(
 }
 
 async fn url_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response, Option<Source>) {
-    if !shared.authorized(headers) {
-        return (unauthorized(), None);
-    }
-    let order = match shared.store(|s| s.served_order(id)) {
-        Ok(Some(order)) => order,
-        Ok(None) => return (unknown(id), None),
-        Err(e) => return (internal(&e), None),
-    };
     let ok = |o: &ServedOrder| {
         Json(json!({
             "site_order_identifier": o.site_order_identifier,
@@ -238,6 +263,10 @@ async fn url_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response
             "embedded_js_url_expires_at": o.embedded_js_url_expires_at,
         }))
         .into_response()
+    };
+    let order = match find(shared, id, headers) {
+        Ok(order) => order,
+        Err(answer) => return (answer, None),
     };
     if shared.fresh(&order) {
         shared
@@ -249,10 +278,9 @@ async fn url_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response
     let lock = shared.lock_for(&order);
     let _customer = lock.lock().await;
     // Another request may have refreshed it while this one waited.
-    let order = match shared.store(|s| s.served_order(id)) {
-        Ok(Some(order)) => order,
-        Ok(None) => return (unknown(id), None),
-        Err(e) => return (internal(&e), None),
+    let order = match find(shared, id, headers) {
+        Ok(order) => order,
+        Err(answer) => return (answer, None),
     };
     if shared.fresh(&order) {
         shared
@@ -261,48 +289,30 @@ async fn url_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response
             .fetch_add(1, Ordering::Relaxed);
         return (ok(&order), Some(Source::Db));
     }
-    let pnm = order.pnm_order_identifier.clone();
-    let result = shared
-        .call(
-            shared
-                .client
-                .refresh_urls(&[("pnm_order_identifier", pnm.as_str())]),
-        )
-        .await;
-    let fresh = match result.map(|orders| answered(orders, &pnm)) {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => {
-            return (
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "order_not_found",
-                    "the provider's answer did not include this order",
-                ),
-                Some(Source::Provider),
-            )
-        }
-        Err(e) => return (provider_error(&e), Some(Source::Provider)),
+    let refreshed = async {
+        let pnm = order.pnm_order_identifier.as_str();
+        let result = shared
+            .call(shared.client.refresh_urls(&[("pnm_order_identifier", pnm)]))
+            .await;
+        let fresh = answered(result, pnm)?;
+        let url = fresh
+            .embedded_js_url
+            .clone()
+            .ok_or_else(|| lacks("embedded_js_url"))?;
+        let expires = fresh.embedded_js_url_expires_at.clone();
+        shared
+            .store(|s| s.set_served_url(&order, &url, expires.as_deref()))
+            .map_err(|e| internal(&e))?;
+        Ok::<_, Response>(ServedOrder {
+            embedded_js_url: Some(url),
+            embedded_js_url_expires_at: expires.or(order.embedded_js_url_expires_at.clone()),
+            ..order.clone()
+        })
     };
-    let Some(url) = fresh.embedded_js_url.clone() else {
-        return (
-            error(
-                StatusCode::BAD_GATEWAY,
-                "unexpected_body",
-                "the provider's answer has no embedded_js_url",
-            ),
-            Some(Source::Provider),
-        );
-    };
-    let expires = fresh.embedded_js_url_expires_at.clone();
-    if let Err(e) = shared.store(|s| s.set_served_url(&order, &url, expires.as_deref())) {
-        return (internal(&e), Some(Source::Provider));
+    match refreshed.await {
+        Ok(served) => (ok(&served), Some(Source::Provider)),
+        Err(answer) => (answer, Some(Source::Provider)),
     }
-    let served = ServedOrder {
-        embedded_js_url: Some(url),
-        embedded_js_url_expires_at: expires.or(order.embedded_js_url_expires_at.clone()),
-        ..order
-    };
-    (ok(&served), Some(Source::Provider))
 }
 
 /// `GET /v1/orders/{id}/smart-link`: a fresh smart token, with the token
@@ -320,13 +330,9 @@ async fn smart_link(
 }
 
 async fn link_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response, Option<Source>) {
-    if !shared.authorized(headers) {
-        return (unauthorized(), None);
-    }
-    let order = match shared.store(|s| s.served_order(id)) {
-        Ok(Some(order)) => order,
-        Ok(None) => return (unknown(id), None),
-        Err(e) => return (internal(&e), None),
+    let order = match find(shared, id, headers) {
+        Ok(order) => order,
+        Err(answer) => return (answer, None),
     };
     let options = match shared.store(|s| s.run_token_options(order.run_id)) {
         Ok(options) => options,
@@ -334,42 +340,26 @@ async fn link_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Respons
     };
     let lock = shared.lock_for(&order);
     let _customer = lock.lock().await;
-    let pnm = order.pnm_order_identifier.clone();
-    let mut params: Vec<(&str, &str)> = vec![("pnm_order_identifier", pnm.as_str())];
-    params.extend(options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let result = shared.call(shared.client.smart_token(&params)).await;
-    let fresh = match result.map(|orders| answered(orders, &pnm)) {
-        Ok(Some(fresh)) => fresh,
-        Ok(None) => {
-            return (
-                error(
-                    StatusCode::BAD_GATEWAY,
-                    "order_not_found",
-                    "the provider's answer did not include this order",
-                ),
-                Some(Source::Provider),
-            )
-        }
-        Err(e) => return (provider_error(&e), Some(Source::Provider)),
+    let issued = async {
+        let pnm = order.pnm_order_identifier.as_str();
+        let mut params: Vec<(&str, &str)> = vec![("pnm_order_identifier", pnm)];
+        params.extend(options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let fresh = answered(shared.call(shared.client.smart_token(&params)).await, pnm)?;
+        let token = fresh
+            .secure_smart_token
+            .clone()
+            .ok_or_else(|| lacks("secure_smart_token"))?;
+        let link = fresh.secure_smart_link.clone();
+        shared
+            .store(|s| s.set_served_token(&order, &token, link.as_deref()))
+            .map_err(|e| internal(&e))?;
+        Ok::<_, Response>(
+            Json(json!({"secure_smart_token": token, "secure_smart_link": link})).into_response(),
+        )
     };
-    let Some(token) = fresh.secure_smart_token.clone() else {
-        return (
-            error(
-                StatusCode::BAD_GATEWAY,
-                "unexpected_body",
-                "the provider's answer has no secure_smart_token",
-            ),
-            Some(Source::Provider),
-        );
-    };
-    let link = fresh.secure_smart_link.clone();
-    if let Err(e) = shared.store(|s| s.set_served_token(&order, &token, link.as_deref())) {
-        return (internal(&e), Some(Source::Provider));
+    match issued.await {
+        Ok(answer) | Err(answer) => (answer, Some(Source::Provider)),
     }
-    (
-        Json(json!({"secure_smart_token": token, "secure_smart_link": link})).into_response(),
-        Some(Source::Provider),
-    )
 }
 
 fn unauthorized() -> Response {

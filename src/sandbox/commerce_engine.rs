@@ -238,68 +238,72 @@ pub(crate) async fn refresh(
     ok(tokens)
 }
 
-/// `GET .../orders/{n}/payment-status`.
-pub(crate) async fn payment_status(
-    State(shared): State<Arc<Shared>>,
-    Path((store, number)): Path<(String, String)>,
-    headers: HeaderMap,
+/// An authorised read of one order: counts `name`, checks the store and the
+/// token, then answers with `read` of the order (404 when unknown).
+fn read_order(
+    shared: &Shared,
+    name: &str,
+    (store, number): (String, String),
+    headers: &HeaderMap,
+    read: impl FnOnce(&CeState, &CeOrder) -> Value,
 ) -> Answer {
-    count(&shared, "payment-status");
-    if let Err(a) = check_store(&shared, &store).and_then(|_| bearer_ok(&shared, &headers)) {
+    count(shared, name);
+    if let Err(a) = check_store(shared, &store).and_then(|_| bearer_ok(shared, headers)) {
         return a;
     }
     let ce = shared.ce.lock().unwrap();
-    let Some(order) = ce.orders.get(&number) else {
-        return fail(
+    match ce.orders.get(&number) {
+        Some(order) => ok(read(&ce, order)),
+        None => fail(
             StatusCode::NOT_FOUND,
             "order_not_found",
             format!("Order {number} not found"),
-        );
-    };
-    let paid = order.status == "success";
-    // Numbers, as the storefront SDK's OpenAPI types say (format: double).
-    ok(json!({
-        "status": order.status,
-        "amount_paid": if paid { 10.0 } else { 0.0 },
-        "amount_unpaid": if paid { 0.0 } else { 10.0 },
-        "is_retry_available": ce.retry_available(order),
-    }))
+        ),
+    }
+}
+
+/// `GET .../orders/{n}/payment-status`.
+pub(crate) async fn payment_status(
+    State(shared): State<Arc<Shared>>,
+    Path(order): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    read_order(&shared, "payment-status", order, &headers, |ce, order| {
+        let paid = order.status == "success";
+        // Numbers, as the storefront SDK's OpenAPI types say (format: double).
+        json!({
+            "status": order.status,
+            "amount_paid": if paid { 10.0 } else { 0.0 },
+            "amount_unpaid": if paid { 0.0 } else { 10.0 },
+            "is_retry_available": ce.retry_available(order),
+        })
+    })
 }
 
 /// `GET .../orders/{n}/payments`: the order's payment attempts, oldest
 /// first, as the SDK's `list-order-payments` (`PaymentInfo` fields).
 pub(crate) async fn payments(
     State(shared): State<Arc<Shared>>,
-    Path((store, number)): Path<(String, String)>,
+    Path(order): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Answer {
-    count(&shared, "payments");
-    if let Err(a) = check_store(&shared, &store).and_then(|_| bearer_ok(&shared, &headers)) {
-        return a;
-    }
-    let ce = shared.ce.lock().unwrap();
-    let Some(order) = ce.orders.get(&number) else {
-        return fail(
-            StatusCode::NOT_FOUND,
-            "order_not_found",
-            format!("Order {number} not found"),
-        );
-    };
-    let attempts: Vec<Value> = order
-        .attempts
-        .iter()
-        .map(|(request_number, at, status)| {
-            json!({
-                "transaction_type": "payment",
-                "request_number": request_number,
-                "amount": 10.0,
-                "payment_status": status,
-                "payment_date": rfc3339(*at),
-                "payment_method": "upi",
+    read_order(&shared, "payments", order, &headers, |_, order| {
+        let attempts: Vec<Value> = order
+            .attempts
+            .iter()
+            .map(|(request_number, at, status)| {
+                json!({
+                    "transaction_type": "payment",
+                    "request_number": request_number,
+                    "amount": 10.0,
+                    "payment_status": status,
+                    "payment_date": rfc3339(*at),
+                    "payment_method": "upi",
+                })
             })
-        })
-        .collect();
-    ok(json!({ "payments": attempts }))
+            .collect();
+        json!({ "payments": attempts })
+    })
 }
 
 /// `POST .../orders/{n}/retry-payment`.

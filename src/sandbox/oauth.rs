@@ -26,6 +26,8 @@ pub struct OAuthState {
     revoked: Vec<String>,
     token_requests: u64,
     token_refused: u64,
+    /// Token requests answered 503 by an injected fault.
+    token_failures: u64,
     bearer_requests: u64,
     hmac_requests: u64,
     expired_token_answers: u64,
@@ -40,6 +42,7 @@ impl OAuthState {
         json!({
             "token_requests": self.token_requests,
             "token_refused": self.token_refused,
+            "token_failures": self.token_failures,
             "tokens_issued": self.tokens.len(),
             "bearer_requests": self.bearer_requests,
             "hmac_requests": self.hmac_requests,
@@ -106,6 +109,18 @@ pub(crate) async fn token(
     if let Some((min, max)) = shared.config.latency_ms {
         let ms = shared.rng.lock().unwrap().random_range(min..=max.max(min));
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // Injected failures reach the token endpoint only when faults are
+    // limited to it (`POST /__sandbox/faults {"only": "token", ...}`).
+    let only_token = shared.faults_only.lock().unwrap().as_deref() == Some("token");
+    if only_token && super::paynearme::chance(&shared, shared.fail_rate()) {
+        shared.oauth.lock().unwrap().token_failures += 1;
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "0")],
+            Json(json!({"error": "temporarily_unavailable"})),
+        )
+            .into_response();
     }
     let answer = issue(&shared, &headers, &body);
     if answer.status() != StatusCode::OK {

@@ -367,3 +367,41 @@ fn the_demo_rehearses_an_oauth_only_site() {
     assert!(!export.is_empty());
     assert!(export.iter().all(|r| r["status"] == "done"));
 }
+
+#[test]
+fn a_token_endpoint_that_fails_for_a_while_is_retried_and_nothing_fails() {
+    let sandbox = oauth_only(2);
+    // The token endpoint answers 503 until three requests have met it.
+    sandbox.set_faults_only("token");
+    sandbox.set_fail_rate(1.0);
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(60, 10, true));
+    let child = spawn(dir.oauth_cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--rate",
+            "40",
+            "--retry-base-ms",
+            "20",
+        ],
+    ));
+    wait_until(std::time::Duration::from_secs(30), || {
+        sandbox.oauth()["token_failures"].as_u64().unwrap() >= 3
+    });
+    sandbox.set_fail_rate(0.0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let oauth = sandbox.oauth();
+    assert_eq!(oauth["token_refused"], 0, "{oauth}");
+    assert_eq!(sandbox.orders().len(), 60);
+    assert_eq!(
+        sandbox.requests("find_orders"),
+        0,
+        "a token failure is not an unknown outcome"
+    );
+    assert_oauth_only(&sandbox);
+}

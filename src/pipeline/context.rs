@@ -55,15 +55,17 @@ fn breaker_threshold(concurrency: usize, max_attempts: u32) -> u64 {
 }
 
 /// The limiter's quota for `rate` requests per second. Requests are spaced
-/// evenly; a burst of 1% of the rate absorbs timer granularity and short
-/// idle gaps, and the steady rate is lowered by the same amount, so that no
-/// one-second window (sliding, as a provider counts) sees more than `rate`.
+/// evenly; a burst of 0.5 % of the rate absorbs timer granularity and short
+/// idle gaps, and the steady rate is lowered by twice that, so that no
+/// one-second window (sliding, as a provider counts) sees more than 99.5 %
+/// of `rate` leave: the rest is room for requests that arrive closer
+/// together than they left.
 pub fn quota(rate: NonZeroU32) -> Quota {
-    let burst = rate.get() / 100;
+    let burst = rate.get() / 200;
     if burst < 2 {
         return Quota::per_second(rate).allow_burst(NonZeroU32::MIN);
     }
-    let steady = NonZeroU32::new(rate.get() - burst).expect("burst is 1% of rate");
+    let steady = NonZeroU32::new(rate.get() - 2 * burst).expect("burst is 0.5 % of rate");
     Quota::per_second(steady).allow_burst(NonZeroU32::new(burst).expect("at least 2"))
 }
 

@@ -24,15 +24,24 @@ fn by_site_order(sandbox: &Sandbox) -> HashMap<String, Value> {
 }
 
 /// Every provider value of the export equals what the sandbox holds, byte
-/// for byte.
+/// for byte (rows found by their order, so several rows may name one).
 fn assert_export_is_the_sandbox(sandbox: &Sandbox, path: &std::path::Path) {
-    let orders = by_site_order(sandbox);
+    let orders: HashMap<String, Value> = sandbox
+        .orders()
+        .into_iter()
+        .map(|o| (o["pnm_order_identifier"].as_str().unwrap().to_string(), o))
+        .collect();
     let export = read_export(path);
     assert!(!export.is_empty());
     for line in &export {
-        let order = &orders[&line["site_order_identifier"]];
+        let order = &orders[&line["pnm_order_identifier"]];
+        assert_eq!(
+            order["fields"]["site_order_identifier"].as_str(),
+            Some(line["site_order_identifier"].as_str()),
+            "row {}",
+            line["row_number"]
+        );
         for field in [
-            "pnm_order_identifier",
             "pnm_customer_identifier",
             "embedded_js_url",
             "embedded_js_url_expires_at",
@@ -791,27 +800,6 @@ fn a_refresh_naming_an_order_directly_and_through_its_customer_exports_the_last_
         ],
     ));
     assert_eq!(code(&out), 0, "{}", text(&out));
-    let export = read_export(&dir.path("r-out.csv"));
-    assert_eq!(export.len(), 80);
-    let orders: HashMap<String, Value> = sandbox
-        .orders()
-        .into_iter()
-        .map(|o| (o["pnm_order_identifier"].as_str().unwrap().to_string(), o))
-        .collect();
-    for line in &export {
-        let order = &orders[&line["pnm_order_identifier"]];
-        for field in [
-            "embedded_js_url",
-            "embedded_js_url_expires_at",
-            "secure_smart_token",
-            "secure_smart_link",
-        ] {
-            assert_eq!(
-                order[field].as_str(),
-                Some(line[field].as_str()),
-                "{field} of row {}",
-                line["row_number"]
-            );
-        }
-    }
+    assert_eq!(read_export(&dir.path("r-out.csv")).len(), 80);
+    assert_export_is_the_sandbox(&sandbox, &dir.path("r-out.csv"));
 }

@@ -160,14 +160,23 @@ impl Shared {
         result
     }
 
-    fn count(&self, endpoint: &'static str, status: StatusCode) {
+    /// Logs and counts an answer about order `id`, then gives it.
+    fn served(
+        &self,
+        endpoint: &'static str,
+        id: &str,
+        started: Instant,
+        (answer, source): (Response, Option<Source>),
+    ) -> Response {
+        log(endpoint, id, &answer, started, source);
         *self
             .metrics
             .requests
             .lock()
             .unwrap()
-            .entry((endpoint, status.as_u16()))
+            .entry((endpoint, answer.status().as_u16()))
             .or_default() += 1;
+        answer
     }
 }
 
@@ -248,10 +257,8 @@ async fn embedded_js_url(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let (answer, source) = url_answer(&shared, &id, &headers).await;
-    log("embedded-js-url", &id, &answer, started, source);
-    shared.count("embedded-js-url", answer.status());
-    answer
+    let answered = url_answer(&shared, &id, &headers).await;
+    shared.served("embedded-js-url", &id, started, answered)
 }
 
 async fn url_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response, Option<Source>) {
@@ -323,10 +330,8 @@ async fn smart_link(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let (answer, source) = link_answer(&shared, &id, &headers).await;
-    log("smart-link", &id, &answer, started, source);
-    shared.count("smart-link", answer.status());
-    answer
+    let answered = link_answer(&shared, &id, &headers).await;
+    shared.served("smart-link", &id, started, answered)
 }
 
 async fn link_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Response, Option<Source>) {

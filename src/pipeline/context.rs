@@ -276,7 +276,7 @@ impl RunContext {
                 run_id = self.run_id,
                 row_number,
                 rows = rows.len(),
-                endpoint = endpoint_of(&error),
+                endpoint = error.endpoint(),
                 attempt = number,
                 outcome = %error.code(),
                 latency_ms,
@@ -285,7 +285,7 @@ impl RunContext {
             for &row in rows {
                 self.write(Write::Attempt {
                     row,
-                    endpoint: endpoint_of(&error),
+                    endpoint: error.endpoint(),
                     code: error.code(),
                     message: error.to_string(),
                     latency_ms,
@@ -308,10 +308,6 @@ impl RunContext {
             }
         }
     }
-}
-
-fn endpoint_of(error: &ProviderError) -> &'static str {
-    error.endpoint()
 }
 
 #[cfg(test)]

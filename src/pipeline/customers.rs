@@ -51,12 +51,7 @@ struct Bars {
 /// Whether the run's unfinished rows can be streamed: every one knows where
 /// its input record is (rows registered by an older version do not).
 pub(super) fn streamable(store: &Store, run_id: i64) -> Result<bool, PipelineError> {
-    let mut all = true;
-    store.for_each_row(run_id, &UNFINISHED, false, |row| {
-        all = row.input_offset.is_some();
-        all
-    })?;
-    Ok(all)
+    Ok(!store.any_without_offset(run_id, &UNFINISHED)?)
 }
 
 /// Takes every unfinished row of the run through its customer's chain.
@@ -266,9 +261,15 @@ fn feed(
     let mut current: Option<Unit> = None;
     let started = Instant::now();
     let send = |unit: Unit| -> bool {
-        let exclusive = store
-            .customer_exclusive(run_id, &unit.customer)
-            .unwrap_or(false);
+        // Only a customer resumed at its tokens needs what its refresh saw.
+        let resumed_at_token = unit
+            .rows
+            .iter()
+            .any(|(row, _)| row.state == RowState::UrlsRefreshed);
+        let exclusive = resumed_at_token
+            && store
+                .customer_exclusive(run_id, &unit.customer)
+                .unwrap_or(false);
         units.blocking_send(Unit { exclusive, ..unit }).is_ok() && !stopping.is_stopping()
     };
     let mut going = true;

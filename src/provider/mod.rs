@@ -377,7 +377,7 @@ pub(crate) async fn exchange(
 
 /// Reads an answer's body, refusing one longer than [`MAX_ANSWER_BYTES`]
 /// without holding more than that.
-pub(crate) async fn read_body(
+async fn read_body(
     endpoint: &'static str,
     mut response: reqwest::Response,
 ) -> Result<bytes::Bytes, ProviderError> {

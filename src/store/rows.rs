@@ -571,6 +571,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a row of `run_id` in `states` lacks its input offset (it was
+    /// registered by a version that did not record them).
+    pub fn any_without_offset(&self, run_id: i64, states: &[RowState]) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM rows WHERE run_id = ?1 AND input_offset IS NULL
+                     AND state IN ({}))",
+                    sql_list(states)
+                ),
+                params![run_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Whether the refresh pages showed every order of `customer` at the
     /// provider to be in `run_id` (see migration 05).
     pub fn customer_exclusive(&self, run_id: i64, customer: &str) -> Result<bool, StoreError> {

@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::provider::{json_object, read_body, retry_after, transport_error, ProviderError};
+use crate::provider::{exchange, json_object, ProviderError};
 
 /// The name token requests have in counters, logs and errors.
 pub const TOKEN_ENDPOINT: &str = "oauth_token";
@@ -197,19 +197,7 @@ impl TokenSource {
             }
         }
         let obtained = Instant::now();
-        let response = request
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error(TOKEN_ENDPOINT, &e))?;
-        let status = response.status().as_u16();
-        if status == 429 {
-            return Err(ProviderError::RateLimited {
-                endpoint: TOKEN_ENDPOINT,
-                retry_after: retry_after(response.headers()),
-            });
-        }
-        let bytes = read_body(TOKEN_ENDPOINT, response).await?;
+        let (status, bytes) = exchange(TOKEN_ENDPOINT, request.form(&form)).await?;
         let secret = config.client_secret.expose_secret();
         let redact = |e: ProviderError| e.redact(&[secret, &config.client_id]);
         let body = json_object(TOKEN_ENDPOINT, status, &bytes).map_err(redact)?;

@@ -277,12 +277,8 @@ fn feed(
         let needs_input =
             per_row_tokens || matches!(row.state, RowState::Pending | RowState::Creating);
         let input = if needs_input {
-            // Never a request with values the run did not start with.
-            if let Err(changed) = snapshot.check() {
-                failure = Some(changed.into());
-                stopping.stop(super::Stop::Aborted(
-                    "the input file changed since the run started".into(),
-                ));
+            if let Err(changed) = super::feed::input_unchanged(snapshot, stopping) {
+                failure = Some(changed);
                 return false;
             }
             match reader.read_at(row.input_offset.unwrap_or(0), row.line, row.input_row) {

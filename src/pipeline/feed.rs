@@ -16,6 +16,20 @@ use crate::input::fingerprint::Snapshot;
 use crate::input::{ColumnOptions, OrderReader, Row};
 use crate::store::{RowState, Store, StoredRow};
 
+/// Never a request with values the run did not start with: checks the
+/// input before a row's fields are sent, and stops the run when it changed.
+pub(super) fn input_unchanged(
+    snapshot: &Snapshot,
+    shutdown: &Shutdown,
+) -> Result<(), PipelineError> {
+    snapshot.check().map_err(|changed| {
+        shutdown.stop(super::Stop::Aborted(
+            "the input file changed since the run started".into(),
+        ));
+        changed.into()
+    })
+}
+
 /// The worker that owns `key` (a customer, or an order when the customer is
 /// not known).
 fn shard(key: &str, workers: usize) -> usize {
@@ -96,12 +110,8 @@ pub(super) fn feed_rows(
                     }
                 }
             }
-            // Never a request with values the run did not start with.
-            if let Err(changed) = snapshot.check() {
-                failure = Some(changed.into());
-                shutdown.stop(crate::pipeline::Stop::Aborted(
-                    "the input file changed since the run started".into(),
-                ));
+            if let Err(changed) = input_unchanged(snapshot, shutdown) {
+                failure = Some(changed);
                 return false;
             }
             send(current.as_ref().expect("row found"), stored)

@@ -339,8 +339,10 @@ async fn link_answer(shared: &Shared, id: &str, headers: &HeaderMap) -> (Respons
         Ok(order) => order,
         Err(answer) => return (answer, None),
     };
-    let options = match shared.store(|s| s.run_token_options(order.run_id)) {
-        Ok(options) => options,
+    let options = match shared.store(|s| s.run(order.run_id)) {
+        Ok(run) => run.map_or_else(Vec::new, |r| {
+            crate::pipeline::stored_token_options(&r.options)
+        }),
         Err(e) => return (internal(&e), None),
     };
     let lock = shared.lock_for(&order);

@@ -33,7 +33,7 @@ pub use context::{quota, requests_sent, Clients};
 pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
-pub use requeue::{prepare_retry, RetryPlan};
+pub use requeue::{prepare_retry, stored_token_options, RetryPlan};
 pub use shutdown::{handle_ctrl_c, Shutdown, Stop};
 use stage_loop::run_stages;
 

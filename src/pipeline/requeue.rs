@@ -34,6 +34,14 @@ struct StoredOptions {
     payment_defaults: crate::provider::commerce_engine::PaymentMethod,
 }
 
+/// The `get_smart_token` options a run stored (`options` as the store
+/// holds them); none when they cannot be read, as `serve` has always done.
+pub fn stored_token_options(options: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<StoredOptions>(options)
+        .map(|o| o.token_options)
+        .unwrap_or_default()
+}
+
 /// Reads what retrying `run_id` (default: the newest run) of `db` needs,
 /// changing nothing: the caller checks its configuration, then
 /// [`RetryPlan::requeue`]s.

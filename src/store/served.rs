@@ -84,13 +84,4 @@ impl Store {
             .map(drop)
             .map_err(|e| self.err(e))
     }
-
-    /// The `get_smart_token` options run `run_id` was started with.
-    pub fn run_token_options(&self, run_id: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let Some(run) = self.run(run_id)? else {
-            return Ok(Vec::new());
-        };
-        let options: serde_json::Value = serde_json::from_str(&run.options).unwrap_or_default();
-        Ok(serde_json::from_value(options["token_options"].clone()).unwrap_or_default())
-    }
 }

@@ -179,12 +179,39 @@ pub fn fingerprint(path: &Path) -> io::Result<String> {
     Ok(scan(path, true)?.fingerprint.unwrap_or_default())
 }
 
+/// What the file system says about a file, cheaply: size, modification
+/// and status-change times, device and inode. An edit that keeps the size
+/// and puts the modification time back (`touch -r`, an upload preserving
+/// times) still moves the status-change time; a file replaced by another
+/// moves the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    changed: (i64, i64),
+    file: (u64, u64),
+}
+
+impl Stamp {
+    /// The stamp of `path` now.
+    pub fn of(path: &Path) -> io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            file: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
 /// The input as a run first read it, to notice it changing under the run.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     path: std::path::PathBuf,
     fingerprint: String,
-    seen: std::sync::Arc<std::sync::Mutex<(u64, Option<std::time::SystemTime>)>>,
+    seen: std::sync::Arc<std::sync::Mutex<Stamp>>,
 }
 
 /// The input file changed while the run was reading it.
@@ -201,37 +228,29 @@ pub struct InputChanged {
     pub found: String,
 }
 
-fn stamp(path: &Path) -> io::Result<(u64, Option<std::time::SystemTime>)> {
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.len(), meta.modified().ok()))
-}
-
 impl Snapshot {
-    /// Takes size and modification time, then the fingerprint (a change in
-    /// between shows up at the first [`Snapshot::check`]).
-    pub fn take(path: &Path, fingerprint: String) -> io::Result<Snapshot> {
-        Ok(Snapshot {
+    /// A snapshot of the file whose content hashed to `fingerprint`, with
+    /// `stamp` taken *before* it was hashed: a change after the stamp, even
+    /// one while it was being hashed, shows up at the first
+    /// [`Snapshot::check`].
+    pub fn new(path: &Path, fingerprint: String, stamp: Stamp) -> Snapshot {
+        Snapshot {
             path: path.to_path_buf(),
             fingerprint,
-            seen: std::sync::Arc::new(std::sync::Mutex::new(stamp(path)?)),
-        })
+            seen: std::sync::Arc::new(std::sync::Mutex::new(stamp)),
+        }
     }
 
-    /// A snapshot of an input the run took earlier; its stamp is taken now.
-    pub fn of(path: &Path, fingerprint: &str) -> io::Result<Snapshot> {
-        Self::take(path, fingerprint.to_string())
-    }
-
-    /// Checks that the file is still the one the run started with: size
-    /// and modification time first (cheap), the whole hash when they moved.
+    /// Checks that the file is still the one the run started with: its
+    /// stamp first (cheap), the whole hash when the stamp moved.
     pub fn check(&self) -> Result<(), InputChanged> {
         let changed = |found: String| InputChanged {
             path: self.path.clone(),
             expected: self.fingerprint.clone(),
             found,
         };
-        let now = stamp(&self.path).map_err(|e| changed(format!("unreadable: {e}")))?;
-        let mut seen = self.seen.lock().unwrap();
+        let now = Stamp::of(&self.path).map_err(|e| changed(format!("unreadable: {e}")))?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if *seen == now {
             return Ok(());
         }
@@ -239,7 +258,7 @@ impl Snapshot {
         if found != self.fingerprint {
             return Err(changed(found));
         }
-        // Touched, not changed.
+        // Touched, not changed (the stamp was taken before the hash).
         *seen = now;
         Ok(())
     }
@@ -304,5 +323,58 @@ mod tests {
         ] {
             assert_eq!(open_quote(text), None, "{text:?}");
         }
+    }
+
+    /// Writes `text` over `path` in place, then puts its modification time
+    /// back, as `touch -r` or an upload preserving times does.
+    fn edit_keeping_mtime(path: &Path, text: &str) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_same_size_edit_with_the_mtime_put_back_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let stamp = Stamp::of(&path).unwrap();
+        let snapshot = Snapshot::new(&path, fingerprint(&path).unwrap(), stamp);
+        snapshot.check().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        edit_keeping_mtime(&path, "a,b\n1,9\n");
+        assert!(snapshot.check().is_err());
+    }
+
+    #[test]
+    fn an_edit_between_the_stamp_and_the_hash_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let stamp = Stamp::of(&path).unwrap();
+        let before = fingerprint(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Edited after the run hashed it, before anything else looked.
+        edit_keeping_mtime(&path, "a,b\n1,9\n");
+        let snapshot = Snapshot::new(&path, before, stamp);
+        assert!(snapshot.check().is_err());
+    }
+
+    #[test]
+    fn a_touch_without_an_edit_is_not_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.csv");
+        std::fs::write(&path, "a,b\n1,2\n").unwrap();
+        let stamp = Stamp::of(&path).unwrap();
+        let snapshot = Snapshot::new(&path, fingerprint(&path).unwrap(), stamp);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        edit_keeping_mtime(&path, "a,b\n1,2\n");
+        snapshot.check().unwrap();
+        snapshot.check().unwrap();
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::input::check::check_quotes;
-use crate::input::fingerprint::{scan, Snapshot};
+use crate::input::fingerprint::{scan, Snapshot, Stamp};
 use crate::input::reader::Schema;
 use crate::input::{ColumnOptions, InputError, OrderReader};
 use crate::report::StageTiming;
@@ -145,6 +145,12 @@ pub async fn run(
             .header()
             .clone(),
     );
+    // The stamp comes before the hash: an edit while (or after) the file is
+    // hashed is noticed before any row is sent.
+    let stamp = Stamp::of(&options.input).map_err(|source| InputError::Io {
+        path: options.input.clone(),
+        source,
+    })?;
     let input = options.input.clone();
     let fp = blocking(move || {
         let scanned = scan(&input, true).map_err(|source| InputError::Io {
@@ -218,10 +224,7 @@ pub async fn run(
     }
     store.set_finished(run_id, false)?;
 
-    let snapshot = Snapshot::of(&options.input, &fp).map_err(|source| InputError::Io {
-        path: options.input.clone(),
-        source,
-    })?;
+    let snapshot = Snapshot::new(&options.input, fp.clone(), stamp);
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(RunContext::new(
         clients,

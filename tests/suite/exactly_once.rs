@@ -600,8 +600,10 @@ fn change_under_dropped_connections_applies_each_change_once_and_never_overlaps_
     );
 }
 
-#[test]
-fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
+/// Starts a run of 600 rows, edits its input in place once 20 orders are
+/// created (same size, other amounts) with `edit`, and checks that the run
+/// stopped before any new value was sent and finishes once restored.
+fn edited_mid_run_stops_the_run(edit: impl FnOnce(&std::path::Path, &str)) {
     let sandbox = Sandbox::with(|c| c.latency_ms = Some((4, 8)));
     let dir = Dir::new();
     // More customers than a run keeps in flight: the file is still being
@@ -637,7 +639,7 @@ fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
         })
         .collect();
     assert_eq!(edited.len(), original.len());
-    dir.write("o.csv", &edited);
+    edit(&dir.path("o.csv"), &edited);
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 2, "{}", text(&out));
     assert!(
@@ -658,6 +660,24 @@ fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(sandbox.orders().len(), 600);
     assert_eq!(sandbox.counter("duplicates"), 0);
+}
+
+#[test]
+fn an_input_edited_mid_run_stops_the_run_before_any_new_value_is_sent() {
+    edited_mid_run_stops_the_run(|path, text| std::fs::write(path, text).unwrap());
+}
+
+#[test]
+fn an_input_edited_in_place_with_its_mtime_put_back_stops_the_run() {
+    // What `touch -r` or an SFTP client preserving times leaves: same size,
+    // same modification time, other bytes (written over, not truncated).
+    edited_mid_run_stops_the_run(|path, text| {
+        use std::io::Write;
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        let mut file = std::fs::File::options().write(true).open(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.set_modified(mtime).unwrap();
+    });
 }
 
 #[test]

@@ -823,3 +823,75 @@ fn a_refresh_naming_an_order_directly_and_through_its_customer_exports_the_last_
     assert_eq!(read_export(&dir.path("r-out.csv")).len(), 80);
     assert_export_is_the_sandbox(&sandbox, &dir.path("r-out.csv"));
 }
+
+#[test]
+fn check_existing_never_adopts_an_order_held_for_another_customer_or_amount() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let header = "site_order_identifier,site_customer_identifier,order_amount,order_currency,order_type,order_is_standing";
+    dir.write(
+        "a.csv",
+        format!("{header}\nX-1,alice,10.00,USD,exact,true\nX-2,alice,10.00,USD,exact,true\n"),
+    );
+    let out = run(dir.cmd(&sandbox, &["run", "a.csv", "--db", "a.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let before = by_site_order(&sandbox);
+    let tokens_before = sandbox.requests("get_smart_token");
+
+    // Another machine, a fresh db: the same identifiers for someone else,
+    // or for another amount; and one new order.
+    dir.write(
+        "b.csv",
+        format!(
+            "{header}\nX-1,mallory,10.00,USD,exact,true\nX-2,alice,999.00,USD,exact,true\nX-3,bob,5.00,USD,exact,true\n"
+        ),
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "b.csv",
+            "--db",
+            "b.db",
+            "--check-existing",
+            "--export",
+            "b-export.csv",
+        ],
+    ));
+    assert_ne!(code(&out), 0, "{}", text(&out));
+    let export = read_export(&dir.path("b-export.csv"));
+    let line = |id: &str| {
+        export
+            .iter()
+            .find(|l| l["site_order_identifier"] == id)
+            .cloned()
+    };
+    for id in ["X-1", "X-2"] {
+        if let Some(line) = line(id) {
+            assert_eq!(line["pnm_order_identifier"], "", "{id} adopted: {line:?}");
+            assert_eq!(line["secure_smart_token"], "", "{id} got a token: {line:?}");
+        }
+    }
+    let (_, rows) = read_csv(&dir.path("b-export.csv"));
+    assert!(!rows.is_empty());
+    let after = by_site_order(&sandbox);
+    assert_eq!(after.len(), 3, "X-1, X-2 and the new X-3");
+    for id in ["X-1", "X-2"] {
+        assert_eq!(
+            after[id]["secure_smart_token"], before[id]["secure_smart_token"],
+            "{id}: alice's token was reissued"
+        );
+        assert_eq!(after[id]["fields"], before[id]["fields"]);
+    }
+    assert_eq!(
+        sandbox.requests("get_smart_token") - tokens_before,
+        1,
+        "only X-3's token"
+    );
+    let status = run(dir.bare_cmd(&["status", "--db", "b.db"]));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("conflicting_order"),
+        "{}",
+        text(&status)
+    );
+}

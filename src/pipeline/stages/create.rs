@@ -4,11 +4,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::fail;
 use crate::input::{Header, Row};
+use crate::money::Amount;
 use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
 use crate::provider::{ErrorClass, ProviderError};
+use crate::store::rows::CONFLICTING_ORDER;
 use crate::store::writer::Write;
 use crate::store::{RowState, StoredRow};
 
@@ -68,6 +70,40 @@ pub(crate) async fn create(
     None
 }
 
+/// What makes `order` (found by this row's `site_order_identifier`) another
+/// order than the row's: the same checks as adopting an earlier run's order
+/// from the database (customer and amount), plus the currency. A field the
+/// lookup does not show is not held against it.
+fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<String> {
+    let ours = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .filter(|v| !v.is_empty())
+    };
+    let same_amount = |a: &str, b: &str| match (a.parse::<Amount>(), b.parse::<Amount>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let checks: [(&str, Option<&str>, fn(&str, &str) -> bool); 3] = [
+        (
+            "site_customer_identifier",
+            order.site_customer_identifier.as_deref(),
+            |a, b| a == b,
+        ),
+        ("order_amount", order.order_amount.as_deref(), same_amount),
+        ("order_currency", order.order_currency.as_deref(), |a, b| {
+            a.eq_ignore_ascii_case(b)
+        }),
+    ];
+    checks.into_iter().find_map(|(name, theirs, same)| {
+        let (ours, theirs) = (ours(name)?, theirs?);
+        (!same(ours, theirs))
+            .then(|| format!("its {name} is `{theirs}` where this row says `{ours}`"))
+    })
+}
+
 /// One attempt: reconcile first when an earlier attempt may have created the
 /// order, then create.
 async fn create_attempt(
@@ -87,6 +123,19 @@ async fn create_attempt(
             .into_iter()
             .find(|o| o.site_order_identifier.as_deref() == Some(order_id))
         {
+            if let Some(differs) = not_this_rows_order(&order, params) {
+                return Err(ProviderError::Api {
+                    endpoint: Endpoint::FindOrders.as_str(),
+                    status: 409,
+                    code: CONFLICTING_ORDER.into(),
+                    description: format!(
+                        "the provider already holds an order with site_order_identifier \
+                         `{order_id}`, but {differs}: it is not this row's order, so it is neither \
+                         adopted nor created again. Give this row its own \
+                         site_order_identifier, or correct the row"
+                    ),
+                });
+            }
             tracing::info!(row, "adopted the order an earlier attempt created");
             return Ok(order);
         }

@@ -18,6 +18,10 @@ pub struct PnmOrder {
     pub embedded_js_url_expires_at: Option<String>,
     pub secure_smart_token: Option<String>,
     pub secure_smart_link: Option<String>,
+    /// What a lookup says the order is for (compared before an order found
+    /// by its `site_order_identifier` is adopted).
+    pub order_amount: Option<String>,
+    pub order_currency: Option<String>,
 }
 
 /// A string field that may also come as a JSON number or boolean.
@@ -48,6 +52,8 @@ impl PnmOrder {
             embedded_js_url_expires_at: text(map, "embedded_js_url_expires_at"),
             secure_smart_token: text(map, "secure_smart_token"),
             secure_smart_link: text(map, "secure_smart_link"),
+            order_amount: text(map, "order_amount"),
+            order_currency: text(map, "order_currency"),
         }
     }
 }
@@ -178,6 +184,8 @@ fn order_from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<PnmOrder, A::Err
             "embedded_js_url_expires_at" => &mut order.embedded_js_url_expires_at,
             "secure_smart_token" => &mut order.secure_smart_token,
             "secure_smart_link" => &mut order.secure_smart_link,
+            "order_amount" => &mut order.order_amount,
+            "order_currency" => &mut order.order_currency,
             _ => {
                 map.next_value::<IgnoredAny>()?;
                 continue;

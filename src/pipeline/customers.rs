@@ -268,7 +268,7 @@ fn feed(
             .any(|(row, _)| row.state == RowState::UrlsRefreshed);
         let exclusive = resumed_at_token
             && store
-                .customer_exclusive(run_id, &unit.customer)
+                .customer_wide_token_allowed(run_id, &unit.customer)
                 .unwrap_or(false);
         units.blocking_send(Unit { exclusive, ..unit }).is_ok() && !stopping.is_stopping()
     };

@@ -147,7 +147,9 @@ pub(super) fn feed_groups(
         let target = &senders[shard(&key, senders.len())];
         let exclusive = stage == Stage::Token
             && !customer.is_empty()
-            && store.customer_exclusive(run_id, &customer).unwrap_or(false);
+            && store
+                .customer_wide_token_allowed(run_id, &customer)
+                .unwrap_or(false);
         let group = Group {
             customer,
             rows,

@@ -602,6 +602,33 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether a row of `customer` in `run_id` already holds a smart token
+    /// (issued by an earlier invocation of the run): a customer-wide
+    /// `get_smart_token` now would replace it at the provider.
+    pub fn customer_has_tokens(&self, run_id: i64, customer: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM rows WHERE run_id = ?1 AND site_customer_identifier = ?2
+                                AND secure_smart_token IS NOT NULL)",
+            )
+            .and_then(|mut s| s.query_row(params![run_id, customer], |r| r.get::<_, bool>(0)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether a customer-wide `get_smart_token` for `customer` touches
+    /// only the rows about to get their tokens: the refresh pages showed
+    /// every order of the customer in the run, and no row of the run holds
+    /// a token already (it would be replaced at the provider and the row
+    /// left with a superseded one). Decided anew at every token stage.
+    pub fn customer_wide_token_allowed(
+        &self,
+        run_id: i64,
+        customer: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.customer_exclusive(run_id, customer)?
+            && !self.customer_has_tokens(run_id, customer)?)
+    }
+
     /// Rows of `run_id` that name one order share the URL and the token
     /// issued last for it (a `refresh` may name an order directly and
     /// through its customer).

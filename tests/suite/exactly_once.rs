@@ -895,3 +895,51 @@ fn check_existing_never_adopts_an_order_held_for_another_customer_or_amount() {
         text(&status)
     );
 }
+
+#[test]
+fn retry_after_partial_runs_exports_the_tokens_the_provider_holds_last_for_every_row() {
+    // Customers whose rows finish across several invocations: a later
+    // customer-wide token call must not supersede tokens an earlier one
+    // recorded.
+    for seed in [1, 2, 3] {
+        let sandbox = Sandbox::with(|c| {
+            c.seed = seed;
+            c.fail_rate = 0.3;
+        });
+        let dir = Dir::new();
+        dir.write("o.csv", orders_csv(120, 12, true));
+        let args = [
+            "--max-attempts",
+            "1",
+            "--rate",
+            "unlimited",
+            "--retry-base-ms",
+            "1",
+        ];
+        let mut cmd_args = vec!["run", "o.csv", "--db", "s.db"];
+        cmd_args.extend(args);
+        let mut out = run(dir.cmd(&sandbox, &cmd_args));
+        let mut invocations = 1;
+        while code(&out) != 0 {
+            assert!(
+                invocations < 60,
+                "seed {seed}: never finished: {}",
+                text(&out)
+            );
+            let mut retry = vec!["retry", "--db", "s.db", "--export", "e.csv"];
+            retry.extend(args);
+            out = run(dir.cmd(&sandbox, &retry));
+            invocations += 1;
+        }
+        assert!(
+            invocations > 2,
+            "seed {seed}: faults too rare to test anything"
+        );
+        sandbox.set_fail_rate(0.0);
+        assert_eq!(sandbox.orders().len(), 120, "seed {seed}");
+        assert_eq!(sandbox.counter("duplicates"), 0, "seed {seed}");
+        let export = read_export(&dir.path("e.csv"));
+        assert_eq!(export.len(), 120, "seed {seed}");
+        assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+    }
+}

@@ -86,7 +86,8 @@ fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<Stri
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    let checks: [(&str, Option<&str>, fn(&str, &str) -> bool); 3] = [
+    type Same = fn(&str, &str) -> bool;
+    let checks: [(&str, Option<&str>, Same); 3] = [
         (
             "site_customer_identifier",
             order.site_customer_identifier.as_deref(),

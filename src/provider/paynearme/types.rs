@@ -115,7 +115,7 @@ impl<'de> Deserialize<'de> for Answer {
 /// are orders), one object, or anything else (which counts as absent).
 enum Orders {
     List(Vec<PnmOrder>),
-    One(PnmOrder),
+    One(Box<PnmOrder>),
     Neither,
 }
 
@@ -123,7 +123,7 @@ impl Orders {
     fn into_list(self) -> Option<Vec<PnmOrder>> {
         match self {
             Orders::List(orders) => Some(orders),
-            Orders::One(order) => Some(vec![order]),
+            Orders::One(order) => Some(vec![*order]),
             Orders::Neither => None,
         }
     }
@@ -141,13 +141,13 @@ impl<'de> Deserialize<'de> for Orders {
                 let mut orders = Vec::new();
                 while let Some(item) = seq.next_element::<Orders>()? {
                     if let Orders::One(order) = item {
-                        orders.push(order);
+                        orders.push(*order);
                     }
                 }
                 Ok(Orders::List(orders))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Orders, A::Error> {
-                Ok(Orders::One(order_from_map(map)?))
+                Ok(Orders::One(Box::new(order_from_map(map)?)))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Orders, E> {
                 Ok(Orders::Neither)

@@ -625,6 +625,10 @@ pub struct SandboxArgs {
     /// Answer 500 to every request for this site_customer_identifier (a customer in trouble).
     #[arg(long)]
     pub poison_customer: Option<String>,
+    /// Fields find_orders leaves out of its orders (comma-separated), like a
+    /// provider whose lookup does not show every field change_order sets.
+    #[arg(long, value_delimiter = ',')]
+    pub lookup_hides: Vec<String>,
 }
 
 #[cfg(feature = "sandbox")]

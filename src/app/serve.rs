@@ -45,6 +45,7 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     config.oauth_only = args.oauth_only;
     config.hostile_values = args.hostile_values;
     config.poison_customer = args.poison_customer.clone();
+    config.lookup_hides = args.lookup_hides.clone();
     config.strict_serial = args.strict_serial;
     config.seed = args.seed;
     config.latency_ms = args.latency_ms.map(|r| (r.0, r.1));

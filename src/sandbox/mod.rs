@@ -63,6 +63,9 @@ pub struct SandboxConfig {
     /// Every request for this site customer answers 500 (a customer in
     /// trouble, for tests and benchmarks).
     pub poison_customer: Option<String>,
+    /// Fields `find_orders` leaves out of the orders it returns (a lookup
+    /// that does not show every field `change_order` can set).
+    pub lookup_hides: Vec<String>,
 }
 
 impl SandboxConfig {
@@ -87,6 +90,7 @@ impl SandboxConfig {
             oauth_only: false,
             hostile_values: false,
             poison_customer: None,
+            lookup_hides: Vec::new(),
         }
     }
 }

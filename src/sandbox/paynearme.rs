@@ -360,7 +360,11 @@ async fn do_work(shared: &Shared, endpoint: &str, params: Vec<(String, String)>)
     let mut pnm = shared.pnm.lock().unwrap();
     match endpoint {
         "create_order" => pnm.create_order(params, &mut *rng),
-        "find_orders" => pnm.find_orders(&params),
+        "find_orders" => {
+            let (status, Json(mut body)) = pnm.find_orders(&params);
+            hide_fields(&mut body, &shared.config.lookup_hides);
+            (status, Json(body))
+        }
         "refresh_embedded_js_urls" => pnm.refresh(&params, &mut *rng),
         "get_smart_token" => pnm.smart_token(&params, &mut *rng),
         "change_order" => pnm.change_order(params),
@@ -369,6 +373,17 @@ async fn do_work(shared: &Shared, endpoint: &str, params: Vec<(String, String)>)
             "unknown_endpoint",
             format!("no endpoint {other}"),
         ),
+    }
+}
+
+/// Takes `hidden` out of every order of an answer.
+fn hide_fields(body: &mut Value, hidden: &[String]) {
+    if let Some(orders) = body.get_mut("orders").and_then(Value::as_array_mut) {
+        for order in orders.iter_mut().filter_map(Value::as_object_mut) {
+            for field in hidden {
+                order.remove(field);
+            }
+        }
     }
 }
 

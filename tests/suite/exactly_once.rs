@@ -943,3 +943,80 @@ fn retry_after_partial_runs_exports_the_tokens_the_provider_holds_last_for_every
         assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
     }
 }
+
+#[test]
+fn a_change_the_lookup_cannot_show_is_never_resent_and_ends_unknown() {
+    // The provider's lookup does not return site_order_description: a lost
+    // answer to a change that sets it cannot be checked.
+    let sandbox = Sandbox::with(|c| {
+        c.seed = 11;
+        c.lookup_hides = vec!["site_order_description".into()];
+    });
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(40, 8, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "run.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let mut csv = String::from("site_order_identifier,site_order_description,order_amount\n");
+    for i in 1..=40 {
+        csv.push_str(&format!("ORD-{i},note {i},{}.00\n", 700 + i));
+    }
+    dir.write("c.csv", &csv);
+    sandbox.set_drop_rate(0.3);
+    sandbox.set_faults_only("change_order");
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "change",
+            "c.csv",
+            "--db",
+            "c.db",
+            "--rate",
+            "unlimited",
+            "--retry-base-ms",
+            "1",
+            "--export",
+            "c-export.csv",
+        ],
+    ));
+    sandbox.set_drop_rate(0.0);
+    sandbox.set_faults_only("");
+    let dropped = sandbox.state()["counters"]["faults"]["dropped"]
+        .as_u64()
+        .unwrap();
+    assert!(dropped > 0, "no answer was lost");
+    for order in sandbox.orders() {
+        assert_eq!(
+            order["changes"], 1,
+            "{} changed {} times",
+            order["pnm_order_identifier"], order["changes"]
+        );
+    }
+    let export = read_export(&dir.path("c-export.csv"));
+    let unknown: Vec<_> = export.iter().filter(|l| l["status"] == "unknown").collect();
+    assert_eq!(
+        unknown.len() as u64,
+        dropped,
+        "one unknown row per lost answer"
+    );
+    assert!(unknown
+        .iter()
+        .all(|l| l["error"].contains("site_order_description")));
+    assert!(export
+        .iter()
+        .all(|l| l["status"] == "done" || l["status"] == "unknown"));
+    assert_eq!(
+        code(&out),
+        1,
+        "unknown rows ask an operator: {}",
+        text(&out)
+    );
+    // A later retry does not send them again either.
+    let out = run(dir.cmd(&sandbox, &["retry", "--db", "c.db"]));
+    assert!(code(&out) <= 1, "{}", text(&out));
+    for order in sandbox.orders() {
+        assert_eq!(order["changes"], 1);
+    }
+}

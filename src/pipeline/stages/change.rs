@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{fail, Group};
 use crate::input::{Header, Row};
+use crate::money::Amount;
 use crate::pipeline::context::{Outcome, RunContext};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
@@ -65,7 +66,8 @@ pub(super) async fn change(
         .collect();
     if stored.state == RowState::Changing {
         // A killed run may have sent the change: if the order already has
-        // every value, it was applied.
+        // every value, it was applied; if the lookup cannot show it, nobody
+        // can tell, and it is not sent again.
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
                 let _slot = ctx.permit(Endpoint::FindOrders).await?;
@@ -75,8 +77,8 @@ pub(super) async fn change(
             })
             .await;
         match found {
-            Outcome::Done(orders) => {
-                if applied(&orders, &params) {
+            Outcome::Done(orders) => match verdict(&orders, &pnm, &params) {
+                Verdict::Applied => {
                     ctx.write(Write::Changed {
                         row: stored.row_number,
                         pnm_order: pnm,
@@ -85,7 +87,11 @@ pub(super) async fn change(
                     progress.inc(1);
                     return;
                 }
-            }
+                Verdict::CannotTell(why) => {
+                    return unknown(ctx, stored.row_number, &why, progress).await;
+                }
+                Verdict::NotApplied => {}
+            },
             Outcome::Failed(error) => return fail(ctx, stored.row_number, &error, progress).await,
             Outcome::Stopped => return,
         }
@@ -105,14 +111,17 @@ pub(super) async fn change(
                     .pnm()
                     .find_orders_raw("pnm_order_identifier", &pnm)
                     .await?;
-                if applied(&orders, &params) {
-                    tracing::info!(
-                        row = stored.row_number,
-                        "the change an unanswered attempt sent was applied; not sending it again"
-                    );
-                    return Ok(());
+                match verdict(&orders, &pnm, &params) {
+                    Verdict::Applied => {
+                        tracing::info!(
+                            row = stored.row_number,
+                            "the change an unanswered attempt sent was applied; not sending it again"
+                        );
+                        return Ok(Verdict::Applied);
+                    }
+                    cannot_tell @ Verdict::CannotTell(_) => return Ok(cannot_tell),
+                    Verdict::NotApplied => maybe_applied.store(false, Ordering::Relaxed),
                 }
-                maybe_applied.store(false, Ordering::Relaxed);
             }
             let _slot = ctx.permit(Endpoint::ChangeOrder).await?;
             let result = ctx.pnm().change_order(&params).await;
@@ -126,11 +135,14 @@ pub(super) async fn change(
                     maybe_applied.store(true, Ordering::Relaxed);
                 }
             }
-            result
+            result.map(|()| Verdict::Applied)
         })
         .await;
     match outcome {
-        Outcome::Done(()) => {
+        Outcome::Done(Verdict::CannotTell(why)) => {
+            unknown(ctx, stored.row_number, &why, progress).await
+        }
+        Outcome::Done(_) => {
             ctx.write(Write::Changed {
                 row: stored.row_number,
                 pnm_order: pnm.clone(),
@@ -143,16 +155,75 @@ pub(super) async fn change(
     }
 }
 
-/// Whether one of `orders` already holds every value of the change (the
-/// order identifier aside).
-fn applied(orders: &[Map<String, Value>], params: &[(&str, &str)]) -> bool {
-    orders.iter().any(|o| {
-        params
-            .iter()
-            .filter(|(k, _)| *k != "pnm_order_identifier")
-            .all(|(k, v)| o.get(*k).and_then(Value::as_str) == Some(*v))
-    })
+/// What the order the provider shows says about a change that may have
+/// been applied.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The order holds every value of the change.
+    Applied,
+    /// A value the order shows differs: the change did not land.
+    NotApplied,
+    /// The lookup does not show the order, or a field the change sets:
+    /// nothing proves the change landed, and resending could apply it twice.
+    CannotTell(String),
 }
+
+/// Compares the order `pnm` as the lookup shows it with the change's values
+/// (amounts as amounts; numbers as their text).
+fn verdict(orders: &[Map<String, Value>], pnm: &str, params: &[(&str, &str)]) -> Verdict {
+    let Some(order) = orders
+        .iter()
+        .find(|o| o.get("pnm_order_identifier").and_then(Value::as_str) == Some(pnm))
+        .or(orders.first().filter(|_| orders.len() == 1))
+    else {
+        return Verdict::CannotTell(format!("the lookup of order {pnm} did not return it"));
+    };
+    let mut hidden = Vec::new();
+    for (name, wanted) in params.iter().filter(|(k, _)| *k != "pnm_order_identifier") {
+        let shown = match order.get(*name) {
+            None | Some(Value::Null) => {
+                hidden.push(*name);
+                continue;
+            }
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        let same = match (shown.parse::<Amount>(), wanted.parse::<Amount>()) {
+            (Ok(a), Ok(b)) if name.contains("amount") => a == b,
+            _ => shown == *wanted,
+        };
+        if !same {
+            return Verdict::NotApplied;
+        }
+    }
+    if hidden.is_empty() {
+        Verdict::Applied
+    } else {
+        Verdict::CannotTell(format!(
+            "the provider's lookup does not show {}",
+            hidden.join(", ")
+        ))
+    }
+}
+
+/// Leaves a change whose landing cannot be told to an operator.
+async fn unknown(ctx: &RunContext, row: u64, why: &str, progress: &StageProgress) {
+    ctx.write(Write::Unknown {
+        row,
+        code: CHANGE_UNVERIFIABLE.into(),
+        message: format!(
+            "change_order: the answer to the change was lost and {why}, so whether it was \
+             applied cannot be told; it is not sent again (it could apply twice). Check the \
+             order in PayNearMe's Business Portal; if the change is not there, run `change` \
+             with this row alone"
+        ),
+    })
+    .await;
+    progress.inc(1);
+}
+
+/// The error code of a change whose landing cannot be told.
+pub(crate) const CHANGE_UNVERIFIABLE: &str = "change_unverifiable";
 
 /// Looks up the order and customer of `change` rows that name no customer
 /// (run one at a time: two lookups at once could be for one customer), so

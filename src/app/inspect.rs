@@ -14,12 +14,13 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let rejects = args.rejects.file();
     let report = check_file(&args.input, pipeline::schema(&columns), rejects.as_ref())?;
     let input = args.input.display();
-    if !report.has_order_ids && report.valid > 0 {
+    if report.without_order_id > 0 {
         eprintln!(
-            "warning: {input} has no site_order_identifier column: orderbatch derives one from the \
-             file's content and row number, so an edited or reordered copy of this file cannot be \
+            "warning: {input}: {} valid rows have no site_order_identifier (no column, or a blank \
+             value): orderbatch derives one from the file's content and row number, so an edited or reordered copy of this file cannot be \
              told apart from new orders by identifier (run refuses such a copy and asks for \
-             --same-orders or --new-orders). Give each order its own site_order_identifier."
+             --same-orders or --new-orders). Give each order its own site_order_identifier.",
+            report.without_order_id
         );
     }
     if report.valid + report.rejected == 0 {

@@ -30,8 +30,9 @@ pub struct FileCheck {
     pub problems: Vec<Problem>,
     /// Rejected rows per code (`invalid_<column>`, ...), most first.
     pub by_code: Vec<(String, u64)>,
-    /// Whether the header has a `site_order_identifier` column.
-    pub has_order_ids: bool,
+    /// Valid rows without a `site_order_identifier` (no column, or a blank
+    /// value: the same thing).
+    pub without_order_id: u64,
 }
 
 /// Refuses a file with a quote never closed.
@@ -145,10 +146,7 @@ fn pass(
         ),
         None => None,
     };
-    let mut report = FileCheck {
-        has_order_ids: order_col.is_some(),
-        ..FileCheck::default()
-    };
+    let mut report = FileCheck::default();
     let mut codes: HashMap<String, u64> = HashMap::new();
     let mut row = Row::default();
     while let Some(read) = reader.read_into(&mut row) {
@@ -182,6 +180,9 @@ fn pass(
         match outcome {
             Ok(()) => {
                 report.valid += 1;
+                if order_col.and_then(|i| row.get(i)).is_none_or(str::is_empty) {
+                    report.without_order_id += 1;
+                }
                 on_valid(&header, &row);
             }
             Err(rejection) => {

@@ -26,10 +26,17 @@ pub struct IdentityOptions {
 }
 
 /// A keyed digest of what a `run` row sends (its create parameters, by
-/// name), for recognising a copy of a file without identifiers.
+/// name, each [`normalised`]), for recognising a copy of a file without
+/// identifiers.
 pub(super) fn content_digest(key: &[u8], header: &Header, row: &Row) -> Vec<u8> {
     use hmac::Mac;
-    let mut params = row.params_for(header, ep::CREATE);
+    let mut params: Vec<(&str, String)> = row
+        .params_for(header, ep::CREATE)
+        .into_iter()
+        .filter(|(name, _)| *name != "site_order_identifier")
+        .map(|(name, value)| (name, normalised(name, value)))
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
     params.sort_unstable();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     for (name, value) in params {
@@ -41,45 +48,76 @@ pub(super) fn content_digest(key: &[u8], header: &Header, row: &Row) -> Vec<u8> 
     mac.finalize().into_bytes()[..16].to_vec()
 }
 
-/// A file without `site_order_identifier` whose rows mostly match an
-/// earlier run's by content is a copy of that file (edited, reordered,
-/// re-encoded): refused until the user says which way to go.
+/// A value as it identifies an order, without what does not change the
+/// order: surrounding whitespace, a phone number's punctuation, an e-mail
+/// address's case, an amount's trailing zeros (`10.0` is `10.00`).
+fn normalised(name: &str, value: &str) -> String {
+    let value = value.trim();
+    if name.contains("phone") {
+        let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+        return match value.starts_with('+') {
+            true => format!("+{digits}"),
+            false => digits,
+        };
+    }
+    if name.contains("email") {
+        return value.to_lowercase();
+    }
+    if name.contains("amount") {
+        if let Ok(amount) = value.parse::<Amount>() {
+            return amount.to_string();
+        }
+    }
+    value.to_string()
+}
+
+/// A file whose rows without `site_order_identifier` (no column, or blank)
+/// match rows of an earlier run by content is a copy of that file (edited,
+/// grown, reordered, re-encoded): refused until the user says which way to
+/// go, since creating those rows again would duplicate the orders.
 pub(super) fn refuse_copy_of_earlier_file(
     store: &Store,
     input: &Path,
     mode: Mode,
     columns: &ColumnOptions,
 ) -> Result<(), PipelineError> {
-    let mut reader = OrderReader::open(input, mode.schema(columns))?;
-    let header = reader.header().clone();
-    if header.index("site_order_identifier").is_some()
-        || !store.runs()?.iter().any(|r| r.command == mode.command())
-    {
+    if !store.runs()?.iter().any(|r| r.command == mode.command()) {
         return Ok(());
     }
+    let mut reader = OrderReader::open(input, mode.schema(columns))?;
+    let header = reader.header().clone();
+    let id_col = header.index("site_order_identifier");
     let key = store.content_key()?;
     let mut digests = Vec::new();
     while let Some(row) = reader.next_row() {
         let row = row?;
-        if mode.check(&header, &row).is_ok() {
+        let has_id = id_col
+            .and_then(|i| row.get(i))
+            .is_some_and(|v| !v.is_empty());
+        if !has_id && mode.check(&header, &row).is_ok() {
             digests.push(content_digest(&key, &header, &row));
         }
     }
-    let (matched, runs) = store.content_matches(&digests)?;
-    if matched == 0 || matched * 2 < digests.len() as u64 {
+    let by_run = store.content_matches(&digests)?;
+    let matched: u64 = by_run.iter().map(|(_, n)| n).sum();
+    if matched == 0 {
         return Ok(());
     }
-    let runs: Vec<String> = runs.iter().map(i64::to_string).collect();
+    let runs: Vec<String> = by_run
+        .iter()
+        .map(|(run, n)| format!("{n} of run {run}"))
+        .collect();
     Err(PipelineError::Conflict(format!(
-        "{} has no site_order_identifier column, and {matched} of its {} valid rows have the \
-         same content as rows of earlier run(s) {} of {}: it looks like a copy of that file \
-         (edited, reordered or with other line endings). Creating them again would duplicate \
-         those orders. Run again with --same-orders to adopt the earlier orders for the matching \
-         rows (the others are created), or --new-orders to create every row anew. Nothing was sent",
-        input.display(),
+        "{matched} of the {} rows of {} without a site_order_identifier have the same content as \
+         rows of earlier runs of {} ({}), ignoring whitespace, phone punctuation, e-mail case and \
+         amount formatting: it looks like a copy of an earlier file (edited, grown, reordered or \
+         with other line endings). Creating them again would duplicate those orders. Run again \
+         with --same-orders to adopt the earlier orders for the matching rows (the others are \
+         created), or --new-orders to create every row anew. Nothing was sent",
         digests.len(),
+        input.display(),
+        store.path().display(),
         runs.join(", "),
-        store.path().display()
     )))
 }
 

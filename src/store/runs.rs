@@ -90,11 +90,8 @@ impl Store {
     }
 
     /// Of `digests`, how many match the content of a row of an earlier
-    /// `run`, and which runs those are.
-    pub fn content_matches(
-        &self,
-        digests: &[Vec<u8>],
-    ) -> Result<(u64, std::collections::BTreeSet<i64>), StoreError> {
+    /// `run`, by run (oldest first).
+    pub fn content_matches(&self, digests: &[Vec<u8>]) -> Result<Vec<(i64, u64)>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -102,19 +99,17 @@ impl Store {
                  WHERE r.content = ?1 AND u.command = 'run' AND r.state != 'rejected' LIMIT 1",
             )
             .map_err(|e| self.err(e))?;
-        let mut matched = 0;
-        let mut runs = std::collections::BTreeSet::new();
+        let mut by_run = std::collections::BTreeMap::new();
         for digest in digests {
             let run: Option<i64> = stmt
                 .query_row(params![digest], |r| r.get(0))
                 .optional()
                 .map_err(|e| self.err(e))?;
             if let Some(run) = run {
-                matched += 1;
-                runs.insert(run);
+                *by_run.entry(run).or_insert(0) += 1;
             }
         }
-        Ok((matched, runs))
+        Ok(by_run.into_iter().collect())
     }
 
     /// The newest run of `command` on the input with `fingerprint`, if any.

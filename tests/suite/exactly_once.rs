@@ -325,7 +325,7 @@ fn a_copy_of_a_file_without_identifiers_is_refused_until_told_which_orders_to_us
         let out = run(dir.cmd(&sandbox, &["run", name, "--db", "s.db"]));
         assert_eq!(code(&out), 2, "{name}: {}", text(&out));
         assert!(
-            text(&out).contains("of its 200 valid rows"),
+            text(&out).contains("of the 200 rows of"),
             "{name}: {}",
             text(&out)
         );
@@ -334,7 +334,7 @@ fn a_copy_of_a_file_without_identifiers_is_refused_until_told_which_orders_to_us
     }
     let validate = run(dir.bare_cmd(&["validate", "o.csv"]));
     assert!(
-        text(&validate).contains("no site_order_identifier column"),
+        text(&validate).contains("200 valid rows have no site_order_identifier"),
         "{}",
         text(&validate)
     );
@@ -1019,4 +1019,90 @@ fn a_change_the_lookup_cannot_show_is_never_resent_and_ends_unknown() {
     for order in sandbox.orders() {
         assert_eq!(order["changes"], 1);
     }
+}
+
+/// `rows` orders with a phone, an e-mail and an amount per row, and a
+/// `site_order_identifier` column left blank when `blank_ids`.
+fn contact_orders(from: usize, to: usize, blank_ids: bool, phone: fn(usize) -> String) -> String {
+    let mut csv = String::from(
+        "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,\
+         site_customer_phone,site_customer_email",
+    );
+    csv.push_str(if blank_ids {
+        ",site_order_identifier\n"
+    } else {
+        "\n"
+    });
+    for i in from..to {
+        csv.push_str(&format!(
+            "C-{},{}.50,USD,exact,true,{},Person.{i}@Example.com",
+            i % 7,
+            10 + i,
+            phone(i)
+        ));
+        csv.push_str(if blank_ids { ",\n" } else { "\n" });
+    }
+    csv
+}
+
+#[test]
+fn a_redelivered_file_without_identifiers_is_refused_whatever_changed_around_its_orders() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let dashed: fn(usize) -> String = |i| format!("555-010-{i:04}");
+    dir.write("first.csv", contact_orders(0, 100, false, dashed));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "first.csv", "--db", "s.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 100);
+
+    // The same orders with a blank identifier column; grown by 120 rows;
+    // phone punctuation, e-mail case and `10.5` for `10.50` changed.
+    let grown = {
+        let mut csv = contact_orders(0, 220, false, dashed);
+        csv = csv.replace("\n", "\r\n");
+        csv
+    };
+    let reformatted = contact_orders(0, 100, false, |i| format!("(555) 010 {i:04}"))
+        .replace("@Example.com", "@example.COM")
+        .replace(".50,USD", ".5,USD");
+    for (name, copy, matching) in [
+        ("blank-ids.csv", contact_orders(0, 100, true, dashed), 100),
+        ("grown.csv", grown, 100),
+        ("reformatted.csv", reformatted, 100),
+    ] {
+        dir.write(name, &copy);
+        let out = run(dir.cmd(&sandbox, &["run", name, "--db", "s.db"]));
+        assert_eq!(code(&out), 2, "{name}: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("{matching} of run 1")),
+            "{name}: {}",
+            text(&out)
+        );
+        assert_eq!(sandbox.orders().len(), 100, "{name} sent something");
+    }
+    let validate = run(dir.bare_cmd(&["validate", "blank-ids.csv"]));
+    assert!(
+        text(&validate).contains("100 valid rows have no site_order_identifier"),
+        "{}",
+        text(&validate)
+    );
+    // The grown file with --same-orders: only the 120 new rows are created.
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "grown.csv",
+            "--db",
+            "s.db",
+            "--same-orders",
+            "--rate",
+            "unlimited",
+        ],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 220);
+    assert_eq!(sandbox.counter("duplicates"), 0);
 }

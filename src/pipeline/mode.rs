@@ -42,8 +42,9 @@ pub enum Mode {
 pub enum Stage {
     Create,
     Change,
-    /// `change`: look up the order and customer of rows that name no
-    /// customer, one at a time, so that the changes can go by customer.
+    /// `change` and `refresh`: look up the order and customer of rows that
+    /// name an order the store has never seen and no customer, one at a
+    /// time, so that the rest can go by customer.
     Resolve,
     /// `refresh`: expand each row naming a customer into the customer's
     /// orders, refreshing their URLs.
@@ -122,8 +123,10 @@ impl Mode {
     pub fn stages(self) -> &'static [Stage] {
         match self {
             Mode::Run => &[Stage::Create, Stage::Refresh, Stage::Token],
-            Mode::Refresh { tokens: true, .. } => &[Stage::Expand, Stage::Lookup, Stage::Token],
-            Mode::Refresh { tokens: false, .. } => &[Stage::Expand, Stage::Lookup],
+            Mode::Refresh { tokens: true, .. } => {
+                &[Stage::Resolve, Stage::Expand, Stage::Lookup, Stage::Token]
+            }
+            Mode::Refresh { tokens: false, .. } => &[Stage::Resolve, Stage::Expand, Stage::Lookup],
             Mode::Change => &[Stage::Resolve, Stage::Change],
             Mode::CeRetry { .. } => &[Stage::CeRetry],
         }

@@ -77,6 +77,12 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
                 lookups += u64::from(!knows_customer || get("pnm_order_identifier").is_none())
             }
             (_, true, Some(c)) => *per_customer.entry(c.to_string()).or_default() += 1,
+            // An order the state db has never seen is looked up first (its
+            // customer), at most once.
+            (_, true, None) => {
+                lookups += u64::from(get("pnm_customer_identifier").is_none());
+                unkeyed += 1
+            }
             _ => unkeyed += 1,
         }
     }
@@ -87,7 +93,11 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
         ],
         Mode::Refresh { urls, tokens, .. } => {
             let grouped: u64 = per_customer.values().map(|&n| group_requests(n).0).sum();
-            let mut r = vec![(
+            let mut r = Vec::new();
+            if lookups > 0 {
+                r.push((Endpoint::FindOrders.as_str(), lookups));
+            }
+            r.push((
                 if urls {
                     Endpoint::RefreshEmbeddedJsUrls
                 } else {
@@ -95,7 +105,7 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
                 }
                 .as_str(),
                 grouped + unkeyed,
-            )];
+            ));
             if tokens {
                 r.push((
                     Endpoint::GetSmartToken.as_str(),

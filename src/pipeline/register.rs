@@ -186,6 +186,7 @@ pub(super) fn register(
             rejection,
             identity,
             input_offset: Some(row.offset),
+            known_customer: matches!(mode, Mode::Refresh { .. } | Mode::Change),
         });
         if batch.len() == REGISTER_BATCH {
             store.insert_rows(run_id, &batch)?;

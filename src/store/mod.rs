@@ -207,6 +207,7 @@ mod chunk_tests {
                 rejection: None,
                 identity: None,
                 input_offset: None,
+                known_customer: false,
             })
             .collect();
         store.insert_rows(run, &rows).unwrap();

@@ -110,6 +110,9 @@ pub struct NewRow {
     pub identity: Option<Identity>,
     /// Byte offset of the input record.
     pub input_offset: Option<u64>,
+    /// Fill in the row's customer from what the store knows of the order it
+    /// names (`refresh`, `change`).
+    pub known_customer: bool,
 }
 
 /// What `run` records about a row's order identity (see migration 05).
@@ -278,6 +281,52 @@ fn same_content(
     .optional()
 }
 
+/// The customer (site and PayNearMe identifiers) of the order `row` names,
+/// as the store has seen it: by `pnm_order_identifier`, else by a
+/// `site_order_identifier` only one known order has, else by the
+/// `pnm_customer_identifier` the row names.
+fn known_customer(
+    tx: &Transaction<'_>,
+    row: &NewRow,
+) -> rusqlite::Result<Option<(Option<String>, Option<String>)>> {
+    let lookups: [(&str, Option<&String>); 3] = [
+        (
+            "SELECT site_customer_identifier, pnm_customer_identifier FROM orders
+             WHERE pnm_order_identifier = ?1 AND site_customer_identifier IS NOT NULL",
+            row.pnm_order_identifier.as_ref(),
+        ),
+        (
+            "SELECT site_customer_identifier, pnm_customer_identifier FROM orders
+             WHERE site_order_identifier = ?1 AND site_customer_identifier IS NOT NULL",
+            row.site_order_identifier.as_ref(),
+        ),
+        (
+            "SELECT site_customer_identifier, pnm_customer_identifier FROM orders
+             WHERE pnm_customer_identifier = ?1 AND site_customer_identifier IS NOT NULL",
+            row.pnm_customer_identifier.as_ref(),
+        ),
+    ];
+    for (sql, key) in lookups {
+        let Some(key) = key else { continue };
+        let found: Vec<(Option<String>, Option<String>)> = tx
+            .prepare_cached(&format!("{sql} LIMIT 2"))?
+            .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        // Two known orders with one site identifier (or a PayNearMe
+        // customer under two site customers): not one answer.
+        match found.as_slice() {
+            [one] => return Ok(Some(one.clone())),
+            [a, b] if a.0 == b.0 => return Ok(Some(a.clone())),
+            _ => {}
+        }
+        // A row naming its order is settled by that order alone.
+        if row.pnm_order_identifier.is_some() {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
 fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Result<()> {
     let mut rejection = row.rejection.clone();
     let adopted_id = match &row.identity {
@@ -315,6 +364,13 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         row.pnm_order_identifier.clone(),
         row.pnm_customer_identifier.clone(),
     );
+    let mut site_customer = row.site_customer_identifier.clone();
+    if row.known_customer && site_customer.is_none() {
+        if let Some(known) = known_customer(tx, row)? {
+            site_customer = known.0;
+            pnm_customer = pnm_customer.or(known.1);
+        }
+    }
     if let (Some(identity), Some(id), None) = (&row.identity, order_id, &rejection) {
         match prior_order(tx, run_id, id)? {
             Some(prior) => {
@@ -376,7 +432,7 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         run_id,
         row.row_number,
         row.line,
-        row.site_customer_identifier,
+        site_customer,
         order_id,
         pnm_order,
         pnm_customer,
@@ -780,6 +836,7 @@ mod tests {
             rejection: None,
             identity: None,
             input_offset: None,
+            known_customer: false,
         }
     }
 

@@ -63,12 +63,14 @@ pub enum Write {
         parent: u64,
         orders: Vec<OrderFacts>,
     },
-    /// The row's order and customer were looked up (`change` rows that
-    /// named no customer); its state does not change.
+    /// The row's order and customer were looked up (`change` and `refresh`
+    /// rows naming an order the store has never seen); its state does not
+    /// change.
     Resolved {
         row: u64,
         pnm_order: String,
         pnm_customer: Option<String>,
+        site_customer: Option<String>,
     },
     /// The row's order was changed: the row is done.
     Changed { row: u64, pnm_order: String },
@@ -391,6 +393,29 @@ fn set_urls(
             order.site_customer_identifier
         ])?;
     }
+    learn_order(tx, run_id, row)
+}
+
+/// Records what the row now says about its order (its customer, its
+/// identifiers) in the store's `orders`, filling in only what is unknown
+/// there: which customer owns an order is one fact, read by every command.
+fn learn_order(tx: &rusqlite::Transaction<'_>, run_id: i64, row: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO orders (pnm_order_identifier, site_order_identifier, site_customer_identifier,
+                             pnm_customer_identifier)
+         SELECT pnm_order_identifier, site_order_identifier, site_customer_identifier,
+                pnm_customer_identifier
+         FROM rows r JOIN runs u ON u.id = r.run_id
+         WHERE r.run_id = ?1 AND r.row_number = ?2 AND r.pnm_order_identifier IS NOT NULL
+           AND u.command != 'ce-retry-payments'
+         ON CONFLICT (pnm_order_identifier) DO UPDATE SET
+             site_order_identifier = COALESCE(orders.site_order_identifier, excluded.site_order_identifier),
+             site_customer_identifier = COALESCE(orders.site_customer_identifier, excluded.site_customer_identifier),
+             pnm_customer_identifier = COALESCE(orders.pnm_customer_identifier, excluded.pnm_customer_identifier)
+         WHERE orders.site_order_identifier IS NULL OR orders.site_customer_identifier IS NULL
+            OR orders.pnm_customer_identifier IS NULL",
+    )?
+    .execute(params![run_id, row])?;
     Ok(())
 }
 
@@ -480,6 +505,7 @@ fn apply(
                         ],
                     )
                     .map_err(sql_err)?;
+                    learn_order(&tx, run_id, row).map_err(sql_err)?;
                 }
                 Write::Urls { row, order } => {
                     set_urls(&tx, run_id, row, &order, seq).map_err(sql_err)?;
@@ -492,15 +518,18 @@ fn apply(
                     row,
                     pnm_order,
                     pnm_customer,
+                    site_customer,
                 } => {
                     exec(
                         &tx,
                         "UPDATE rows SET pnm_order_identifier = ?3,
-                             pnm_customer_identifier = COALESCE(?4, pnm_customer_identifier)
+                             pnm_customer_identifier = COALESCE(?4, pnm_customer_identifier),
+                             site_customer_identifier = COALESCE(site_customer_identifier, ?5)
                          WHERE run_id = ?1 AND row_number = ?2",
-                        params![run_id, row, pnm_order, pnm_customer],
+                        params![run_id, row, pnm_order, pnm_customer, site_customer],
                     )
                     .map_err(sql_err)?;
+                    learn_order(&tx, run_id, row).map_err(sql_err)?;
                 }
                 Write::Changed { row, pnm_order } => {
                     exec(

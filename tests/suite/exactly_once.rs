@@ -1106,3 +1106,55 @@ fn a_redelivered_file_without_identifiers_is_refused_whatever_changed_around_its
     assert_eq!(sandbox.orders().len(), 220);
     assert_eq!(sandbox.counter("duplicates"), 0);
 }
+
+#[test]
+fn refresh_and_change_by_order_identifier_keep_each_customer_serial_using_what_the_store_knows() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((3, 8)));
+    let dir = Dir::new();
+    // Five customers × five orders.
+    dir.write("o.csv", orders_csv(25, 5, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "s.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let mut by_pnm = String::from("pnm_order_identifier\n");
+    let mut change = String::from("pnm_order_identifier,order_amount\n");
+    for (i, order) in sandbox.orders().iter().enumerate() {
+        let pnm = order["pnm_order_identifier"].as_str().unwrap();
+        by_pnm.push_str(&format!("{pnm}\n"));
+        change.push_str(&format!("{pnm},{}.00\n", 300 + i));
+    }
+    dir.write("r.csv", &by_pnm);
+    dir.write("c.csv", &change);
+    let fast = ["--rate", "unlimited", "--concurrency", "16"];
+    for (db, lookups) in [("s.db", 0), ("fresh.db", 25)] {
+        for (command, file) in [("refresh", "r.csv"), ("change", "c.csv")] {
+            let (overlaps, finds) = (sandbox.counter("overlaps"), sandbox.requests("find_orders"));
+            let mut args = vec![command, file, "--db", db];
+            args.extend(fast);
+            if command == "refresh" {
+                args.push("--new-run");
+            }
+            let out = run(dir.cmd(&sandbox, &args));
+            assert_eq!(code(&out), 0, "{command} on {db}: {}", text(&out));
+            assert_eq!(
+                sandbox.counter("overlaps") - overlaps,
+                0,
+                "{command} on {db}: one customer's requests overlapped"
+            );
+            // The store knows every order `run` created; a fresh db learns
+            // each order's customer once (the refresh), then knows it.
+            let expected = if db == "fresh.db" && command == "change" {
+                0
+            } else {
+                lookups
+            };
+            assert_eq!(
+                sandbox.requests("find_orders") - finds,
+                expected,
+                "{command} on {db}: lookups"
+            );
+        }
+    }
+}

@@ -260,6 +260,7 @@ pub(super) async fn resolve(ctx: &RunContext, group: Group, progress: &StageProg
                         row: stored.row_number,
                         pnm_order: order.pnm_order_identifier.unwrap_or_default(),
                         pnm_customer: order.pnm_customer_identifier,
+                        site_customer: order.site_customer_identifier,
                     })
                     .await;
                 }

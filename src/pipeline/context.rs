@@ -180,6 +180,13 @@ impl RunContext {
         }
     }
 
+    /// Waits until everything written so far is committed.
+    pub async fn flush(&self) {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.write(Write::Flush { ack }).await;
+        let _ = done.await;
+    }
+
     /// Records intent before a side effect and waits until it is committed.
     /// Returns false if it could not be recorded (the request must not leave).
     pub async fn intent(&self, row: u64, state: crate::store::RowState) -> bool {

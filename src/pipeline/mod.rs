@@ -1,19 +1,19 @@
 //! A run: check and register the input, start the writer, take the rows
-//! through the command's chain (`customers` streams `run`; `stage_loop` the
-//! others), then summarise. Requests for one customer are never in flight
+//! through the command's chain (`dispatch` streams every command by
+//! customer; `chain` is each command's work for one customer), then
+//! summarise. Requests for one customer are never in flight
 //! together; every request shares one rate limiter and one 429 gate.
 
 pub mod backoff;
+mod chain;
 mod context;
-mod customers;
-mod feed;
+mod dispatch;
 pub mod mode;
 pub mod plan;
 pub mod progress;
 mod register;
 mod requeue;
 pub mod shutdown;
-mod stage_loop;
 mod stages;
 
 use std::num::NonZeroU32;
@@ -26,7 +26,7 @@ use crate::input::fingerprint::{scan, Snapshot, Stamp};
 use crate::input::reader::Schema;
 use crate::input::{ColumnOptions, InputError, OrderReader};
 use crate::report::StageTiming;
-use crate::store::writer::{Write, Writer, WriterStats};
+use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
 use context::RunContext;
 pub use context::{quota, requests_sent, Clients};
@@ -35,7 +35,6 @@ pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
 pub use requeue::{prepare_retry, stored_token_options, RetryPlan};
 pub use shutdown::{handle_ctrl_c, Shutdown, Stop};
-use stage_loop::run_stages;
 
 /// Finished runs of at least this many rows may get their database compacted.
 const VACUUM_AFTER_ROWS: u64 = 10_000;
@@ -225,6 +224,15 @@ pub async fn run(
     store.set_finished(run_id, false)?;
 
     let snapshot = Snapshot::new(&options.input, fp.clone(), stamp);
+    let mut store = store;
+    {
+        let (input, columns) = (options.input.clone(), options.columns.clone());
+        store = blocking(move || {
+            dispatch::fill_offsets(&mut store, mode, run_id, &input, &columns)?;
+            Ok(store)
+        })
+        .await?;
+    }
     let writer = Writer::start(store, run_id);
     let ctx = Arc::new(RunContext::new(
         clients,
@@ -233,7 +241,7 @@ pub async fn run(
         shutdown.clone(),
         run_id,
     ));
-    let stage_result = run_stages(options, run_id, &ctx, &header, &writer, &snapshot).await;
+    let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
     drop(ctx);
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
     if let Mode::Refresh { .. } = mode {
@@ -268,14 +276,6 @@ pub async fn run(
         stages: timings,
         deferred_until,
     })
-}
-
-/// Waits until everything written so far is committed.
-pub(super) async fn flush(writer: &Writer) {
-    let (ack, done) = tokio::sync::oneshot::channel();
-    if writer.sender().send(Write::Flush { ack }).await.is_ok() {
-        let _ = done.await;
-    }
 }
 
 pub(super) async fn blocking<T: Send + 'static>(

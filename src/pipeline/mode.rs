@@ -85,11 +85,6 @@ impl Stage {
             Stage::CeRetry => &[RowState::Pending, RowState::Retrying, RowState::Deferred],
         }
     }
-
-    /// Whether the stage needs each row's input fields (re-read from the file).
-    pub fn reads_input(self) -> bool {
-        matches!(self, Stage::Create | Stage::Change | Stage::CeRetry)
-    }
 }
 
 impl Mode {

@@ -127,6 +127,21 @@ pub(crate) async fn faults(
         .next()
         .unwrap_or_default()
         .to_string();
+    // `--poison-customer` names an order here (the storefront has no
+    // customers): every request about it fails.
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    let poisoned = segments
+        .windows(2)
+        .any(|w| w[0] == "orders" && shared.poisoned(Some(w[1])));
+    if poisoned {
+        count(&shared, "fault:poisoned");
+        return fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "injected failure (poisoned order)",
+        )
+        .into_response();
+    }
     if shared.faults_apply(&endpoint) && chance(&shared, shared.fail_rate()) {
         count(&shared, "fault:failed");
         return fail(

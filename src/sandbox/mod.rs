@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub drop_rate: Mutex<f64>,
     /// When set, faults hit only this endpoint (e.g. `retry-payment`).
     pub faults_only: Mutex<Option<String>>,
+    /// `poison_customer` now (`POST /__sandbox/faults {"poison": ...}`).
+    pub poison: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -120,6 +122,12 @@ impl Shared {
 
     pub fn drop_rate(&self) -> f64 {
         *self.drop_rate.lock().unwrap()
+    }
+
+    /// Whether every request about `customer` (a site customer, or a
+    /// Commerce Engine order) fails now.
+    pub fn poisoned(&self, customer: Option<&str>) -> bool {
+        customer.is_some() && self.poison.lock().unwrap().as_deref() == customer
     }
 
     /// Whether injected faults hit `endpoint` (the last path segment).
@@ -133,8 +141,9 @@ impl Shared {
 }
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
-/// "endpoint"}` (any of them): changes the faults of a running sandbox;
-/// `only` limits them to one endpoint (`""` lifts the limit).
+/// "endpoint", "poison": "customer"}` (any of them): changes the faults of a
+/// running sandbox; `only` limits them to one endpoint (`""` lifts the
+/// limit); `poison` fails every request about one customer (`""`: none).
 async fn faults_handler(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     body: axum::body::Bytes,
@@ -147,10 +156,14 @@ async fn faults_handler(
     };
     let (fail, drop) = (share("fail_rate"), share("drop_rate"));
     let only = body.get("only").and_then(serde_json::Value::as_str);
+    let poison = body.get("poison").and_then(serde_json::Value::as_str);
+    if let Some(poison) = poison {
+        *shared.poison.lock().unwrap() = (!poison.is_empty()).then(|| poison.to_string());
+    }
     if let Some(only) = only {
         *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
     }
-    if fail.is_none() && drop.is_none() && only.is_none() {
+    if fail.is_none() && drop.is_none() && only.is_none() && poison.is_none() {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"status":"error","errors":[{
@@ -224,6 +237,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         fail_rate: Mutex::new(config.fail_rate),
         drop_rate: Mutex::new(config.drop_rate),
         faults_only: Mutex::new(None),
+        poison: Mutex::new(config.poison_customer.clone()),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),

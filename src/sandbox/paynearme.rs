@@ -314,7 +314,7 @@ async fn do_work(shared: &Shared, endpoint: &str, params: Vec<(String, String)>)
         .collect();
 
     let customer = shared.pnm.lock().unwrap().customer_of(&params);
-    if customer.is_some() && customer == shared.config.poison_customer {
+    if shared.poisoned(customer.as_deref()) {
         shared.pnm.lock().unwrap().faults.poisoned += 1;
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,

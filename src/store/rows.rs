@@ -464,9 +464,9 @@ impl Store {
     }
 
     /// Calls `f` for each row of the run in `states` (until `f` says
-    /// stop), by customer then row number when `by_customer` (rows with no
-    /// customer first), else by row number and leaving out rows a customer
-    /// row expanded into (see [`Store::for_each_expanded`]). Reads in
+    /// stop), by site customer (then PayNearMe customer) and row number when
+    /// `by_customer` (rows with no site customer first), else by row number
+    /// and leaving out rows a customer row expanded into. Reads in
     /// chunks, each its own short read transaction, so a long stage never
     /// holds back WAL checkpoints (which would grow the WAL and memory with
     /// the input); rows that leave `states` meanwhile are simply not seen
@@ -522,7 +522,7 @@ impl Store {
                 &format!(
                     "CREATE TEMP TABLE stage_rows AS SELECT row_number AS r FROM rows
                      WHERE run_id = ?1 AND state IN ({list})
-                     ORDER BY site_customer_identifier, row_number"
+                     ORDER BY site_customer_identifier, pnm_customer_identifier, row_number"
                 ),
                 params![run_id],
             )
@@ -574,36 +574,6 @@ impl Store {
         }
     }
 
-    /// Calls `f` for each row in `states` that a customer row expanded into,
-    /// by input row, in chunks like [`Store::for_each_row`].
-    pub fn for_each_expanded(
-        &self,
-        run_id: i64,
-        states: &[RowState],
-        f: impl FnMut(StoredRow) -> bool,
-    ) -> Result<(), StoreError> {
-        let list = sql_list(states);
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state IN ({list})
-                 AND input_row IS NOT NULL AND (input_row, row_number) > (?2, ?3)
-                 ORDER BY input_row, row_number LIMIT {CHUNK}"
-            ))
-            .map_err(|e| self.err(e))?;
-        self.in_chunks(
-            |(input, after): &(u64, u64)| {
-                stmt.query_map(params![run_id, input, after], |r| {
-                    let row = from_row(r)?;
-                    let next = (row.input_row, row.row_number);
-                    Ok((row, next))
-                })?
-                .collect()
-            },
-            f,
-        )
-    }
-
     /// Every row of the run in input order (a row's expansions after it),
     /// read in one query: for exports, when nothing else writes.
     pub fn all_rows(
@@ -641,6 +611,66 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// The rows of `run_id` ready for their token that came from
+    /// `input_rows` (themselves, or rows they expanded into).
+    pub fn ready_rows(
+        &self,
+        run_id: i64,
+        input_rows: &[u64],
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM rows WHERE run_id = ?1 AND state = ?2
+                 AND (row_number = ?3 OR input_row = ?3) ORDER BY row_number"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut rows = Vec::new();
+        for input_row in input_rows {
+            let found = stmt
+                .query_map(
+                    params![run_id, RowState::UrlsRefreshed.as_str(), input_row],
+                    from_row,
+                )
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(|e| self.err(e))?;
+            rows.extend(found);
+        }
+        Ok(rows)
+    }
+
+    /// Records where each input row's record starts (`(row, offset)`) for
+    /// rows of `run_id` that do not know it (and rows they expanded into).
+    pub fn fill_offsets(&mut self, run_id: i64, offsets: &[(u64, u64)]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut own = tx
+                .prepare(
+                    "UPDATE rows SET input_offset = ?3
+                     WHERE run_id = ?1 AND row_number = ?2 AND input_offset IS NULL",
+                )
+                .map_err(err)?;
+            let mut expanded = tx
+                .prepare(
+                    "UPDATE rows SET input_offset = ?3
+                     WHERE run_id = ?1 AND input_row = ?2 AND input_offset IS NULL",
+                )
+                .map_err(err)?;
+            for (row, offset) in offsets {
+                own.execute(params![run_id, row, offset]).map_err(err)?;
+                expanded
+                    .execute(params![run_id, row, offset])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 
     /// Whether the refresh pages showed every order of `customer` at the

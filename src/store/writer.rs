@@ -441,8 +441,8 @@ fn expand(
     for (i, order) in rest.iter().enumerate() {
         tx.execute(
             "INSERT INTO rows (run_id, row_number, input_row, line, site_customer_identifier,
-                 state, attempts)
-             SELECT run_id, ?3, row_number, line, site_customer_identifier, ?4, 0
+                 state, attempts, input_offset)
+             SELECT run_id, ?3, row_number, line, site_customer_identifier, ?4, 0, input_offset
              FROM rows WHERE run_id = ?1 AND row_number = ?2",
             params![
                 run_id,

@@ -75,6 +75,12 @@ impl Sandbox {
         self.set_faults(format!("{{\"drop_rate\": {rate}}}"));
     }
 
+    /// Every request about `customer` (a site customer, or a Commerce
+    /// Engine order) answers 500 from now on (`""`: none).
+    pub fn set_poison(&self, customer: &str) {
+        self.set_faults(format!("{{\"poison\": \"{customer}\"}}"));
+    }
+
     /// Limits injected faults to one endpoint (`""`: all of them again).
     pub fn set_faults_only(&self, endpoint: &str) {
         self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));

@@ -63,7 +63,7 @@ fn method(ctx: &RunContext, header: &Header, row: &Row) -> PaymentMethod {
 /// One order: paid → skipped; a retry an interrupted run made → done; a
 /// deferred row whose window is still closed → left as it is; otherwise
 /// retry now, or defer to the time a too-early answer names.
-pub async fn ce_retry(
+pub(crate) async fn ce_retry(
     ctx: &RunContext,
     header: &Header,
     row: &Row,

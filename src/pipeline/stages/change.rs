@@ -19,7 +19,7 @@ use crate::store::{RowState, StoredRow};
 /// `site_order_identifier` when the row has no `pnm_order_identifier`; intent
 /// is committed before the change leaves, and a change whose outcome is
 /// unknown (a killed run's) is checked against the order before it is resent.
-pub(super) async fn change(
+pub(crate) async fn change(
     ctx: &RunContext,
     header: &Header,
     row: &Row,
@@ -228,7 +228,7 @@ pub(crate) const CHANGE_UNVERIFIABLE: &str = "change_unverifiable";
 /// Looks up the order and customer of `change` rows that name no customer
 /// (run one at a time: two lookups at once could be for one customer), so
 /// that the change stage can keep each customer's requests apart.
-pub(super) async fn resolve(ctx: &RunContext, group: Group, progress: &StageProgress) {
+pub(crate) async fn resolve(ctx: &RunContext, group: Group, progress: &StageProgress) {
     for stored in group.rows {
         if stored.site_customer_identifier.is_some() || stored.pnm_customer_identifier.is_some() {
             continue;

@@ -12,7 +12,7 @@ use crate::store::StoredRow;
 /// all its orders (`limit` 5) and expands into one row per order; rows
 /// naming orders are refreshed like `run`'s, batched per customer when the
 /// customer is known. With URLs off, orders are only looked up.
-pub(super) async fn lookup(ctx: &RunContext, group: Group, progress: &StageProgress) {
+pub(crate) async fn lookup(ctx: &RunContext, group: Group, progress: &StageProgress) {
     let (order_rows, customer_rows): (Vec<StoredRow>, Vec<StoredRow>) = group
         .rows
         .into_iter()

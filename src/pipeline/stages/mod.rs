@@ -7,14 +7,14 @@ mod ce;
 mod change;
 pub(crate) mod create;
 pub(crate) mod groups;
+pub(crate) use ce::ce_retry;
+pub(crate) use change::{change, resolve};
 pub(crate) use groups::order_selector;
+pub(crate) use lookup::lookup;
 mod lookup;
-
-use std::sync::Arc;
 
 use super::context::RunContext;
 use super::progress::StageProgress;
-use crate::input::{Header, Row};
 use crate::provider::commerce_engine::PaymentInfo;
 use crate::provider::paynearme::PnmOrder;
 use crate::provider::ProviderError;
@@ -23,21 +23,6 @@ use crate::store::StoredRow;
 
 /// Most orders a customer-wide `refresh_embedded_js_urls` page returns.
 pub const PAGE_LIMIT: usize = 5;
-
-/// One unit of work, routed to the worker that owns its customer. Rows a
-/// customer row expanded into share their input row.
-pub enum Job {
-    Create(Box<(Arc<Row>, StoredRow)>),
-    Change(Box<(Arc<Row>, StoredRow)>),
-    Lookup(Group),
-    /// `change` rows whose customer is not known: look it up.
-    Resolve(Group),
-    Refresh(Group),
-    Token(Group),
-    CeRetry(Box<(Arc<Row>, StoredRow)>),
-    /// A smart token for one order with its input row's token columns.
-    TokenRow(Box<(Arc<Row>, StoredRow)>),
-}
 
 impl From<PnmOrder> for OrderFacts {
     fn from(order: PnmOrder) -> Self {
@@ -85,27 +70,6 @@ pub(crate) fn failpoint_row() -> Option<u64> {
     })
 }
 
-/// Runs one job to its end.
-pub async fn execute(ctx: &RunContext, header: &Header, job: Job, progress: &StageProgress) {
-    if let Some(row) = failpoint_row() {
-        assert!(!job.rows().contains(&row), "failpoint panic-at-row:{row}");
-    }
-    match job {
-        Job::Create(job) => {
-            create::create(ctx, header, &job.0, &job.1, progress).await;
-        }
-        Job::Change(job) => change::change(ctx, header, &job.0, &job.1, progress).await,
-        Job::Lookup(group) => lookup::lookup(ctx, group, progress).await,
-        Job::Resolve(group) => change::resolve(ctx, group, progress).await,
-        Job::TokenRow(job) => groups::token_row(ctx, header, &job.0, &job.1, progress).await,
-        Job::CeRetry(job) => ce::ce_retry(ctx, header, &job.0, &job.1, progress).await,
-        Job::Refresh(group) => {
-            groups::refresh(ctx, group, true, progress).await;
-        }
-        Job::Token(group) => groups::token(ctx, group, progress).await,
-    }
-}
-
 /// The message of a caught panic.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -113,20 +77,6 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic".into())
-}
-
-impl Job {
-    /// The state rows the job works on.
-    pub fn rows(&self) -> Vec<u64> {
-        match self {
-            Job::Create(job) | Job::Change(job) | Job::CeRetry(job) | Job::TokenRow(job) => {
-                vec![job.1.row_number]
-            }
-            Job::Lookup(group) | Job::Resolve(group) | Job::Refresh(group) | Job::Token(group) => {
-                group.rows.iter().map(|r| r.row_number).collect()
-            }
-        }
-    }
 }
 
 /// A job panicked: its rows fail with `internal_error` (a row whose request

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED, EXIT_INTERRUPTED};
+use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED};
 use std::num::NonZeroU32;
 
 use crate::cli::{
@@ -312,7 +312,7 @@ pub fn config_show(
 pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
-        pipeline::handle_ctrl_c(shutdown.clone());
+        pipeline::handle_signals(shutdown.clone());
         let report = crate::demo::run(&args.dir, args.auth, quiet, shutdown).await?;
         print_summary(&report.summary);
         println!(
@@ -420,7 +420,7 @@ fn execute(
     };
     let summary = runtime()?.block_on(async {
         let shutdown = Shutdown::new();
-        pipeline::handle_ctrl_c(shutdown.clone());
+        pipeline::handle_signals(shutdown.clone());
         pipeline::run(&options, clients, shutdown).await
     })?;
     if summary.total == 0 {
@@ -463,7 +463,7 @@ fn write_report(
     let report = Report {
         outcome: match &summary.stop {
             Stop::Running => "completed".to_string(),
-            Stop::Interrupted => "interrupted".to_string(),
+            Stop::Interrupted(_) => "interrupted".to_string(),
             Stop::Aborted(why) => format!("stopped: {why}"),
         },
         requests_per_row: summary.request_total() as f64 / summary.total.max(1) as f64,
@@ -532,9 +532,12 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
         return ExitCode::from(EXIT_DEFERRED);
     }
     match &summary.stop {
-        Stop::Interrupted => {
-            eprintln!("interrupted; state saved: run the same command again to resume");
-            ExitCode::from(EXIT_INTERRUPTED)
+        Stop::Interrupted(signal) => {
+            eprintln!(
+                "interrupted ({}); state saved: run the same command again to resume",
+                signal.name()
+            );
+            ExitCode::from(signal.exit_status())
         }
         Stop::Aborted(why) => {
             eprintln!("error: run stopped: {why}");

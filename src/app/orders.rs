@@ -167,7 +167,8 @@ fn start_with(
         args.outcome.report.as_deref(),
         args.rejects.rejects.as_deref(),
     )?;
-    let held = lock::lock(&args.db)?;
+    // Until the process exits: after every SQLite connection it opens.
+    lock::lock(&args.db)?.hold_until_exit();
     execute(
         clients,
         RunJob {
@@ -187,13 +188,13 @@ fn start_with(
         &settings,
         pace,
         quiet,
-        held,
     )
 }
 
 pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
-    let held = lock::lock(&args.db)?;
+    // Until the process exits: after every SQLite connection it opens.
+    lock::lock(&args.db)?.hold_until_exit();
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     // Check the configuration and the outputs before putting anything back
     // in the queue.
@@ -228,7 +229,6 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
         &settings,
         &args.pace,
         env.quiet,
-        held,
     )
 }
 
@@ -391,15 +391,14 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Runs (or resumes) the pipeline with the provider `clients` while holding
-/// the database's lock; prints the summary, exports, reports.
+/// Runs (or resumes) the pipeline with the provider `clients` (the caller
+/// holds the database's lock); prints the summary, exports, reports.
 fn execute(
     clients: pipeline::Clients,
     job: RunJob,
     settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,
-    _held: lock::DbLock,
 ) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         mode: job.mode,

@@ -349,3 +349,62 @@ fn completions_version_and_help_with_examples() {
     let top = run(dir.bare_cmd(&["--help"]));
     assert!(String::from_utf8_lossy(&top.stdout).contains("Exit codes"));
 }
+
+#[test]
+fn exports_rejects_and_reports_replace_the_earlier_files_whole_and_leave_no_temp_files() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let mut csv = orders_csv(6, 3, true);
+    csv.push_str("C-9,not-money,USD,exact,true,Bad\n");
+    dir.write("o.csv", csv);
+    // Last night's files, each also reachable by a second (hard) link, as a
+    // reader that opened it before the run would hold it: a file written in
+    // place would change under that name too.
+    let outputs = ["e.csv", "r.csv", "s.db.report.md", "s.db.report.json"];
+    for name in outputs {
+        dir.write(name, "last night's\n");
+        std::fs::hard_link(dir.path(name), dir.path(&format!("old-{name}"))).unwrap();
+    }
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "e.csv",
+            "--rejects",
+            "r.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for name in outputs {
+        assert_eq!(dir.read(&format!("old-{name}")), "last night's\n", "{name}");
+        let new = dir.read(name);
+        assert_ne!(new, "last night's\n", "{name}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path(name)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(read_export(&dir.path("e.csv")).len(), 7);
+    assert_eq!(read_csv(&dir.path("r.csv")).1.len(), 1);
+
+    // `orderbatch export` on its own too.
+    std::fs::remove_file(dir.path("old-e.csv")).unwrap();
+    std::fs::hard_link(dir.path("e.csv"), dir.path("old-e.csv")).unwrap();
+    let before = dir.read("e.csv");
+    let again = run(dir.bare_cmd(&["export", "--db", "s.db", "--out", "e.csv"]));
+    assert_eq!(code(&again), 0, "{}", text(&again));
+    assert_eq!(dir.read("old-e.csv"), before);
+    assert_eq!(read_export(&dir.path("e.csv")).len(), 7);
+
+    let mut names: Vec<String> = std::fs::read_dir(dir.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    assert!(names.is_empty(), "temporary files left: {names:?}");
+}

@@ -16,13 +16,13 @@ pub enum ProviderError {
         detail: String,
     },
     /// HTTP 429: the provider asks us to slow down.
-    #[error("rate limited by the provider calling {endpoint} (retry after {retry_after:?})")]
+    #[error("rate limited by the provider calling {endpoint} ({})", wait_for(*.retry_after))]
     RateLimited {
         endpoint: &'static str,
         retry_after: Option<Duration>,
     },
     /// The provider answered with an error.
-    #[error("{endpoint} answered HTTP {status} {code}: {description}")]
+    #[error("{endpoint} answered HTTP {status} {code}{}", described(.description))]
     Api {
         endpoint: &'static str,
         status: u16,
@@ -38,7 +38,7 @@ pub enum ProviderError {
     },
     /// The provider answered with a redirect, which is never followed: the
     /// request would be re-sent, signed body and all, somewhere else.
-    #[error("{endpoint} answered HTTP {status} redirecting to `{location}`; redirects are not followed. Check the base URL")]
+    #[error("{endpoint} answered HTTP {status} redirecting to `{location}`; redirects are not followed. Check {}", setting(endpoint))]
     Redirected {
         endpoint: &'static str,
         status: u16,
@@ -53,6 +53,32 @@ pub enum ProviderError {
     /// The run is stopping: the request was not sent.
     #[error("not sent: the run is stopping")]
     Cancelled,
+}
+
+/// `: description`, or nothing when the provider gave none.
+fn described(description: &str) -> String {
+    if description.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {description}")
+    }
+}
+
+/// What a 429 asked for.
+fn wait_for(retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) => format!("retry after {wait:?}"),
+        None => "no Retry-After given".to_string(),
+    }
+}
+
+/// The setting that says where `endpoint`'s requests go.
+fn setting(endpoint: &str) -> &'static str {
+    if endpoint == paynearme::oauth::TOKEN_ENDPOINT {
+        "PNM_TOKEN_URL"
+    } else {
+        "the base URL"
+    }
 }
 
 /// The most bytes read of one answer; a longer one fails the attempt as
@@ -157,11 +183,25 @@ impl ProviderError {
     /// What to tell the user when this error stops the run ([`ErrorClass::Auth`]).
     pub fn auth_hint(&self) -> &'static str {
         match self {
-            ProviderError::Token(_) => {
-                "The OAuth token endpoint refused to give a token: check PNM_CLIENT_ID and \
-                 PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE), PNM_TOKEN_URL, PNM_TOKEN_SCOPE and \
-                 token_client_auth (basic or post)"
-            }
+            ProviderError::Token(inner) => match inner.as_ref() {
+                ProviderError::Redirected { .. } => {
+                    "The OAuth token endpoint redirected the token request: check that \
+                     PNM_TOKEN_URL is the token endpoint's exact URL"
+                }
+                // It said yes, but its answer is no token: the endpoint (or
+                // whatever answers at PNM_TOKEN_URL) misbehaves; the
+                // credentials were not refused.
+                ProviderError::UnexpectedBody { status, .. } if (200..300).contains(status) => {
+                    "The OAuth token endpoint answered success without a usable token (see \
+                     above what was wrong with its answer): check that PNM_TOKEN_URL is \
+                     PayNearMe's token endpoint, or ask PayNearMe about its answer"
+                }
+                _ => {
+                    "The OAuth token endpoint refused to give a token: check PNM_CLIENT_ID and \
+                     PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE), PNM_TOKEN_URL, \
+                     PNM_TOKEN_SCOPE and token_client_auth (basic or post)"
+                }
+            },
             ProviderError::Api { code, .. } if code == "oauth_required" => {
                 "This site accepts OAuth 2.0 only: set PNM_CLIENT_ID, PNM_CLIENT_SECRET (or \
                  PNM_CLIENT_SECRET_FILE) and PNM_TOKEN_URL, or pass --auth oauth"
@@ -414,6 +454,97 @@ mod tests {
             code: code.into(),
             description: String::new(),
         }
+    }
+
+    /// What a run stopped by `error` says (as `RunContext::request` puts it).
+    fn stop_message(error: &ProviderError) -> String {
+        format!("{error}. {}", error.auth_hint())
+    }
+
+    #[test]
+    fn token_endpoint_errors_say_what_was_wrong() {
+        let token = paynearme::oauth::TOKEN_ENDPOINT;
+        // A code without a description: just the code.
+        let bare = ProviderError::Token(Box::new(ProviderError::Api {
+            endpoint: token,
+            status: 400,
+            code: "unsupported_grant_type".into(),
+            description: String::new(),
+        }));
+        let message = stop_message(&bare);
+        assert!(
+            message.starts_with(
+                "no OAuth access token: oauth_token answered HTTP 400 unsupported_grant_type. The"
+            ),
+            "{message}"
+        );
+        let described = ProviderError::Api {
+            endpoint: token,
+            status: 401,
+            code: "invalid_client".into(),
+            description: "unknown client".into(),
+        };
+        assert!(described
+            .to_string()
+            .ends_with("401 invalid_client: unknown client"));
+
+        // A wait, not an Option.
+        let limited = ProviderError::Token(Box::new(ProviderError::RateLimited {
+            endpoint: token,
+            retry_after: Some(Duration::from_secs(1)),
+        }));
+        assert!(
+            limited.to_string().contains("(retry after 1s)"),
+            "{limited}"
+        );
+        let unsaid = ProviderError::RateLimited {
+            endpoint: token,
+            retry_after: None,
+        };
+        assert!(!unsaid.to_string().contains("None"), "{unsaid}");
+
+        // A 200 without a usable token is the endpoint misbehaving, not the
+        // credentials refused; the message says what was wrong.
+        for what in [
+            "expires_in is not a positive number of seconds",
+            "<html>maintenance</html>",
+        ] {
+            let odd = ProviderError::Token(Box::new(ProviderError::UnexpectedBody {
+                endpoint: token,
+                status: 200,
+                snippet: what.into(),
+            }));
+            let message = stop_message(&odd);
+            assert!(message.contains(what), "{message}");
+            assert!(!message.contains("refused"), "{message}");
+            assert!(!message.contains("PNM_CLIENT_ID"), "{message}");
+            assert!(message.contains("PNM_TOKEN_URL"), "{message}");
+        }
+        // A refusal still points at the credentials.
+        let refused = ProviderError::Token(Box::new(ProviderError::Api {
+            endpoint: token,
+            status: 401,
+            code: "invalid_client".into(),
+            description: String::new(),
+        }));
+        assert!(stop_message(&refused).contains("PNM_CLIENT_ID"));
+
+        // A redirect from the token endpoint names PNM_TOKEN_URL.
+        let redirected = ProviderError::Token(Box::new(ProviderError::Redirected {
+            endpoint: token,
+            status: 302,
+            location: "https://login.example/".into(),
+        }));
+        let message = stop_message(&redirected);
+        assert!(message.contains("PNM_TOKEN_URL"), "{message}");
+        assert!(!message.contains("base URL"), "{message}");
+        assert!(!message.contains("PNM_CLIENT_ID"), "{message}");
+        let elsewhere = ProviderError::Redirected {
+            endpoint: "create_order",
+            status: 302,
+            location: "https://x/".into(),
+        };
+        assert!(elsewhere.to_string().contains("Check the base URL"));
     }
 
     #[test]

@@ -390,6 +390,8 @@ mod tests {
             r#"{"access_token":"abc","token_type":"mac"}"#,
             r#"{"access_token":"abc"}"#,
             r#"{"access_token":"abc","token_type":"Bearer","expires_in":-5}"#,
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":0}"#,
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":"0"}"#,
             r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#,
         ] {
             let err = read_token(&answer(bad), 200).unwrap_err();

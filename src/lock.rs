@@ -34,6 +34,8 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct DbLock {
     file: File,
+    /// The lock created the (empty) database file.
+    created: bool,
 }
 
 impl DbLock {
@@ -42,8 +44,27 @@ impl DbLock {
     /// writer thread or blocking task still closing its connection on an
     /// error path included), and no other run can start while this process
     /// might still write.
-    pub fn hold_until_exit(self) {
+    pub fn hold_until_exit(self) -> HeldUntilExit {
         std::mem::forget(self.file);
+        HeldUntilExit {
+            created: self.created,
+        }
+    }
+}
+
+/// What [`DbLock::hold_until_exit`] leaves to its caller.
+#[derive(Debug)]
+pub struct HeldUntilExit {
+    created: bool,
+}
+
+impl HeldUntilExit {
+    /// Removes the database file this lock created if nothing was written
+    /// to it (a run refused before it started leaves no database behind).
+    pub fn remove_if_unused(&self, db: &Path) {
+        if self.created && std::fs::metadata(db).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(db);
+        }
     }
 }
 
@@ -54,6 +75,7 @@ pub fn lock(db: &Path) -> Result<DbLock, LockError> {
         path: db.to_path_buf(),
         source,
     };
+    let created = !db.exists();
     crate::files::create_private(db).map_err(io)?;
     // Read-only is enough for flock, and cannot change the database.
     let file = File::open(db).map_err(io)?;
@@ -79,7 +101,7 @@ pub fn lock(db: &Path) -> Result<DbLock, LockError> {
             }
         }
     }
-    Ok(DbLock { file })
+    Ok(DbLock { file, created })
 }
 
 /// `<db>.lock` beside the file the path leads to (the same for every

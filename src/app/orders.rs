@@ -168,8 +168,9 @@ fn start_with(
         args.rejects.rejects.as_deref(),
     )?;
     // Until the process exits: after every SQLite connection it opens.
-    lock::lock(&args.db)?.hold_until_exit();
-    execute(
+    let held = lock::lock(&args.db)?.hold_until_exit();
+    let db = args.db.clone();
+    let outcome = execute(
         clients,
         RunJob {
             mode,
@@ -188,7 +189,11 @@ fn start_with(
         &settings,
         pace,
         quiet,
-    )
+    );
+    if outcome.is_err() {
+        held.remove_if_unused(&db);
+    }
+    outcome
 }
 
 pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {

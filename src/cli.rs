@@ -17,7 +17,8 @@ Exit codes:
   4    rows deferred (ce retry-payments): run the same command again after the time shown
   5    stopped by a local failure after requests were sent (disk full, internal error):
        state kept; fix the cause and run the same command again
-  130  interrupted (state kept: run the same command again to resume)";
+  130  interrupted by Ctrl-C (state kept: run the same command again to resume)
+  143  stopped by SIGTERM, like Ctrl-C (state kept: run the same command again to resume)";
 
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),

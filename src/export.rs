@@ -1,7 +1,6 @@
 //! CSV export of a run's results: provider values byte for byte (see
 //! [`crate::cells`]).
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::cells::Cells;
@@ -95,7 +94,9 @@ pub fn export(store: &Store, run_id: i64, out: &Path, cells: Cells) -> Result<u6
         path: out.display().to_string(),
         detail: e.to_string(),
     };
-    let file = crate::files::write_private(out).map_err(|e| write_err(&e))?;
+    // Written beside `out` and renamed over it once whole: an export killed
+    // half-way leaves the earlier file as it was.
+    let file = crate::files::replace_private(out).map_err(|e| write_err(&e))?;
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
     let commerce_engine = store
         .run(run_id)?
@@ -133,7 +134,10 @@ pub fn export(store: &Store, run_id: i64, out: &Path, cells: Cells) -> Result<u6
     if let Some(e) = failure {
         return Err(e);
     }
-    let mut inner = writer.into_inner().map_err(|e| write_err(&e))?;
-    inner.flush().map_err(|e| write_err(&e))?;
+    let buffered = writer.into_inner().map_err(|e| write_err(&e))?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| write_err(&e.into_error()))?;
+    file.commit().map_err(|e| write_err(&e))?;
     Ok(count)
 }

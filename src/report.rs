@@ -115,11 +115,15 @@ pub fn markdown(report: &Report) -> String {
     md
 }
 
-/// Writes both files (mode 0600).
+/// Writes both files (mode 0600), each replacing the earlier one whole.
 pub fn write(report: &Report, md_path: &Path, json_path: &Path) -> std::io::Result<()> {
-    crate::files::write_private(md_path)?.write_all(markdown(report).as_bytes())?;
     let json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    crate::files::write_private(json_path)?.write_all(&json)
+    for (path, bytes) in [(md_path, markdown(report).into_bytes()), (json_path, json)] {
+        let mut file = crate::files::replace_private(path)?;
+        file.write_all(&bytes)?;
+        file.commit()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

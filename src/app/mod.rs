@@ -21,8 +21,8 @@ pub const EXIT_DEFERRED: u8 = 4;
 /// Exit code for a run stopped by a local failure (disk full, internal
 /// error) after requests were sent: the state database keeps what was done.
 pub const EXIT_AFTER_SEND: u8 = 5;
-/// Exit code for an interrupted run.
-pub const EXIT_INTERRUPTED: u8 = 130;
+// An interrupted run exits 128 + the signal's number: 130 for Ctrl-C, 143
+// for SIGTERM (`pipeline::Signal::exit_status`).
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED, EXIT_INTERRUPTED};
+use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED};
 use std::num::NonZeroU32;
 
 use crate::cli::{
@@ -167,8 +167,10 @@ fn start_with(
         args.outcome.report.as_deref(),
         args.rejects.rejects.as_deref(),
     )?;
-    let held = lock::lock(&args.db)?;
-    execute(
+    // Until the process exits: after every SQLite connection it opens.
+    let held = lock::lock(&args.db)?.hold_until_exit();
+    let db = args.db.clone();
+    let outcome = execute(
         clients,
         RunJob {
             mode,
@@ -187,13 +189,17 @@ fn start_with(
         &settings,
         pace,
         quiet,
-        held,
-    )
+    );
+    if outcome.is_err() {
+        held.remove_if_unused(&db);
+    }
+    outcome
 }
 
 pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
-    let held = lock::lock(&args.db)?;
+    // Until the process exits: after every SQLite connection it opens.
+    lock::lock(&args.db)?.hold_until_exit();
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     // Check the configuration and the outputs before putting anything back
     // in the queue.
@@ -228,7 +234,6 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
         &settings,
         &args.pace,
         env.quiet,
-        held,
     )
 }
 
@@ -312,7 +317,7 @@ pub fn config_show(
 pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
-        pipeline::handle_ctrl_c(shutdown.clone());
+        pipeline::handle_signals(shutdown.clone());
         let report = crate::demo::run(&args.dir, args.auth, quiet, shutdown).await?;
         print_summary(&report.summary);
         println!(
@@ -391,15 +396,14 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// Runs (or resumes) the pipeline with the provider `clients` while holding
-/// the database's lock; prints the summary, exports, reports.
+/// Runs (or resumes) the pipeline with the provider `clients` (the caller
+/// holds the database's lock); prints the summary, exports, reports.
 fn execute(
     clients: pipeline::Clients,
     job: RunJob,
     settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,
-    _held: lock::DbLock,
 ) -> anyhow::Result<ExitCode> {
     let options = RunOptions {
         mode: job.mode,
@@ -420,7 +424,7 @@ fn execute(
     };
     let summary = runtime()?.block_on(async {
         let shutdown = Shutdown::new();
-        pipeline::handle_ctrl_c(shutdown.clone());
+        pipeline::handle_signals(shutdown.clone());
         pipeline::run(&options, clients, shutdown).await
     })?;
     if summary.total == 0 {
@@ -463,7 +467,7 @@ fn write_report(
     let report = Report {
         outcome: match &summary.stop {
             Stop::Running => "completed".to_string(),
-            Stop::Interrupted => "interrupted".to_string(),
+            Stop::Interrupted(_) => "interrupted".to_string(),
             Stop::Aborted(why) => format!("stopped: {why}"),
         },
         requests_per_row: summary.request_total() as f64 / summary.total.max(1) as f64,
@@ -532,9 +536,12 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
         return ExitCode::from(EXIT_DEFERRED);
     }
     match &summary.stop {
-        Stop::Interrupted => {
-            eprintln!("interrupted; state saved: run the same command again to resume");
-            ExitCode::from(EXIT_INTERRUPTED)
+        Stop::Interrupted(signal) => {
+            eprintln!(
+                "interrupted ({}); state saved: run the same command again to resume",
+                signal.name()
+            );
+            ExitCode::from(signal.exit_status())
         }
         Stop::Aborted(why) => {
             eprintln!("error: run stopped: {why}");

@@ -20,7 +20,7 @@ pub const REDACTED: &str = "[redacted]";
 
 /// Writes rejected rows as they are found.
 pub struct RejectsWriter {
-    writer: csv::Writer<BufWriter<std::fs::File>>,
+    writer: csv::Writer<BufWriter<crate::files::Replacement>>,
     /// Columns to redact.
     redact: Vec<bool>,
     width: usize,
@@ -28,10 +28,11 @@ pub struct RejectsWriter {
 }
 
 impl RejectsWriter {
-    /// Creates `path` (mode 0600) with the input's columns plus `line, error`.
+    /// Starts `path` (mode 0600) with the input's columns plus `line, error`;
+    /// it replaces an earlier file only once [`finish`](Self::finish)ed.
     pub fn create(to: &RejectsFile, header: &Header) -> std::io::Result<Self> {
         let (path, include_pii, cells) = (to.path.as_path(), to.include_pii, to.cells);
-        let file = crate::files::write_private(path)?;
+        let file = crate::files::replace_private(path)?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
         let mut names: Vec<&str> = header.names.iter().map(String::as_str).collect();
         names.extend(["line", "error"]);
@@ -67,8 +68,9 @@ impl RejectsWriter {
         Ok(())
     }
 
-    /// Flushes the file.
-    pub fn finish(mut self) -> std::io::Result<()> {
-        self.writer.flush()
+    /// Writes the file out whole, in place of any earlier one.
+    pub fn finish(self) -> std::io::Result<()> {
+        let buffered = self.writer.into_inner().map_err(|e| e.into_error())?;
+        buffered.into_inner().map_err(|e| e.into_error())?.commit()
     }
 }

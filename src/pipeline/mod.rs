@@ -34,7 +34,7 @@ pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
 pub use requeue::{prepare_retry, stored_token_options, RetryPlan};
-pub use shutdown::{handle_ctrl_c, Shutdown, Stop};
+pub use shutdown::{handle_signals, Shutdown, Signal, Stop};
 
 /// Finished runs of at least this many rows may get their database compacted.
 const VACUUM_AFTER_ROWS: u64 = 10_000;

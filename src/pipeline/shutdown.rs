@@ -1,5 +1,5 @@
-//! Run-wide stop signal: Ctrl-C (stop taking work, finish in-flight requests)
-//! or an abort (credentials rejected, too many failures).
+//! Run-wide stop signal: Ctrl-C or SIGTERM (stop taking work, finish
+//! in-flight requests) or an abort (credentials rejected, too many failures).
 
 use tokio::sync::watch;
 
@@ -7,10 +7,38 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
     Running,
-    /// The user asked to stop; state is kept and the run can resume.
-    Interrupted,
+    /// The user (Ctrl-C) or a service manager (SIGTERM) asked to stop;
+    /// state is kept and the run can resume.
+    Interrupted(Signal),
     /// No request can succeed; the message says what to fix.
     Aborted(String),
+}
+
+/// The signal that asked a run to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT: Ctrl-C.
+    Interrupt,
+    /// SIGTERM: how systemd, Kubernetes and `kill` stop a job.
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status of a process stopped by this signal: 128 + its number.
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+
+    /// How messages name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "Ctrl-C",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
 }
 
 /// Shared by every task of a run; cheap to clone.
@@ -64,17 +92,66 @@ impl Shutdown {
     }
 }
 
-/// Installs the Ctrl-C handler: the first asks the run to stop after its
-/// in-flight requests, the second exits at once (state is safe either way).
-pub fn handle_ctrl_c(shutdown: Shutdown) {
+/// Installs the handler of Ctrl-C and SIGTERM (treated alike): the first
+/// asks the run to stop after its in-flight requests, the second (either
+/// one) exits at once with 128 + its number (state is safe either way).
+/// Must be called inside the runtime.
+pub fn handle_signals(shutdown: Shutdown) {
+    let mut signals = Signals::new();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing in-flight requests and saving state (Ctrl-C again to quit now)");
-            shutdown.stop(Stop::Interrupted);
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("quitting now; run the same command again to resume");
-                std::process::exit(130);
+        let Some(first) = signals.next().await else {
+            return;
+        };
+        eprintln!(
+            "{}: finishing in-flight requests and saving state (Ctrl-C or SIGTERM again to quit now)",
+            match first {
+                Signal::Interrupt => "interrupted",
+                Signal::Terminate => "terminated (SIGTERM)",
             }
+        );
+        shutdown.stop(Stop::Interrupted(first));
+        if let Some(second) = signals.next().await {
+            eprintln!("quitting now; run the same command again to resume");
+            std::process::exit(i32::from(second.exit_status()));
         }
     });
+}
+
+/// Ctrl-C and, on Unix, SIGTERM, as one stream.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers the handlers now, so a signal that comes before the first
+    /// `next` is not lost.
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// The next signal; `None` when none can be received any more.
+    async fn next(&mut self) -> Option<Signal> {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut self.term {
+                    Some(term) => term.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r.ok().map(|()| Signal::Interrupt),
+                Some(()) = term => Some(Signal::Terminate),
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .ok()
+            .map(|()| Signal::Interrupt)
+    }
 }

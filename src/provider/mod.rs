@@ -16,13 +16,13 @@ pub enum ProviderError {
         detail: String,
     },
     /// HTTP 429: the provider asks us to slow down.
-    #[error("rate limited by the provider calling {endpoint} (retry after {retry_after:?})")]
+    #[error("rate limited by the provider calling {endpoint} ({})", wait_for(*.retry_after))]
     RateLimited {
         endpoint: &'static str,
         retry_after: Option<Duration>,
     },
     /// The provider answered with an error.
-    #[error("{endpoint} answered HTTP {status} {code}: {description}")]
+    #[error("{endpoint} answered HTTP {status} {code}{}", described(.description))]
     Api {
         endpoint: &'static str,
         status: u16,
@@ -38,7 +38,7 @@ pub enum ProviderError {
     },
     /// The provider answered with a redirect, which is never followed: the
     /// request would be re-sent, signed body and all, somewhere else.
-    #[error("{endpoint} answered HTTP {status} redirecting to `{location}`; redirects are not followed. Check the base URL")]
+    #[error("{endpoint} answered HTTP {status} redirecting to `{location}`; redirects are not followed. Check {}", setting(endpoint))]
     Redirected {
         endpoint: &'static str,
         status: u16,
@@ -53,6 +53,32 @@ pub enum ProviderError {
     /// The run is stopping: the request was not sent.
     #[error("not sent: the run is stopping")]
     Cancelled,
+}
+
+/// `: description`, or nothing when the provider gave none.
+fn described(description: &str) -> String {
+    if description.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {description}")
+    }
+}
+
+/// What a 429 asked for.
+fn wait_for(retry_after: Option<Duration>) -> String {
+    match retry_after {
+        Some(wait) => format!("retry after {wait:?}"),
+        None => "no Retry-After given".to_string(),
+    }
+}
+
+/// The setting that says where `endpoint`'s requests go.
+fn setting(endpoint: &str) -> &'static str {
+    if endpoint == paynearme::oauth::TOKEN_ENDPOINT {
+        "PNM_TOKEN_URL"
+    } else {
+        "the base URL"
+    }
 }
 
 /// The most bytes read of one answer; a longer one fails the attempt as
@@ -157,11 +183,25 @@ impl ProviderError {
     /// What to tell the user when this error stops the run ([`ErrorClass::Auth`]).
     pub fn auth_hint(&self) -> &'static str {
         match self {
-            ProviderError::Token(_) => {
-                "The OAuth token endpoint refused to give a token: check PNM_CLIENT_ID and \
-                 PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE), PNM_TOKEN_URL, PNM_TOKEN_SCOPE and \
-                 token_client_auth (basic or post)"
-            }
+            ProviderError::Token(inner) => match inner.as_ref() {
+                ProviderError::Redirected { .. } => {
+                    "The OAuth token endpoint redirected the token request: check that \
+                     PNM_TOKEN_URL is the token endpoint's exact URL"
+                }
+                // It said yes, but its answer is no token: the endpoint (or
+                // whatever answers at PNM_TOKEN_URL) misbehaves; the
+                // credentials were not refused.
+                ProviderError::UnexpectedBody { status, .. } if (200..300).contains(status) => {
+                    "The OAuth token endpoint answered success without a usable token (see \
+                     above what was wrong with its answer): check that PNM_TOKEN_URL is \
+                     PayNearMe's token endpoint, or ask PayNearMe about its answer"
+                }
+                _ => {
+                    "The OAuth token endpoint refused to give a token: check PNM_CLIENT_ID and \
+                     PNM_CLIENT_SECRET (or PNM_CLIENT_SECRET_FILE), PNM_TOKEN_URL, \
+                     PNM_TOKEN_SCOPE and token_client_auth (basic or post)"
+                }
+            },
             ProviderError::Api { code, .. } if code == "oauth_required" => {
                 "This site accepts OAuth 2.0 only: set PNM_CLIENT_ID, PNM_CLIENT_SECRET (or \
                  PNM_CLIENT_SECRET_FILE) and PNM_TOKEN_URL, or pass --auth oauth"
@@ -236,29 +276,163 @@ pub(crate) fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> Pro
 }
 
 impl ProviderError {
-    /// The error with each of `values` (3 characters or more), as sent or as
-    /// JSON would escape it, replaced by `[redacted]` in the provider's own
-    /// words (description, body snippet): a provider that echoes what it was
-    /// sent must not carry a customer's personal data into the state
-    /// database, the logs or an export.
+    /// The error with each of `values` (3 characters or more) replaced by
+    /// `[redacted]` in the provider's own words (description, body snippet,
+    /// redirect target) and in transport details, in whatever encoding it
+    /// takes there ([`redact_text`]): a provider that echoes what it was
+    /// sent must not carry a customer's personal data or a secret into the
+    /// state database, the logs, a report or an export.
     pub fn redact(mut self, values: &[&str]) -> Self {
-        if let ProviderError::Api {
-            description: text, ..
-        }
-        | ProviderError::UnexpectedBody { snippet: text, .. } = &mut self
-        {
-            for value in values.iter().filter(|v| v.chars().count() >= 3) {
-                let escaped = serde_json::to_string(value).unwrap_or_default();
-                let escaped = escaped.trim_matches('"');
-                for form in [*value, escaped] {
-                    if text.contains(form) {
-                        *text = text.replace(form, "[redacted]");
+        match &mut self {
+            ProviderError::Api {
+                description: text, ..
+            }
+            | ProviderError::UnexpectedBody { snippet: text, .. }
+            | ProviderError::Redirected { location: text, .. }
+            | ProviderError::Transport { detail: text, .. } => {
+                for value in values.iter().filter(|v| v.chars().count() >= 3) {
+                    if let Some(redacted) = redact_text(text, value) {
+                        *text = redacted;
                     }
                 }
             }
+            ProviderError::Token(inner) => {
+                let redacted = std::mem::replace(inner.as_mut(), ProviderError::Cancelled);
+                **inner = redacted.redact(values);
+            }
+            _ => {}
         }
         self
     }
+}
+
+/// `text` with every occurrence of `value` replaced by `[redacted]`, or
+/// `None` when there is none. An occurrence may take any encoding a
+/// request or an answer gives it, character by character and mixed: raw;
+/// percent-encoded (either case of hex, `+` or `%20` for a space, some
+/// characters left as they are); JSON-escaped (`\"`, `\\`, `\/`, `\n`,
+/// `\u00fc` in either case, surrogate pairs). An occurrence cut off by the
+/// end of the text (a truncated snippet) is redacted from where it starts
+/// once 4 of its characters are there.
+pub fn redact_text(text: &str, value: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let chars: Vec<char> = value.chars().collect();
+    if chars.is_empty() {
+        return None;
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match occurrence(bytes, i, &chars) {
+            Some(end) => {
+                out.extend_from_slice(b"[redacted]");
+                found = true;
+                i = end;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    found.then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Where an occurrence of `value` that starts at `start` ends (the longest
+/// one), following every encoding of each character at once.
+fn occurrence(text: &[u8], start: usize, value: &[char]) -> Option<usize> {
+    let mut at = vec![start];
+    for (done, &c) in value.iter().enumerate() {
+        let mut next = Vec::new();
+        for &p in &at {
+            if p == text.len() {
+                // Cut off by the end of the text.
+                return (done >= 4.min(value.len())).then_some(p);
+            }
+            for end in encodings_at(text, p, c) {
+                if !next.contains(&end) {
+                    next.push(end);
+                }
+            }
+        }
+        if next.is_empty() {
+            // Cut off in the middle of an escape (`%2`, `\\u00`)?
+            let cut = at.iter().any(|&p| {
+                let rest = &text[p..];
+                rest.len() < 6 && matches!(rest.first(), Some(b'%' | b'\\'))
+            });
+            return (cut && done >= 4.min(value.len())).then_some(text.len());
+        }
+        at = next;
+    }
+    at.into_iter().max()
+}
+
+/// Where each encoding of `c` found at `at` ends.
+fn encodings_at(text: &[u8], at: usize, c: char) -> Vec<usize> {
+    let rest = &text[at..];
+    let mut ends = Vec::new();
+    let mut utf8 = [0u8; 4];
+    let raw = c.encode_utf8(&mut utf8).as_bytes();
+    if rest.starts_with(raw) {
+        ends.push(at + raw.len());
+    }
+    // Percent-encoded bytes, each `%XX` in either case (or the byte itself).
+    let mut p = at;
+    let mut percent = true;
+    for &b in raw.iter() {
+        if text.get(p) == Some(&b'%')
+            && text
+                .get(p + 1..p + 3)
+                .is_some_and(|hex| hex.eq_ignore_ascii_case(format!("{b:02X}").as_bytes()))
+        {
+            p += 3;
+        } else if text.get(p) == Some(&b) {
+            p += 1;
+        } else {
+            percent = false;
+            break;
+        }
+    }
+    if percent && p != at + raw.len() {
+        ends.push(p);
+    }
+    let escape: &[u8] = match c {
+        ' ' => b"+",
+        '"' => b"\\\"",
+        '\\' => b"\\\\",
+        '/' => b"\\/",
+        '\n' => b"\\n",
+        '\r' => b"\\r",
+        '\t' => b"\\t",
+        '\u{8}' => b"\\b",
+        '\u{c}' => b"\\f",
+        _ => b"",
+    };
+    if !escape.is_empty() && rest.starts_with(escape) {
+        ends.push(at + escape.len());
+    }
+    // `\uXXXX` (two of them for a surrogate pair), hex in either case.
+    let mut units = [0u16; 2];
+    let mut p = at;
+    let mut unicode = true;
+    for unit in c.encode_utf16(&mut units).iter() {
+        if text.get(p..p + 2) == Some(&b"\\u"[..])
+            && text
+                .get(p + 2..p + 6)
+                .is_some_and(|hex| hex.eq_ignore_ascii_case(format!("{unit:04X}").as_bytes()))
+        {
+            p += 6;
+        } else {
+            unicode = false;
+            break;
+        }
+    }
+    if unicode {
+        ends.push(p);
+    }
+    ends
 }
 
 /// An answer that is not a JSON object: a transient server error for a 5xx
@@ -414,6 +588,168 @@ mod tests {
             code: code.into(),
             description: String::new(),
         }
+    }
+
+    /// What a run stopped by `error` says (as `RunContext::request` puts it).
+    fn stop_message(error: &ProviderError) -> String {
+        format!("{error}. {}", error.auth_hint())
+    }
+
+    #[test]
+    fn token_endpoint_errors_say_what_was_wrong() {
+        let token = paynearme::oauth::TOKEN_ENDPOINT;
+        // A code without a description: just the code.
+        let bare = ProviderError::Token(Box::new(ProviderError::Api {
+            endpoint: token,
+            status: 400,
+            code: "unsupported_grant_type".into(),
+            description: String::new(),
+        }));
+        let message = stop_message(&bare);
+        assert!(
+            message.starts_with(
+                "no OAuth access token: oauth_token answered HTTP 400 unsupported_grant_type. The"
+            ),
+            "{message}"
+        );
+        let described = ProviderError::Api {
+            endpoint: token,
+            status: 401,
+            code: "invalid_client".into(),
+            description: "unknown client".into(),
+        };
+        assert!(described
+            .to_string()
+            .ends_with("401 invalid_client: unknown client"));
+
+        // A wait, not an Option.
+        let limited = ProviderError::Token(Box::new(ProviderError::RateLimited {
+            endpoint: token,
+            retry_after: Some(Duration::from_secs(1)),
+        }));
+        assert!(
+            limited.to_string().contains("(retry after 1s)"),
+            "{limited}"
+        );
+        let unsaid = ProviderError::RateLimited {
+            endpoint: token,
+            retry_after: None,
+        };
+        assert!(!unsaid.to_string().contains("None"), "{unsaid}");
+
+        // A 200 without a usable token is the endpoint misbehaving, not the
+        // credentials refused; the message says what was wrong.
+        for what in [
+            "expires_in is not a positive number of seconds",
+            "<html>maintenance</html>",
+        ] {
+            let odd = ProviderError::Token(Box::new(ProviderError::UnexpectedBody {
+                endpoint: token,
+                status: 200,
+                snippet: what.into(),
+            }));
+            let message = stop_message(&odd);
+            assert!(message.contains(what), "{message}");
+            assert!(!message.contains("refused"), "{message}");
+            assert!(!message.contains("PNM_CLIENT_ID"), "{message}");
+            assert!(message.contains("PNM_TOKEN_URL"), "{message}");
+        }
+        // A refusal still points at the credentials.
+        let refused = ProviderError::Token(Box::new(ProviderError::Api {
+            endpoint: token,
+            status: 401,
+            code: "invalid_client".into(),
+            description: String::new(),
+        }));
+        assert!(stop_message(&refused).contains("PNM_CLIENT_ID"));
+
+        // A redirect from the token endpoint names PNM_TOKEN_URL.
+        let redirected = ProviderError::Token(Box::new(ProviderError::Redirected {
+            endpoint: token,
+            status: 302,
+            location: "https://login.example/".into(),
+        }));
+        let message = stop_message(&redirected);
+        assert!(message.contains("PNM_TOKEN_URL"), "{message}");
+        assert!(!message.contains("base URL"), "{message}");
+        assert!(!message.contains("PNM_CLIENT_ID"), "{message}");
+        let elsewhere = ProviderError::Redirected {
+            endpoint: "create_order",
+            status: 302,
+            location: "https://x/".into(),
+        };
+        assert!(elsewhere.to_string().contains("Check the base URL"));
+    }
+
+    /// Every encoding a secret can take in an answer.
+    fn encodings(secret: &str) -> Vec<String> {
+        let form: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let percent = |lower: bool| -> String {
+            secret
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ if lower => format!("%{b:02x}"),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect()
+        };
+        let json = serde_json::to_string(secret).unwrap();
+        let ascii_json = |lower: bool| -> String {
+            secret
+                .encode_utf16()
+                .map(|u| match u {
+                    0x22 => "\\\"".to_string(),
+                    0x2f => "\\/".to_string(),
+                    0x20..=0x7e => char::from(u as u8).to_string(),
+                    _ if lower => format!("\\u{u:04x}"),
+                    _ => format!("\\u{u:04X}"),
+                })
+                .collect()
+        };
+        // Python's quote(): `/` left as it is.
+        let python = percent(false).replace("%2F", "/");
+        vec![
+            secret.to_string(),
+            form,
+            percent(false),
+            percent(true),
+            json.trim_matches('"').to_string(),
+            ascii_json(true),
+            ascii_json(false),
+            python,
+        ]
+    }
+
+    #[test]
+    fn a_secret_is_redacted_in_every_encoding() {
+        let secret = "s3:cr et/\"100%\" ü秘😀";
+        for (i, form) in encodings(secret).iter().enumerate() {
+            let text = format!("echo [{form}] and again {form}!");
+            let redacted = redact_text(&text, secret).unwrap_or_else(|| panic!("{i}: {form}"));
+            assert_eq!(
+                redacted, "echo [[redacted]] and again [redacted]!",
+                "{i}: {form}"
+            );
+        }
+        // Cut off by a snippet's end.
+        let cut = format!("client_secret={}", &encodings(secret)[1][..12]);
+        assert_eq!(
+            redact_text(&cut, secret).as_deref(),
+            Some("client_secret=[redacted]")
+        );
+        // Other text is left alone.
+        assert_eq!(redact_text("s3:c is not it", secret), None);
+        // Through the error's every field that carries the provider's words.
+        let error = ProviderError::Token(Box::new(ProviderError::Redirected {
+            endpoint: "oauth_token",
+            status: 302,
+            location: format!("https://x/?s={}", encodings(secret)[1]),
+        }))
+        .redact(&[secret]);
+        assert!(error.to_string().contains("?s=[redacted]"), "{error}");
     }
 
     #[test]

@@ -77,9 +77,11 @@ impl Store {
     }
 
     /// Opens an existing database to read it (e.g. while another process
-    /// runs); refuses a missing one or one from a newer schema.
+    /// runs); refuses a missing or empty one, or one from a newer schema.
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
+        // Empty: a run has just locked it (the lock creates the file) and
+        // not yet opened it; migrating it here would race that run.
+        if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
             return Err(StoreError::Io {
                 path: path.to_path_buf(),
                 detail: "no such state database (give the --db of a run)".into(),

@@ -365,8 +365,8 @@ fn a_header_of_100k_unknown_columns_is_checked_in_one_pass_with_one_warning() {
 fn a_lock_error_names_its_cause_once() {
     let dir = Dir::new();
     dir.write("o.csv", orders_csv(1, 1, true));
-    // The lock file cannot be opened: a directory stands in its place.
-    std::fs::create_dir(dir.path("s.db.lock")).unwrap();
+    // The database cannot be opened: a link that leads to itself.
+    std::os::unix::fs::symlink("s.db", dir.path("s.db")).unwrap();
     let sandbox = Sandbox::start();
     let out = run(dir.cmd(&sandbox, &["run", "o.csv", "--db", "s.db"]));
     assert_eq!(code(&out), 2, "{}", text(&out));

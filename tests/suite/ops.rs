@@ -80,6 +80,67 @@ fn a_second_run_on_a_busy_db_is_refused_and_a_killed_runs_lock_is_taken_over() {
     assert_eq!(sandbox.counter("duplicates"), 0);
 }
 
+/// Two runs of one file on one database reached by two names (`first`
+/// for the first run, `second` for the other; `link` makes the link, before
+/// the first run starts or once it is going): the second is refused (exit
+/// 2, naming the first's pid) and the first finishes with exactly one order
+/// per row.
+fn one_run_per_database_file(
+    first: &str,
+    second: &str,
+    link_before: bool,
+    link: impl FnOnce(&Dir),
+) {
+    let sandbox = slow_sandbox();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(80, 20, true));
+    let mut link = Some(link);
+    if link_before {
+        link.take().unwrap()(&dir);
+    }
+    let with_db = |db| {
+        let mut args = SLOW_ARGS.to_vec();
+        args[3] = db;
+        args
+    };
+    let child = spawn(dir.cmd(&sandbox, &with_db(first)));
+    wait_until(Duration::from_secs(30), || sandbox.orders().len() >= 3);
+    if let Some(link) = link {
+        link(&dir);
+    }
+    let refused = run(dir.cmd(&sandbox, &with_db(second)));
+    assert_eq!(code(&refused), 2, "{}", text(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&format!("pid {}", child.id())), "{stderr}");
+
+    let finished = child.wait_with_output().unwrap();
+    assert_eq!(finished.status.code(), Some(0), "{}", text(&finished));
+    let orders = sandbox.orders();
+    let ids: std::collections::HashSet<&str> = orders
+        .iter()
+        .map(|o| o["fields"]["site_order_identifier"].as_str().unwrap())
+        .collect();
+    assert_eq!(orders.len(), 80);
+    assert_eq!(ids.len(), 80);
+    assert_eq!(sandbox.counter("duplicates"), 0);
+}
+
+#[test]
+fn a_second_run_on_the_same_db_through_a_symlink_is_refused_naming_the_first() {
+    // The first run reaches a database that does not exist yet through a
+    // link made beforehand, and creates it; the second names the file.
+    one_run_per_database_file("alias.db", "s.db", true, |dir| {
+        std::os::unix::fs::symlink("s.db", dir.path("alias.db")).unwrap();
+    });
+}
+
+#[test]
+fn a_second_run_on_the_same_db_through_a_hard_link_is_refused_naming_the_first() {
+    one_run_per_database_file("s.db", "alias.db", false, |dir| {
+        std::fs::hard_link(dir.path("s.db"), dir.path("alias.db")).unwrap();
+    });
+}
+
 #[test]
 fn dry_run_sends_nothing_touches_no_db_and_predicts_the_real_requests() {
     let sandbox = Sandbox::start();
@@ -287,4 +348,63 @@ fn completions_version_and_help_with_examples() {
     }
     let top = run(dir.bare_cmd(&["--help"]));
     assert!(String::from_utf8_lossy(&top.stdout).contains("Exit codes"));
+}
+
+#[test]
+fn exports_rejects_and_reports_replace_the_earlier_files_whole_and_leave_no_temp_files() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let mut csv = orders_csv(6, 3, true);
+    csv.push_str("C-9,not-money,USD,exact,true,Bad\n");
+    dir.write("o.csv", csv);
+    // Last night's files, each also reachable by a second (hard) link, as a
+    // reader that opened it before the run would hold it: a file written in
+    // place would change under that name too.
+    let outputs = ["e.csv", "r.csv", "s.db.report.md", "s.db.report.json"];
+    for name in outputs {
+        dir.write(name, "last night's\n");
+        std::fs::hard_link(dir.path(name), dir.path(&format!("old-{name}"))).unwrap();
+    }
+    let out = run(dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--export",
+            "e.csv",
+            "--rejects",
+            "r.csv",
+        ],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for name in outputs {
+        assert_eq!(dir.read(&format!("old-{name}")), "last night's\n", "{name}");
+        let new = dir.read(name);
+        assert_ne!(new, "last night's\n", "{name}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path(name)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+    assert_eq!(read_export(&dir.path("e.csv")).len(), 7);
+    assert_eq!(read_csv(&dir.path("r.csv")).1.len(), 1);
+
+    // `orderbatch export` on its own too.
+    std::fs::remove_file(dir.path("old-e.csv")).unwrap();
+    std::fs::hard_link(dir.path("e.csv"), dir.path("old-e.csv")).unwrap();
+    let before = dir.read("e.csv");
+    let again = run(dir.bare_cmd(&["export", "--db", "s.db", "--out", "e.csv"]));
+    assert_eq!(code(&again), 0, "{}", text(&again));
+    assert_eq!(dir.read("old-e.csv"), before);
+    assert_eq!(read_export(&dir.path("e.csv")).len(), 7);
+
+    let mut names: Vec<String> = std::fs::read_dir(dir.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    assert!(names.is_empty(), "temporary files left: {names:?}");
 }

@@ -72,6 +72,38 @@ fn ctrl_c_stops_with_130_and_the_same_command_finishes_without_duplicates() {
 }
 
 #[test]
+fn sigterm_stops_like_ctrl_c_with_143_keeps_consistent_state_and_the_same_command_finishes() {
+    let sandbox = slow_sandbox();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(ROWS, 12, true));
+    let child = spawn(dir.cmd(&sandbox, &args()));
+    wait_until(Duration::from_secs(30), || sandbox.orders().len() >= 15);
+    signal(&child, 15);
+    let out = child.wait_with_output().unwrap();
+    // A graceful stop, not death by the signal: it exits 143 itself.
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    let created = sandbox.orders().len();
+    assert!(created < ROWS, "the run finished before it was stopped");
+
+    // The state database is readable and whole (every row counted, in flight
+    // ones as `creating`, looked up on resume) and the report says the run
+    // was interrupted.
+    let status = run(dir.bare_cmd(&["status", "--db", "s.db", "--json"]));
+    assert_eq!(code(&status), 0, "{}", text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let states = status["runs"][0]["states"].as_object().unwrap().clone();
+    let total: u64 = states.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, ROWS as u64, "{states:?}");
+    let report: serde_json::Value = serde_json::from_str(&dir.read("s.db.report.json")).unwrap();
+    assert_eq!(report["outcome"], "interrupted", "{report}");
+
+    let resumed = run(dir.cmd(&sandbox, &args()));
+    assert_eq!(code(&resumed), 0, "{}", text(&resumed));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("resumed"));
+    assert_complete(&sandbox, &dir);
+}
+
+#[test]
 fn sigkill_at_any_point_then_the_same_command_finishes_without_duplicates() {
     interrupt_then_resume(9, None);
 }

@@ -82,16 +82,18 @@ fn state_db_and_export_are_private_files() {
         assert_eq!(mode, 0o600, "{name}");
     }
 
-    // An existing export readable by others is written, with a warning.
+    // An existing export readable by others is replaced by a private one.
     dir.write("wide.csv", "old");
     std::fs::set_permissions(dir.path("wide.csv"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(dir.bare_cmd(&["export", "--db", "s.db", "--out", "wide.csv"]));
     assert_eq!(code(&out), 0, "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
-        "{}",
-        text(&out)
-    );
+    let mode = std::fs::metadata(dir.path("wide.csv"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(read_export(&dir.path("wide.csv")).len(), 3);
 }
 
 #[cfg(unix)]
@@ -199,4 +201,120 @@ fn a_rejected_rows_personal_data_is_not_stored_even_in_its_reason() {
         "{:?}",
         export[0]
     );
+}
+
+/// Every encoding a secret can take in an answer that echoes it.
+fn encodings(secret: &str) -> Vec<String> {
+    let percent = |lower: bool| -> String {
+        secret
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ if lower => format!("%{b:02x}"),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let ascii_json: String = secret
+        .encode_utf16()
+        .map(|u| match u {
+            0x22 => "\\\"".to_string(),
+            0x2f => "\\/".to_string(),
+            0x20..=0x7e => char::from(u as u8).to_string(),
+            _ => format!("\\u{u:04x}"),
+        })
+        .collect();
+    vec![
+        secret.to_string(),
+        form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+        percent(false),
+        percent(true),
+        serde_json::to_string(secret)
+            .unwrap()
+            .trim_matches('"')
+            .to_string(),
+        ascii_json,
+    ]
+}
+
+#[test]
+fn a_client_secret_echoed_by_the_token_endpoint_in_any_encoding_is_kept_out_of_everything() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    const ECHOED: &str = "s3:cr et/\"100%\" ü秘";
+    let sandbox = Sandbox::start();
+    // Transient failures (retried) that echo the secret in each encoding,
+    // then a refusal that echoes it decoded (the run stops).
+    let echo = crate::util::hostile::Echo::start(|n, sent, decoded| {
+        let forms = encodings(decoded);
+        match n {
+            1 => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("got client_secret={sent}"),
+            )
+                .into_response(),
+            2..=6 => (
+                StatusCode::BAD_GATEWAY,
+                format!("<p>{}</p>", forms[n as usize - 1]),
+            )
+                .into_response(),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                [("content-type", "application/json")],
+                serde_json::json!({
+                    "error": "invalid_client",
+                    "error_description": format!("bad secret {decoded} ({})", forms[5]),
+                })
+                .to_string(),
+            )
+                .into_response(),
+        }
+    });
+    for format in ["text", "json"] {
+        let dir = Dir::new();
+        dir.write("o.csv", orders_csv(3, 1, true));
+        dir.write("orderbatch.toml", "token_client_auth = \"post\"\n");
+        let mut cmd = dir.oauth_cmd(
+            &sandbox,
+            &[
+                "-vv",
+                "--log-format",
+                format,
+                "run",
+                "o.csv",
+                "--db",
+                "s.db",
+                "--export",
+                "e.csv",
+                "--retry-base-ms",
+                "1",
+                "--max-attempts",
+                "20",
+            ],
+        );
+        cmd.env("PNM_CLIENT_SECRET", ECHOED)
+            .env("PNM_TOKEN_URL", echo.token_url());
+        let out = run(cmd);
+        assert_eq!(code(&out), 3, "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("[redacted]"), "{stderr}");
+        let forms = encodings(ECHOED);
+        let leaks = |hay: &[u8]| -> Vec<String> {
+            forms
+                .iter()
+                .filter(|f| hay.windows(f.len()).any(|w| w == f.as_bytes()))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(leaks(&out.stdout), Vec::<String>::new(), "stdout");
+        assert_eq!(leaks(&out.stderr), Vec::<String>::new(), "{stderr}");
+        assert!(dir.path("s.db.report.md").exists() && dir.path("e.csv").exists());
+        for entry in std::fs::read_dir(dir.tmp.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(leaks(&bytes), Vec::<String>::new(), "{}", path.display());
+        }
+    }
 }

@@ -203,3 +203,63 @@ impl Witness {
         )
     }
 }
+
+/// A token endpoint that echoes the `client_secret` it receives (sent in
+/// the form body): the `n`-th request (from 1) gets `answer(n, secret as
+/// received form-urlencoded, secret decoded)`.
+pub struct Echo {
+    addr: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+type Answer = dyn Fn(u64, &str, &str) -> Response + Send + Sync;
+
+impl Echo {
+    pub fn start(answer: impl Fn(u64, &str, &str) -> Response + Send + Sync + 'static) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state: Arc<(AtomicU64, Box<Answer>)> = Arc::new((AtomicU64::new(0), Box::new(answer)));
+        let app = Router::new()
+            .route(
+                "/oauth/token",
+                post(
+                    |State(state): State<Arc<(AtomicU64, Box<Answer>)>>, body: Bytes| async move {
+                        let n = state.0.fetch_add(1, Ordering::Relaxed) + 1;
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        let sent = text
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix("client_secret="))
+                            .unwrap_or_default()
+                            .to_string();
+                        let decoded = form_urlencoded::parse(&body)
+                            .find(|(k, _)| k == "client_secret")
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default();
+                        (state.1)(n, &sent, &decoded)
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                0,
+            ))))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Echo {
+            addr,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+}

@@ -142,14 +142,29 @@ impl PnmClient {
         })
     }
 
+    /// `error` without the customer's personal data among `params` nor our
+    /// secrets, in any encoding ([`ProviderError::redact`]).
+    fn redact(&self, error: ProviderError, params: &[(&str, &str)]) -> ProviderError {
+        use secrecy::ExposeSecret;
+        let mut values = pii(params);
+        match &*self.signer {
+            Signer::Hmac { secret, .. } => values.push(secret.expose_secret()),
+            Signer::OAuth(tokens) => values.push(tokens.client_secret()),
+        }
+        error.redact(&values)
+    }
+
     /// Signs and sends one request; returns the answer body when it says `ok`.
     pub async fn call(
         &self,
         endpoint: Endpoint,
         params: &[(&str, &str)],
     ) -> Result<Map<String, Value>, ProviderError> {
-        let (status, bytes) = self.send(endpoint, params).await?;
-        read_answer(endpoint.as_str(), status, &bytes).map_err(|e| e.redact(&pii(params)))
+        let (status, bytes) = self
+            .send(endpoint, params)
+            .await
+            .map_err(|e| self.redact(e, params))?;
+        read_answer(endpoint.as_str(), status, &bytes).map_err(|e| self.redact(e, params))
     }
 
     /// Like [`PnmClient::call`], reading only the answer's orders.
@@ -158,8 +173,11 @@ impl PnmClient {
         endpoint: Endpoint,
         params: &[(&str, &str)],
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        let (status, bytes) = self.send(endpoint, params).await?;
-        read_orders(endpoint.as_str(), status, &bytes).map_err(|e| e.redact(&pii(params)))
+        let (status, bytes) = self
+            .send(endpoint, params)
+            .await
+            .map_err(|e| self.redact(e, params))?;
+        read_orders(endpoint.as_str(), status, &bytes).map_err(|e| self.redact(e, params))
     }
 
     /// Authenticates and sends one request; returns the HTTP status and
@@ -229,7 +247,10 @@ impl PnmClient {
 
     /// `create_order` with the row's parameters.
     pub async fn create_order(&self, params: &[(&str, &str)]) -> Result<PnmOrder, ProviderError> {
-        let (status, bytes) = self.send(Endpoint::CreateOrder, params).await?;
+        let (status, bytes) = self
+            .send(Endpoint::CreateOrder, params)
+            .await
+            .map_err(|e| self.redact(e, params))?;
         read_orders(Endpoint::CreateOrder.as_str(), status, &bytes)
             .and_then(|orders| {
                 orders
@@ -241,7 +262,7 @@ impl PnmClient {
                         snippet: snippet(&bytes),
                     })
             })
-            .map_err(|e| e.redact(&pii(params)))
+            .map_err(|e| self.redact(e, params))
     }
 
     /// `find_orders` by one identifier; an answer of 404 means no match.

@@ -153,6 +153,11 @@ impl TokenSource {
         Ok(bearer)
     }
 
+    /// The client secret, for redaction only.
+    pub(crate) fn client_secret(&self) -> &str {
+        self.config.client_secret.expose_secret()
+    }
+
     /// Forgets `rejected` (the provider answered 401 to it), unless a newer
     /// token has already replaced it.
     pub fn reject(&self, rejected: &Bearer) {
@@ -197,9 +202,12 @@ impl TokenSource {
             }
         }
         let obtained = Instant::now();
-        let (status, bytes) = exchange(TOKEN_ENDPOINT, request.form(&form)).await?;
         let secret = config.client_secret.expose_secret();
+        // The secret in any encoding an echoing endpoint may give it.
         let redact = |e: ProviderError| e.redact(&[secret, &config.client_id]);
+        let (status, bytes) = exchange(TOKEN_ENDPOINT, request.form(&form))
+            .await
+            .map_err(redact)?;
         let body = json_object(TOKEN_ENDPOINT, status, &bytes).map_err(redact)?;
         if !(200..300).contains(&status) {
             let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
@@ -390,6 +398,8 @@ mod tests {
             r#"{"access_token":"abc","token_type":"mac"}"#,
             r#"{"access_token":"abc"}"#,
             r#"{"access_token":"abc","token_type":"Bearer","expires_in":-5}"#,
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":0}"#,
+            r#"{"access_token":"abc","token_type":"Bearer","expires_in":"0"}"#,
             r#"{"access_token":"abc","token_type":"Bearer","expires_in":"soon"}"#,
         ] {
             let err = read_token(&answer(bad), 200).unwrap_err();

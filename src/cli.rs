@@ -151,6 +151,9 @@ pub struct ServeArgs {
     /// Refresh a stored URL that has less than this left (e.g. 5m, 90s).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub min_validity: u64,
+    /// The longest a caller waits for the provider before a 503 with Retry-After (e.g. 5s); concurrent callers for one order share one provider call.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub max_wait: u64,
     #[command(flatten)]
     pub pace: PaceArgs,
 }

@@ -267,6 +267,10 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
         token,
         min_validity: Duration::from_secs(args.min_validity),
         rate: settings.rate.value,
+        concurrency: usize::from(settings.concurrency.value),
+        max_attempts: args.pace.max_attempts,
+        retry_base: Duration::from_millis(args.pace.retry_base_ms),
+        max_wait: Duration::from_secs(args.max_wait),
         client,
     };
     runtime()?.block_on(async move {

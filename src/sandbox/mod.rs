@@ -107,6 +107,10 @@ pub(crate) struct Shared {
     pub drop_rate: Mutex<f64>,
     /// When set, faults hit only this endpoint (e.g. `retry-payment`).
     pub faults_only: Mutex<Option<String>>,
+    /// Milliseconds every PayNearMe request (as `faults_only` says) waits
+    /// before anything else, failures included (`POST /__sandbox/faults
+    /// {"delay_ms": N}`; a provider that is slow or hangs).
+    pub delay_ms: Mutex<u64>,
 }
 
 impl Shared {
@@ -116,6 +120,10 @@ impl Shared {
 
     pub fn drop_rate(&self) -> f64 {
         *self.drop_rate.lock().unwrap()
+    }
+
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(*self.delay_ms.lock().unwrap())
     }
 
     /// Whether injected faults hit `endpoint` (the last path segment).
@@ -129,8 +137,9 @@ impl Shared {
 }
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
-/// "endpoint"}` (any of them): changes the faults of a running sandbox;
-/// `only` limits them to one endpoint (`""` lifts the limit).
+/// "endpoint", "delay_ms": N}` (any of them): changes the faults of a
+/// running sandbox; `only` limits them to one endpoint (`""` lifts the
+/// limit).
 async fn faults_handler(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     body: axum::body::Bytes,
@@ -143,10 +152,14 @@ async fn faults_handler(
     };
     let (fail, drop) = (share("fail_rate"), share("drop_rate"));
     let only = body.get("only").and_then(serde_json::Value::as_str);
+    let delay = body.get("delay_ms").and_then(serde_json::Value::as_u64);
+    if let Some(delay) = delay {
+        *shared.delay_ms.lock().unwrap() = delay;
+    }
     if let Some(only) = only {
         *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
     }
-    if fail.is_none() && drop.is_none() && only.is_none() {
+    if fail.is_none() && drop.is_none() && only.is_none() && delay.is_none() {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"status":"error","errors":[{
@@ -220,6 +233,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         fail_rate: Mutex::new(config.fail_rate),
         drop_rate: Mutex::new(config.drop_rate),
         faults_only: Mutex::new(None),
+        delay_ms: Mutex::new(0),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),

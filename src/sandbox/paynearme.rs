@@ -256,6 +256,9 @@ pub(crate) async fn handle(
         .requests
         .entry(endpoint.clone())
         .or_default() += 1;
+    if shared.faults_apply(&endpoint) && !shared.delay().is_zero() {
+        tokio::time::sleep(shared.delay()).await;
+    }
     if let Some(wait) = shared.config.rate_limit.and_then(|l| over_rate(&shared, l)) {
         shared.pnm.lock().unwrap().faults.rate_limited += 1;
         let (status, body) = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");

@@ -17,23 +17,33 @@ struct Server {
 }
 
 impl Server {
+    fn start(dir: &Dir, sandbox: &Sandbox, db: &str, min_validity: &str) -> Server {
+        Server::start_with(dir, sandbox, db, min_validity, &[])
+    }
+
     /// Serves `db`; a stored URL with less than `min_validity` left (e.g.
     /// `5m`) is refreshed. (Tests age the sandbox's clock, not ours: a
     /// `min_validity` above the 30-minute URL lifetime makes every URL
     /// stored so far due.)
-    fn start(dir: &Dir, sandbox: &Sandbox, db: &str, min_validity: &str) -> Server {
-        let mut cmd = dir.cmd(
-            sandbox,
-            &[
-                "serve",
-                "--db",
-                db,
-                "--listen",
-                "127.0.0.1:0",
-                "--min-validity",
-                min_validity,
-            ],
-        );
+    /// ... with `extra` flags.
+    fn start_with(
+        dir: &Dir,
+        sandbox: &Sandbox,
+        db: &str,
+        min_validity: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut args = vec![
+            "serve",
+            "--db",
+            db,
+            "--listen",
+            "127.0.0.1:0",
+            "--min-validity",
+            min_validity,
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = dir.cmd(sandbox, &args);
         cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
         let mut child = spawn(cmd);
         let mut line = String::new();
@@ -90,6 +100,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A db with orders ORD-1.. whose stored URLs have about 3 minutes left
+/// and have not expired at the provider (created with the sandbox clock
+/// 27 minutes behind, which is then put right).
+fn setup_due(sandbox: &Sandbox, dir: &Dir, rows: usize, customers: usize) {
+    sandbox.age(-27 * 60);
+    setup(sandbox, dir, rows, customers);
+    sandbox.age(27 * 60);
+}
+
+/// Seconds from now until an RFC 3339 time.
+fn seconds_left(expires_at: &Value) -> i64 {
+    let at = chrono::DateTime::parse_from_rfc3339(expires_at.as_str().unwrap()).unwrap();
+    at.timestamp() - chrono::Utc::now().timestamp()
 }
 
 /// A db with orders ORD-1.. created by `run` (their URLs fresh).
@@ -179,8 +204,17 @@ fn urls_come_from_the_db_while_fresh_and_one_refresh_serves_fifty_callers() {
         metrics.contains("orderbatch_serve_provider_calls_total 2"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("orderbatch_serve_served_from_db_total 49"),
+    // The other 49 shared the one call or read what it stored.
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(
+        count("orderbatch_serve_served_from_db_total") + count("orderbatch_serve_joined_total"),
+        49,
         "{metrics}"
     );
 }
@@ -339,5 +373,153 @@ fn serve_beside_a_refresh_of_the_same_db_both_finish() {
             body["embedded_js_url"],
             sandbox.order(&format!("ORD-{i}"))["embedded_js_url"]
         );
+    }
+}
+
+#[test]
+fn a_url_inside_the_min_validity_window_is_regenerated_once_with_force() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((20, 30)));
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 2, 1);
+    let stored = sandbox.order("ORD-1")["embedded_js_url"].clone();
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    let answers = server.get_many("/v1/orders/ORD-1/embedded-js-url", 50);
+    // One call, and it regenerated the URL (without force the provider
+    // would have handed back the stored one, 3 minutes from expiry).
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+    let fresh = sandbox.order("ORD-1")["embedded_js_url"].clone();
+    assert_ne!(fresh, stored);
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["embedded_js_url"], fresh);
+        assert!(
+            seconds_left(&body["embedded_js_url_expires_at"]) >= 5 * 60,
+            "{body}"
+        );
+        assert_eq!(body["min_validity_met"], true);
+    }
+    // The new URL is served from the database from now on.
+    for _ in 0..5 {
+        let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+        assert_eq!((status, &body["embedded_js_url"]), (200, &fresh));
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn a_provider_that_cannot_give_min_validity_is_said_so_and_asked_once() {
+    // The sandbox clock stays 27 minutes behind: every URL it makes,
+    // forced or not, has 3 minutes left by ours.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    sandbox.age(-27 * 60);
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    for _ in 0..3 {
+        let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["min_validity_met"], false, "{body}");
+        assert_eq!(
+            body["embedded_js_url"],
+            sandbox.order("ORD-1")["embedded_js_url"]
+        );
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn a_hung_provider_costs_one_call_and_no_caller_waits_past_max_wait() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--timeout", "30", "--max-wait", "1s"],
+    );
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    sandbox.set_delay_ms(4000);
+    let started = std::time::Instant::now();
+    let answers = server.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let calls = (0..5).map(|_| {
+            let request = client
+                .get(format!("{}/v1/orders/ORD-1/embedded-js-url", server.url))
+                .bearer_auth(TOKEN);
+            async move {
+                let answer = request.send().await.unwrap();
+                (
+                    answer.status().as_u16(),
+                    answer.headers().contains_key("retry-after"),
+                )
+            }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    // Each caller waited about --max-wait (1 s), not a provider call each.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answers.iter().all(|a| *a == (503, true)), "{answers:?}");
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+    // The call finishes anyway and is stored: later callers get its URL
+    // with no other call.
+    sandbox.set_delay_ms(0);
+    wait_until(Duration::from_secs(20), || {
+        server
+            .get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN))
+            .0
+            == 200
+    });
+    let (_, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+    assert_eq!(
+        body["embedded_js_url"],
+        sandbox.order("ORD-1")["embedded_js_url"]
+    );
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn callers_for_one_order_share_a_failing_call_and_max_attempts_is_honoured() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--max-attempts", "2", "--max-wait", "10s"],
+    );
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    sandbox.set_fail_rate(1.0);
+    sandbox.set_delay_ms(300);
+    let answers = server.get_many("/v1/orders/ORD-1/embedded-js-url", 10);
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "provider_unavailable", "{body}");
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 2);
+}
+
+#[test]
+fn concurrent_smart_link_callers_share_one_token() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((50, 60)));
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 2, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("get_smart_token");
+    let answers = server.get_many("/v1/orders/ORD-1/smart-link", 20);
+    assert_eq!(sandbox.requests("get_smart_token"), before + 1);
+    let token = sandbox.order("ORD-1")["secure_smart_token"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["secure_smart_token"], token);
     }
 }

@@ -75,6 +75,12 @@ impl Sandbox {
         self.set_faults(format!("{{\"drop_rate\": {rate}}}"));
     }
 
+    /// Makes every PayNearMe request wait `ms` before anything else (a
+    /// slow or hung provider; 0 lifts it).
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.set_faults(format!("{{\"delay_ms\": {ms}}}"));
+    }
+
     /// Limits injected faults to one endpoint (`""`: all of them again).
     pub fn set_faults_only(&self, endpoint: &str) {
         self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));

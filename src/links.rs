@@ -17,7 +17,8 @@
 //!   `concurrency` slots and one rate limiter; transient failures are
 //!   tried again up to `max_attempts` times within the first caller's wait.
 //! - The database is used only from blocking threads, never from the
-//!   async workers.
+//!   async workers; a database another process keeps locked gives a quick
+//!   503 with `Retry-After`, and `/healthz` never touches it.
 
 // A handler's early answers travel as `Err(Response)` straight to the
 // client; boxing them would buy nothing.
@@ -73,6 +74,10 @@ pub struct LinksConfig {
 /// Database connections the handlers share (reads are short; WAL lets
 /// them run beside a nightly run's writer).
 const CONNECTIONS: usize = 4;
+
+/// How long a statement waits for another process's lock on the database
+/// before the caller gets a 503.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Upper bounds of the provider latency histogram, seconds.
 const BUCKETS: [f64; 9] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -686,6 +691,15 @@ fn unknown(id: &str) -> Failure {
 }
 
 fn internal(e: &StoreError) -> Failure {
+    if e.is_busy() {
+        tracing::warn!("state database busy: {e:#}");
+        return Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_database_busy",
+            "the state database is locked by another process; try again shortly",
+        )
+        .retry_after(1);
+    }
     tracing::error!("state database: {e:#}");
     Failure::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -784,7 +798,9 @@ impl Links {
     pub async fn bind(config: LinksConfig, addr: SocketAddr) -> Result<Links, LinksError> {
         let mut stores = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
-            stores.push(Mutex::new(Store::open_existing(&config.db)?));
+            let store = Store::open_existing(&config.db)?;
+            store.set_busy_timeout(BUSY_TIMEOUT)?;
+            stores.push(Mutex::new(store));
         }
         let shared = Arc::new(Shared {
             stores,

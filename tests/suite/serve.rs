@@ -523,3 +523,58 @@ fn concurrent_smart_link_callers_share_one_token() {
         assert_eq!(body["secure_smart_token"], token);
     }
 }
+
+#[test]
+fn a_locked_database_gives_a_quick_503_and_healthz_stays_instant() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 4, 4);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    // Another process takes the write lock and keeps it for 8 s.
+    let db = dir.path("s.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; UPDATE runs SET id = id;")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let started = std::time::Instant::now();
+    let pending: Vec<_> = (1..=4)
+        .map(|i| {
+            let url = format!("{}/v1/orders/ORD-{i}/embedded-js-url", server.url);
+            server.runtime.spawn(async move {
+                let answer = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    answer.status().as_u16(),
+                    answer.headers().contains_key("retry-after"),
+                    std::time::Instant::now(),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    for task in pending {
+        let (status, retry_after, at) = server.runtime.block_on(task).unwrap();
+        assert_eq!((status, retry_after), (503, true));
+        // Well before the lock is let go (8 s).
+        assert!(at - started < Duration::from_secs(5), "{:?}", at - started);
+    }
+    holder.join().unwrap();
+}

@@ -154,6 +154,15 @@ pub struct ServeArgs {
     /// The longest a caller waits for the provider before a 503 with Retry-After (e.g. 5s); concurrent callers for one order share one provider call.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub max_wait: u64,
+    /// Close a connection that has not sent a whole request header for this long, idle keep-alive connections included.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub idle_timeout: u64,
+    /// Connections open at once (keep it well under `ulimit -n`); more wait to be accepted.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// After SIGTERM or Ctrl-C, how long requests in flight may take to finish before the rest are closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: u64,
     #[command(flatten)]
     pub pace: PaceArgs,
 }

@@ -69,6 +69,21 @@ pub struct LinksConfig {
     /// The longest a caller waits for an answer before a 503.
     pub max_wait: Duration,
     pub client: PnmClient,
+    /// How connections are kept.
+    pub limits: ConnectionLimits,
+}
+
+/// What a connection may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent a whole request header for this long
+    /// is closed, idle keep-alive connections included.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// After the stop signal, requests in flight get this long to finish;
+    /// then the connections left are closed.
+    pub shutdown_timeout: Duration,
 }
 
 /// Database connections the handlers share (reads are short; WAL lets
@@ -791,6 +806,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 pub struct Links {
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: ConnectionLimits,
 }
 
 impl Links {
@@ -829,7 +845,11 @@ impl Links {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| LinksError::Bind { addr, source })?;
-        Ok(Links { listener, app })
+        Ok(Links {
+            listener,
+            app,
+            limits: config.limits,
+        })
     }
 
     /// The address it listens on.
@@ -837,14 +857,81 @@ impl Links {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets requests in flight finish.
+    /// Serves until `shutdown` resolves, then lets requests in flight
+    /// finish for up to `shutdown_timeout` and closes what is left.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let Links {
+            listener,
+            app,
+            limits,
+        } = self;
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            // A slot first: past the limit, connections wait in the
+            // kernel's backlog and cost this process no descriptor.
+            let slot = tokio::select! {
+                _ = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, or a connection reset before
+                        // it was taken: wait a little rather than spin.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let mut closing = closing_rx.clone();
+            connections.spawn(async move {
+                let _slot = slot;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.idle_timeout)
+                    .keep_alive(true);
+                let connection =
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let done = tokio::select! {
+                    done = connection.as_mut() => done,
+                    _ = closing.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::debug!("connection closed: {e}");
+                }
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let _ = closing.send(true);
+        let drained = tokio::time::timeout(limits.shutdown_timeout, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = connections.len(),
+                "connections still open {}s after the stop signal; closing them",
+                limits.shutdown_timeout.as_secs_f64()
+            );
+            connections.shutdown().await;
+        }
+        Ok(())
     }
 }
 

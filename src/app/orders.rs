@@ -272,6 +272,11 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
         retry_base: Duration::from_millis(args.pace.retry_base_ms),
         max_wait: Duration::from_secs(args.max_wait),
         client,
+        limits: crate::links::ConnectionLimits {
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            max_connections: args.max_connections as usize,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        },
     };
     runtime()?.block_on(async move {
         let links = crate::links::Links::bind(config, args.listen).await?;

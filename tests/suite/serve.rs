@@ -43,7 +43,11 @@ impl Server {
             min_validity,
         ];
         args.extend_from_slice(extra);
-        let mut cmd = dir.cmd(sandbox, &args);
+        Server::spawn(dir.cmd(sandbox, &args))
+    }
+
+    /// Runs `cmd` (a serve command) and waits for its address.
+    fn spawn(mut cmd: std::process::Command) -> Server {
         cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
         let mut child = spawn(cmd);
         let mut line = String::new();
@@ -577,4 +581,123 @@ fn a_locked_database_gives_a_quick_503_and_healthz_stays_instant() {
         assert!(at - started < Duration::from_secs(5), "{:?}", at - started);
     }
     holder.join().unwrap();
+}
+
+/// Opens `n` connections that send nothing.
+fn silent_connections(server: &Server, n: usize) -> Vec<std::net::TcpStream> {
+    let addr = server.url.trim_start_matches("http://").to_string();
+    (0..n)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect()
+}
+
+/// Whether the server closed `stream` within `limit`.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or similar before the close.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn silent_half_sent_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(&dir, &sandbox, "s.db", "5m", &["--idle-timeout", "1s"]);
+    let mut silent = silent_connections(&server, 3);
+    let mut half = silent_connections(&server, 1).remove(0);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A keep-alive connection after one answered request.
+    let mut idle = silent_connections(&server, 1).remove(0);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    for stream in silent.iter_mut().chain([&mut half, &mut idle]) {
+        assert!(closed_within(stream, Duration::from_secs(10)));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn more_silent_connections_than_descriptors_do_not_take_healthz_down() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    // serve under `ulimit -n 128`, at most 48 connections at once.
+    let serve = dir.cmd(
+        &sandbox,
+        &[
+            "serve",
+            "--db",
+            "s.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "1s",
+            "--max-connections",
+            "48",
+        ],
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
+        .arg(serve.get_program())
+        .args(serve.get_args())
+        .current_dir(dir.tmp.path())
+        .stdin(std::process::Stdio::null());
+    for (key, value) in serve.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let server = Server::spawn(cmd);
+    let _silent = silent_connections(&server, 200);
+    let (status, _) = server.runtime.block_on(async {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/healthz", server.url))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), ())
+    });
+    assert_eq!(status, 200);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_with_a_half_sent_header_open_still_exits() {
+    use std::io::Write;
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let mut server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--idle-timeout", "300s", "--shutdown-timeout", "1s"],
+    );
+    let mut half = silent_connections(&server, 1).remove(0);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&server.child, 15);
+    let mut exit = None;
+    wait_until(Duration::from_secs(15), || {
+        exit = server.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(0));
 }

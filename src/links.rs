@@ -195,6 +195,8 @@ struct Shared {
     short: Mutex<HashMap<String, String>>,
     token: SecretString,
     min_validity: Duration,
+    /// Whether a missing or unreadable expiry has been logged.
+    expiry_guessed: std::sync::atomic::AtomicBool,
     metrics: Metrics,
 }
 
@@ -460,12 +462,10 @@ impl Shared {
             .embedded_js_url
             .clone()
             .ok_or_else(|| lacks("embedded_js_url"))?;
-        let expires = fresh.embedded_js_url_expires_at.clone();
+        let expires = self.expiry_of(fresh.embedded_js_url_expires_at.as_deref());
         let served = ServedOrder {
             embedded_js_url: Some(url.clone()),
-            embedded_js_url_expires_at: expires
-                .clone()
-                .or(order.embedded_js_url_expires_at.clone()),
+            embedded_js_url_expires_at: Some(expires.clone()),
             ..order.clone()
         };
         let left = seconds_left(served.embedded_js_url_expires_at.as_deref()).unwrap_or(0);
@@ -483,7 +483,7 @@ impl Shared {
                 short.insert(pnm.clone(), url.clone());
             }
         }
-        self.db(move |s| s.set_served_url(&order, &url, expires.as_deref()))
+        self.db(move |s| s.set_served_url(&order, &url, Some(&expires)))
             .await?;
         Ok((
             Fresh::Url {
@@ -492,6 +492,25 @@ impl Shared {
             },
             Source::Provider,
         ))
+    }
+
+    /// The expiry of a URL just regenerated: the provider's, verbatim, when
+    /// it gave one that reads as RFC 3339; else the documented rule, 30
+    /// minutes from now (said in the log once).
+    fn expiry_of(&self, given: Option<&str>) -> String {
+        if let Some(given) = given.filter(|g| chrono::DateTime::parse_from_rfc3339(g).is_ok()) {
+            return given.to_string();
+        }
+        if !self.expiry_guessed.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                given = given.map(|g| g.chars().take(64).collect::<String>()),
+                "the provider's refresh answer has no readable embedded_js_url_expires_at; \
+                 taking the documented 30 minutes from regeneration (said once)"
+            );
+        }
+        let at =
+            chrono::Utc::now() + chrono::Duration::from_std(URL_LIFETIME).expect("30 minutes fit");
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 
     /// Issues a smart token with the options of the order's run and stores
@@ -834,6 +853,7 @@ impl Links {
             short: Mutex::new(HashMap::new()),
             token: config.token,
             min_validity: config.min_validity,
+            expiry_guessed: Default::default(),
             metrics: Metrics::default(),
         });
         let app = Router::new()

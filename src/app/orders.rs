@@ -265,17 +265,17 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
     let config = crate::links::LinksConfig {
         db: args.db.clone(),
         token,
-        min_validity: Duration::from_secs(args.min_validity),
+        min_validity: args.min_validity,
         rate: settings.rate.value,
         concurrency: usize::from(settings.concurrency.value),
         max_attempts: args.pace.max_attempts,
         retry_base: Duration::from_millis(args.pace.retry_base_ms),
-        max_wait: Duration::from_secs(args.max_wait),
+        max_wait: args.max_wait,
         client,
         limits: crate::links::ConnectionLimits {
-            idle_timeout: Duration::from_secs(args.idle_timeout),
+            idle_timeout: args.idle_timeout,
             max_connections: args.max_connections as usize,
-            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            shutdown_timeout: args.shutdown_timeout,
         },
     };
     runtime()?.block_on(async move {

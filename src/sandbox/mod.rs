@@ -137,8 +137,8 @@ impl Shared {
 }
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
-/// "endpoint", "delay_ms": N}` (any of them): changes the faults of a
-/// running sandbox; `only` limits them to one endpoint (`""` lifts the
+/// "endpoint", "delay_ms": N, "url_expiry": "omit"|"garbled"|"rfc3339"}`
+/// (any of them): changes the faults of a running sandbox; `only` limits them to one endpoint (`""` lifts the
 /// limit).
 async fn faults_handler(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
@@ -153,13 +153,18 @@ async fn faults_handler(
     let (fail, drop) = (share("fail_rate"), share("drop_rate"));
     let only = body.get("only").and_then(serde_json::Value::as_str);
     let delay = body.get("delay_ms").and_then(serde_json::Value::as_u64);
+    let expiry = body.get("url_expiry").and_then(serde_json::Value::as_str);
+    if let Some(expiry) = expiry {
+        shared.pnm.lock().unwrap().url_expiry =
+            (!expiry.is_empty() && expiry != "rfc3339").then(|| expiry.to_string());
+    }
     if let Some(delay) = delay {
         *shared.delay_ms.lock().unwrap() = delay;
     }
     if let Some(only) = only {
         *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
     }
-    if fail.is_none() && drop.is_none() && only.is_none() && delay.is_none() {
+    if fail.is_none() && drop.is_none() && only.is_none() && delay.is_none() && expiry.is_none() {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"status":"error","errors":[{

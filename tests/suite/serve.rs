@@ -701,3 +701,67 @@ fn sigterm_with_a_half_sent_header_open_still_exits() {
     });
     assert_eq!(exit.unwrap().code(), Some(0));
 }
+
+#[test]
+fn absurd_durations_are_refused_with_exit_2() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    for (flag, value) in [
+        ("--min-validity", "9223372036854775808s"),
+        ("--min-validity", "18446744073709551615"),
+        ("--min-validity", "400d"),
+        ("--max-wait", "0s"),
+        ("--idle-timeout", "-1s"),
+    ] {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &[
+                "serve",
+                "--db",
+                "s.db",
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ],
+        );
+        cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
+        let mut child = spawn(cmd);
+        let mut exit = None;
+        let started = std::time::Instant::now();
+        while exit.is_none() && started.elapsed() < Duration::from_secs(10) {
+            exit = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Reaped either way (a no-op when it had exited).
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(exit.and_then(|e| e.code()), Some(2), "{flag} {value}");
+    }
+}
+
+#[test]
+fn a_refresh_answer_without_a_readable_expiry_counts_thirty_minutes() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 2, 2);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    for (order, how) in [("ORD-1", "omit"), ("ORD-2", "garbled")] {
+        sandbox.set_url_expiry(how);
+        let before = sandbox.requests("refresh_embedded_js_urls");
+        let path = format!("/v1/orders/{order}/embedded-js-url");
+        for _ in 0..3 {
+            let (status, body) = server.get(&path, Some(TOKEN));
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["min_validity_met"], true, "{body}");
+            let left = seconds_left(&body["embedded_js_url_expires_at"]);
+            assert!((29 * 60..=30 * 60).contains(&left), "{how}: {body}");
+        }
+        assert_eq!(
+            sandbox.requests("refresh_embedded_js_urls"),
+            before + 1,
+            "{how}"
+        );
+    }
+}

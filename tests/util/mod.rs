@@ -81,6 +81,12 @@ impl Sandbox {
         self.set_faults(format!("{{\"delay_ms\": {ms}}}"));
     }
 
+    /// How refresh answers give `embedded_js_url_expires_at`: `"omit"`,
+    /// `"garbled"` or `"rfc3339"` (the default).
+    pub fn set_url_expiry(&self, how: &str) {
+        self.set_faults(format!("{{\"url_expiry\": \"{how}\"}}"));
+    }
+
     /// Limits injected faults to one endpoint (`""`: all of them again).
     pub fn set_faults_only(&self, endpoint: &str) {
         self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));

@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -218,6 +219,35 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
+/// The credentials of an `Authorization` value with the Bearer scheme,
+/// which is case-insensitive (RFC 7235 §2.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim_matches(' ').split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim_matches(' '))
+}
+
+/// Whether `token` is one RFC 6750 `b64token` (token68), the only thing
+/// a client can send after `Bearer `.
+pub fn sendable_token(token: &str) -> bool {
+    let word = token.trim_end_matches('=');
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// At most the first 64 characters of something a caller sent, for a
+/// log line.
+fn bounded(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 /// Seconds from now until an RFC 3339 time, if it is one.
 fn seconds_left(expires_at: Option<&str>) -> Option<i64> {
     let expires = chrono::DateTime::parse_from_rfc3339(expires_at?).ok()?;
@@ -255,7 +285,7 @@ impl Shared {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer)
             .unwrap_or_default();
         bool::from(
             given
@@ -403,30 +433,6 @@ impl Shared {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         result
-    }
-
-    /// Logs and counts an answer about order `id`, then gives it.
-    fn served(
-        &self,
-        endpoint: &'static str,
-        id: &str,
-        started: Instant,
-        (answer, source): (Response, Option<Source>),
-    ) -> Response {
-        match source {
-            Some(Source::Db) => self.metrics.served_from_db.fetch_add(1, Ordering::Relaxed),
-            Some(Source::Joined) => self.metrics.joined.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
-        log(endpoint, id, &answer, started, source);
-        *self
-            .metrics
-            .requests
-            .lock()
-            .unwrap()
-            .entry((endpoint, answer.status().as_u16()))
-            .or_default() += 1;
-        answer
     }
 
     /// Regenerates the order's URL (`force=true`) and stores it; the flight
@@ -621,15 +627,51 @@ async fn find(shared: &Arc<Shared>, id: &str, headers: &HeaderMap) -> Result<Ser
         .ok_or_else(|| unknown(id))
 }
 
+/// What the log line and the metrics learn from a handler: the order (of
+/// an authenticated caller only, bounded) and where the answer came from.
+#[derive(Clone)]
+struct Served {
+    id: Option<String>,
+    source: Option<Source>,
+}
+
+/// Gives `answer`, noting what [`record`] logs about it.
+fn tag(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    (mut answer, source): (Response, Option<Source>),
+) -> Response {
+    let id = shared.authorized(headers).then(|| bounded(id));
+    answer.extensions_mut().insert(Served { id, source });
+    answer
+}
+
+/// The order identifier of the path, or a JSON 400 (e.g. bad UTF-8).
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    path.map(|Path(id)| id).map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            "the order identifier in the path is not valid percent-encoded UTF-8",
+        )
+        .response()
+    })
+}
+
 /// `GET /v1/orders/{id}/embedded-js-url`.
 async fn embedded_js_url(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(answer) => return answer,
+    };
     let answered = url_answer(&shared, &id, &headers, started).await;
-    shared.served("embedded-js-url", &id, started, answered)
+    tag(&shared, &headers, &id, answered)
 }
 
 fn url_ok(o: &ServedOrder, min_validity_met: bool) -> Response {
@@ -677,12 +719,16 @@ async fn url_answer(
 /// order share one.
 async fn smart_link(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
+    let id = match path_id(path) {
+        Ok(id) => id,
+        Err(answer) => return answer,
+    };
     let answered = link_answer(&shared, &id, &headers, started).await;
-    shared.served("smart-link", &id, started, answered)
+    tag(&shared, &headers, &id, answered)
 }
 
 async fn link_answer(
@@ -720,7 +766,10 @@ fn unknown(id: &str) -> Failure {
     Failure::new(
         StatusCode::NOT_FOUND,
         "unknown_order",
-        format!("no order with site_order_identifier `{id}` in this state database"),
+        format!(
+            "no order with site_order_identifier `{}` in this state database",
+            bounded(id)
+        ),
     )
 }
 
@@ -742,13 +791,46 @@ fn internal(e: &StoreError) -> Failure {
     )
 }
 
-/// One line per request: no customer data (the path holds the order's
-/// identifier only).
-fn log(endpoint: &str, id: &str, answer: &Response, started: Instant, source: Option<Source>) {
+/// Every request, whatever its route or answer: counted, and logged in
+/// one line with its real method, the route it matched, and (for an
+/// authenticated caller only, bounded) the order it named; no customer
+/// data.
+async fn record(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let endpoint = match request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+    {
+        Some("/healthz") => "healthz",
+        Some("/metrics") => "metrics",
+        Some("/v1/orders/{id}/embedded-js-url") => "embedded-js-url",
+        Some("/v1/orders/{id}/smart-link") => "smart-link",
+        _ => "unmatched",
+    };
+    let answer = next.run(request).await;
+    let served = answer.extensions().get::<Served>().cloned();
+    let (id, source) = served.map_or((None, None), |s| (s.id, s.source));
+    let m = &shared.metrics;
+    match source {
+        Some(Source::Db) => m.served_from_db.fetch_add(1, Ordering::Relaxed),
+        Some(Source::Joined) => m.joined.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+    *m.requests
+        .lock()
+        .unwrap()
+        .entry((endpoint, answer.status().as_u16()))
+        .or_default() += 1;
     tracing::info!(
-        method = "GET",
+        method = %method,
         endpoint,
-        site_order_identifier = id,
+        site_order_identifier = id.as_deref().unwrap_or("-"),
         status = answer.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         source = match source {
@@ -759,6 +841,26 @@ fn log(endpoint: &str, id: &str, answer: &Response, started: Instant, source: Op
         },
         "served"
     );
+    answer
+}
+
+/// Any other path: a JSON 404.
+async fn no_route() -> Response {
+    Failure::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint").response()
+}
+
+/// A known path with another method: a JSON 405.
+async fn wrong_method() -> Response {
+    let mut answer = Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint answers GET (and HEAD) only",
+    )
+    .response();
+    answer
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    answer
 }
 
 async fn healthz() -> &'static str {
@@ -861,6 +963,9 @@ impl Links {
             .route("/metrics", get(metrics))
             .route("/v1/orders/{id}/embedded-js-url", get(embedded_js_url))
             .route("/v1/orders/{id}/smart-link", get(smart_link))
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), record))
             .with_state(shared);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -256,6 +256,12 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
              set it, or ORDERBATCH_SERVE_TOKEN_FILE to a file (mode 600) that holds it"
         ),
     };
+    if !crate::links::sendable_token(secrecy::ExposeSecret::expose_secret(&token)) {
+        anyhow::bail!(
+            "the serve token is not one word a client can send after `Bearer ` (letters, digits \
+             and - . _ ~ + /, then any =; no spaces, line breaks or other characters)"
+        );
+    }
     if secrecy::ExposeSecret::expose_secret(&token).len() < 16 {
         anyhow::bail!("the serve token is shorter than 16 characters; use a long random one");
     }

@@ -765,3 +765,209 @@ fn a_refresh_answer_without_a_readable_expiry_counts_thirty_minutes() {
         );
     }
 }
+
+/// Stops the server and gives what it logged.
+fn stop_and_log(mut server: Server) -> String {
+    use std::io::Read;
+    let mut stderr = server.child.stderr.take().unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    log
+}
+
+/// GETs (or `method`s) `path` with `authorization` as it is: status,
+/// content type and body.
+fn raw(
+    server: &Server,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let url = format!("{}{path}", server.url);
+    server.runtime.block_on(async {
+        let mut request = reqwest::Client::new().request(method.parse().unwrap(), url);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let kind = answer
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, kind, answer.text().await.unwrap())
+    })
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    for value in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer  {TOKEN}"),
+    ] {
+        let (status, _, body) = raw(
+            &server,
+            "GET",
+            "/v1/orders/ORD-1/embedded-js-url",
+            Some(&value),
+        );
+        assert_eq!(status, 200, "{value}: {body}");
+    }
+    let (status, _, _) = raw(
+        &server,
+        "GET",
+        "/v1/orders/ORD-1/embedded-js-url",
+        Some(&format!("Basic {TOKEN}")),
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_serve_token_no_client_can_send_is_refused_at_start() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    for token in [
+        "                        ",
+        "abcdefghij klmnopqrstu",
+        "abcdefghijklmnopqrstué",
+        "abcdefghijklmnop\nqrstuvwxyz",
+    ] {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &["serve", "--db", "s.db", "--listen", "127.0.0.1:0"],
+        );
+        cmd.env("ORDERBATCH_SERVE_TOKEN", token);
+        let mut child = spawn(cmd);
+        let mut exit = None;
+        let started = std::time::Instant::now();
+        while exit.is_none() && started.elapsed() < Duration::from_secs(10) {
+            exit = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(exit.and_then(|e| e.code()), Some(2), "{token:?}");
+    }
+}
+
+#[test]
+fn unknown_routes_methods_and_bad_paths_answer_json_and_are_counted_and_logged() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, path, want) in [
+        ("GET", "/nope", 404),
+        ("POST", "/healthz", 405),
+        ("DELETE", "/v1/orders/ORD-1/embedded-js-url", 405),
+        ("GET", "/v1/orders/%FF%FE/embedded-js-url", 400),
+    ] {
+        let (status, kind, body) = raw(&server, method, path, Some(&bearer));
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(
+            kind.starts_with("application/json"),
+            "{method} {path}: {kind}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    let (status, _, _) = raw(&server, "HEAD", "/healthz", None);
+    assert_eq!(status, 200);
+    let (_, _, metrics) = raw(&server, "GET", "/metrics", Some(&bearer));
+    for line in [
+        "endpoint=\"unmatched\",status=\"404\"} 1",
+        "endpoint=\"healthz\",status=\"405\"} 1",
+        "endpoint=\"embedded-js-url\",status=\"405\"} 1",
+        "endpoint=\"embedded-js-url\",status=\"400\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let log = stop_and_log(server);
+    for method in ["POST", "DELETE", "HEAD"] {
+        assert!(
+            log.contains(&format!("method={method}")),
+            "{method} in {log}"
+        );
+    }
+}
+
+#[test]
+fn what_a_caller_sends_is_logged_bounded_and_before_authentication_not_at_all() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let long = format!("SECRETISH{}", "X".repeat(50_000));
+    let path = format!("/v1/orders/{long}/embedded-js-url");
+    for _ in 0..5 {
+        assert_eq!(server.get(&path, None).0, 401);
+        assert_eq!(server.get(&path, Some("wrong-token-000000000000")).0, 401);
+    }
+    assert_eq!(server.get(&path, Some(TOKEN)).0, 404);
+    let log = stop_and_log(server);
+    // Once, bounded: the one authenticated request.
+    assert_eq!(
+        log.matches("SECRETISH").count(),
+        1,
+        "{}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(log.len() < 8 * 1024, "{} bytes of log", log.len());
+}
+
+#[test]
+fn the_sandbox_token_endpoint_takes_a_lowercase_basic_scheme_and_a_client_id_beside_it() {
+    use base64::Engine;
+    let sandbox = Sandbox::start();
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        enc(CLIENT_ID),
+        enc(CLIENT_SECRET)
+    ));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ask = |scheme: &str, body: String| -> u16 {
+        runtime.block_on(async {
+            reqwest::Client::new()
+                .post(sandbox.token_url())
+                .header("authorization", format!("{scheme} {basic}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let grant = "grant_type=client_credentials".to_string();
+    assert_eq!(ask("Basic", grant.clone()), 200);
+    assert_eq!(ask("basic", grant.clone()), 200);
+    assert_eq!(ask("BASIC", grant.clone()), 200);
+    assert_eq!(
+        ask("Basic", format!("{grant}&client_id={}", enc(CLIENT_ID))),
+        200
+    );
+    // The secret twice is two methods (RFC 6749 §2.3): still refused.
+    assert_eq!(
+        ask(
+            "Basic",
+            format!(
+                "{grant}&client_id={}&client_secret={}",
+                enc(CLIENT_ID),
+                enc(CLIENT_SECRET)
+            )
+        ),
+        400
+    );
+}

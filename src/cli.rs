@@ -123,13 +123,18 @@ OAuth or HMAC credentials). Runs beside a nightly run on the same --db.
 
   GET /v1/orders/{site_order_identifier}/embedded-js-url
       the stored URL while it has --min-validity left, else one
-      refresh_embedded_js_urls for that order (stored, then returned)
+      refresh_embedded_js_urls with force=true for that order (stored,
+      then returned; \"min_validity_met\": false when even the new one
+      has less left)
   GET /v1/orders/{site_order_identifier}/smart-link
       a fresh get_smart_token with the options of the order's run
   GET /healthz     GET /metrics (Prometheus text)
 
-Errors are JSON {\"error\":{\"code\",\"message\"}}: 401, 404 unknown order,
-502 the provider refused, 503 (with Retry-After) rate limited or down.
+Concurrent callers for one order share one provider call; none waits
+longer than --max-wait. Errors are JSON {\"error\":{\"code\",\"message\"}}:
+400 bad path, 401, 404 unknown order or path, 405, 502 the provider
+refused, 503 (with Retry-After) rate limited, down, too slow, or the
+database locked.
 
 Example:
   export ORDERBATCH_SERVE_TOKEN_FILE=/etc/orderbatch/serve-token

@@ -124,13 +124,18 @@ OAuth or HMAC credentials). Runs beside a nightly run on the same --db.
 
   GET /v1/orders/{site_order_identifier}/embedded-js-url
       the stored URL while it has --min-validity left, else one
-      refresh_embedded_js_urls for that order (stored, then returned)
+      refresh_embedded_js_urls with force=true for that order (stored,
+      then returned; \"min_validity_met\": false when even the new one
+      has less left)
   GET /v1/orders/{site_order_identifier}/smart-link
       a fresh get_smart_token with the options of the order's run
   GET /healthz     GET /metrics (Prometheus text)
 
-Errors are JSON {\"error\":{\"code\",\"message\"}}: 401, 404 unknown order,
-502 the provider refused, 503 (with Retry-After) rate limited or down.
+Concurrent callers for one order share one provider call; none waits
+longer than --max-wait. Errors are JSON {\"error\":{\"code\",\"message\"}}:
+400 bad path, 401, 404 unknown order or path, 405, 502 the provider
+refused, 503 (with Retry-After) rate limited, down, too slow, or the
+database locked.
 
 Example:
   export ORDERBATCH_SERVE_TOKEN_FILE=/etc/orderbatch/serve-token
@@ -150,8 +155,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_remote: bool,
     /// Refresh a stored URL that has less than this left (e.g. 5m, 90s).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub min_validity: u64,
+    #[arg(long, default_value = "5m", value_parser = parse_serve_duration)]
+    pub min_validity: std::time::Duration,
+    /// The longest a caller waits for the provider before a 503 with Retry-After (e.g. 5s); concurrent callers for one order share one provider call.
+    #[arg(long, default_value = "5s", value_parser = parse_serve_wait)]
+    pub max_wait: std::time::Duration,
+    /// Close a connection that has not sent a whole request header for this long, idle keep-alive connections included.
+    #[arg(long, default_value = "15s", value_parser = parse_serve_wait)]
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once (keep it well under `ulimit -n`); more wait to be accepted.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// After SIGTERM or Ctrl-C, how long requests in flight may take to finish before the rest are closed.
+    #[arg(long, default_value = "10s", value_parser = parse_serve_duration)]
+    pub shutdown_timeout: std::time::Duration,
     #[command(flatten)]
     pub pace: PaceArgs,
 }
@@ -293,6 +310,36 @@ Example:
   orderbatch ce retry-payments outage.csv --db ce.db --export links.csv --max-wait 20m";
 
 /// `20m`, `90s`, `1h`, or plain seconds.
+/// The longest duration serve takes for any flag.
+const SERVE_DURATION_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A duration of serve's: bare seconds (`90`) or humantime (`90s`, `5m`,
+/// `1h 30m`, `500ms`), at most a day.
+fn parse_serve_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| format!("`{s}` is too large"))?
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("`{s}` is not a duration like 20m, 90s or 1h ({e})"))?
+    };
+    if d > SERVE_DURATION_MAX {
+        return Err(format!("`{s}` is more than a day"));
+    }
+    Ok(d)
+}
+
+/// As [`parse_serve_duration`], and more than zero.
+fn parse_serve_wait(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_serve_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("`{s}` must be more than zero"));
+    }
+    Ok(d)
+}
+
 fn parse_duration(s: &str) -> Result<u64, String> {
     let (number, unit) = s.trim().split_at(
         s.trim()
@@ -302,12 +349,15 @@ fn parse_duration(s: &str) -> Result<u64, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 20m, 90s or 1h"))?;
-    match unit {
-        "" | "s" => Ok(n),
-        "m" => Ok(n * 60),
-        "h" => Ok(n * 3600),
-        _ => Err(format!("`{s}` is not a duration like 20m, 90s or 1h")),
-    }
+    let seconds = match unit {
+        "" | "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => return Err(format!("`{s}` is not a duration like 20m, 90s or 1h")),
+    };
+    seconds
+        .filter(|&s| i64::try_from(s).is_ok())
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 #[derive(Debug, Args)]

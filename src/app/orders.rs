@@ -261,6 +261,12 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
              set it, or ORDERBATCH_SERVE_TOKEN_FILE to a file (mode 600) that holds it"
         ),
     };
+    if !crate::links::sendable_token(secrecy::ExposeSecret::expose_secret(&token)) {
+        anyhow::bail!(
+            "the serve token is not one word a client can send after `Bearer ` (letters, digits \
+             and - . _ ~ + /, then any =; no spaces, line breaks or other characters)"
+        );
+    }
     if secrecy::ExposeSecret::expose_secret(&token).len() < 16 {
         anyhow::bail!("the serve token is shorter than 16 characters; use a long random one");
     }
@@ -270,9 +276,18 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
     let config = crate::links::LinksConfig {
         db: args.db.clone(),
         token,
-        min_validity: Duration::from_secs(args.min_validity),
+        min_validity: args.min_validity,
         rate: settings.rate.value,
+        concurrency: usize::from(settings.concurrency.value),
+        max_attempts: args.pace.max_attempts,
+        retry_base: Duration::from_millis(args.pace.retry_base_ms),
+        max_wait: args.max_wait,
         client,
+        limits: crate::links::ConnectionLimits {
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections as usize,
+            shutdown_timeout: args.shutdown_timeout,
+        },
     };
     runtime()?.block_on(async move {
         let links = crate::links::Links::bind(config, args.listen).await?;

@@ -113,6 +113,10 @@ pub(crate) struct Shared {
     pub faults_only: Mutex<Option<String>>,
     /// `poison_customer` now (`POST /__sandbox/faults {"poison": ...}`).
     pub poison: Mutex<Option<String>>,
+    /// Milliseconds every PayNearMe request (as `faults_only` says) waits
+    /// before anything else, failures included (`POST /__sandbox/faults
+    /// {"delay_ms": N}`; a provider that is slow or hangs).
+    pub delay_ms: Mutex<u64>,
 }
 
 impl Shared {
@@ -130,6 +134,10 @@ impl Shared {
         customer.is_some() && self.poison.lock().unwrap().as_deref() == customer
     }
 
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(*self.delay_ms.lock().unwrap())
+    }
+
     /// Whether injected faults hit `endpoint` (the last path segment).
     pub fn faults_apply(&self, endpoint: &str) -> bool {
         self.faults_only
@@ -141,7 +149,8 @@ impl Shared {
 }
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
-/// "endpoint", "poison": "customer"}` (any of them): changes the faults of a
+/// "endpoint", "poison": "customer", "delay_ms": N, "url_expiry":
+/// "omit"|"garbled"|"rfc3339"}` (any of them): changes the faults of a
 /// running sandbox; `only` limits them to one endpoint (`""` lifts the
 /// limit); `poison` fails every request about one customer (`""`: none).
 async fn faults_handler(
@@ -160,10 +169,25 @@ async fn faults_handler(
     if let Some(poison) = poison {
         *shared.poison.lock().unwrap() = (!poison.is_empty()).then(|| poison.to_string());
     }
+    let delay = body.get("delay_ms").and_then(serde_json::Value::as_u64);
+    let expiry = body.get("url_expiry").and_then(serde_json::Value::as_str);
+    if let Some(expiry) = expiry {
+        shared.pnm.lock().unwrap().url_expiry =
+            (!expiry.is_empty() && expiry != "rfc3339").then(|| expiry.to_string());
+    }
+    if let Some(delay) = delay {
+        *shared.delay_ms.lock().unwrap() = delay;
+    }
     if let Some(only) = only {
         *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
     }
-    if fail.is_none() && drop.is_none() && only.is_none() && poison.is_none() {
+    if fail.is_none()
+        && drop.is_none()
+        && only.is_none()
+        && poison.is_none()
+        && delay.is_none()
+        && expiry.is_none()
+    {
         return (
             axum::http::StatusCode::BAD_REQUEST,
             axum::Json(serde_json::json!({"status":"error","errors":[{
@@ -238,6 +262,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         drop_rate: Mutex::new(config.drop_rate),
         faults_only: Mutex::new(None),
         poison: Mutex::new(config.poison_customer.clone()),
+        delay_ms: Mutex::new(0),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),

@@ -139,7 +139,11 @@ fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 7235 §2.1).
+            let (scheme, rest) = v.trim_matches(' ').split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest)
+        })
         .map(|b64| {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
@@ -150,6 +154,9 @@ fn issue(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         });
     let credentials = match (basic, get("client_id"), get("client_secret")) {
         (Some(Some(pair)), None, None) => pair,
+        // RFC 6749 §3.2.1: a client may name itself in the body beside its
+        // Basic credentials (the secret twice would be two methods).
+        (Some(Some(pair)), Some(id), None) if id == pair.0 => pair,
         (None, Some(id), Some(secret)) => (id, secret),
         (Some(None), _, _) => {
             return token_error(

@@ -74,6 +74,10 @@ pub struct PnmState {
     per_second: BTreeMap<i64, u64>,
     /// Issue values that spreadsheets and CSV writers trip on.
     hostile_values: bool,
+    /// How refresh answers give `embedded_js_url_expires_at`: RFC 3339
+    /// (`None`), or `"omit"` / `"garbled"` (a provider that leaves it out
+    /// or writes it otherwise; `POST /__sandbox/faults {"url_expiry": …}`).
+    pub(crate) url_expiry: Option<String>,
 }
 
 /// Faults the sandbox injected, for tests.
@@ -256,6 +260,9 @@ pub(crate) async fn handle(
         .requests
         .entry(endpoint.clone())
         .or_default() += 1;
+    if shared.faults_apply(&endpoint) && !shared.delay().is_zero() {
+        tokio::time::sleep(shared.delay()).await;
+    }
     if let Some(wait) = shared.config.rate_limit.and_then(|l| over_rate(&shared, l)) {
         shared.pnm.lock().unwrap().faults.rate_limited += 1;
         let (status, body) = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
@@ -624,14 +631,25 @@ impl PnmState {
             .iter()
             .map(|&i| {
                 let o = &self.orders[i];
-                json!({
+                let mut order = json!({
                     "pnm_order_identifier": o.pnm_order_identifier,
                     "pnm_customer_identifier": o.pnm_customer_identifier,
                     "site_order_identifier": o.fields.get("site_order_identifier"),
                     "site_customer_identifier": o.fields.get("site_customer_identifier"),
                     "embedded_js_url": o.embedded_js_url,
                     "embedded_js_url_expires_at": rfc3339(o.url_expires_at),
-                })
+                });
+                match self.url_expiry.as_deref() {
+                    Some("omit") => {
+                        order
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("embedded_js_url_expires_at");
+                    }
+                    Some(_) => order["embedded_js_url_expires_at"] = "in half an hour".into(),
+                    None => {}
+                }
+                order
             })
             .collect();
         (StatusCode::OK, Json(json!({"status":"ok","orders":orders})))

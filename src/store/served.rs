@@ -20,6 +20,12 @@ pub struct ServedOrder {
 }
 
 impl Store {
+    /// How long a statement waits for another connection's lock before it
+    /// fails busy (serve keeps this short: a caller gets a quick 503).
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout).map_err(|e| self.err(e))
+    }
+
     /// The newest row that knows the order of `site_order_identifier`.
     pub fn served_order(
         &self,
@@ -83,5 +89,21 @@ impl Store {
             .and_then(|mut s| s.execute(params![order.run_id, order.row_number, token, link]))
             .map(drop)
             .map_err(|e| self.err(e))
+    }
+}
+
+impl StoreError {
+    /// Whether another connection held the lock past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        )
     }
 }

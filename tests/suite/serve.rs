@@ -17,23 +17,37 @@ struct Server {
 }
 
 impl Server {
+    fn start(dir: &Dir, sandbox: &Sandbox, db: &str, min_validity: &str) -> Server {
+        Server::start_with(dir, sandbox, db, min_validity, &[])
+    }
+
     /// Serves `db`; a stored URL with less than `min_validity` left (e.g.
     /// `5m`) is refreshed. (Tests age the sandbox's clock, not ours: a
     /// `min_validity` above the 30-minute URL lifetime makes every URL
     /// stored so far due.)
-    fn start(dir: &Dir, sandbox: &Sandbox, db: &str, min_validity: &str) -> Server {
-        let mut cmd = dir.cmd(
-            sandbox,
-            &[
-                "serve",
-                "--db",
-                db,
-                "--listen",
-                "127.0.0.1:0",
-                "--min-validity",
-                min_validity,
-            ],
-        );
+    /// ... with `extra` flags.
+    fn start_with(
+        dir: &Dir,
+        sandbox: &Sandbox,
+        db: &str,
+        min_validity: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut args = vec![
+            "serve",
+            "--db",
+            db,
+            "--listen",
+            "127.0.0.1:0",
+            "--min-validity",
+            min_validity,
+        ];
+        args.extend_from_slice(extra);
+        Server::spawn(dir.cmd(sandbox, &args))
+    }
+
+    /// Runs `cmd` (a serve command) and waits for its address.
+    fn spawn(mut cmd: std::process::Command) -> Server {
         cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
         let mut child = spawn(cmd);
         let mut line = String::new();
@@ -90,6 +104,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A db with orders ORD-1.. whose stored URLs have about 3 minutes left
+/// and have not expired at the provider (created with the sandbox clock
+/// 27 minutes behind, which is then put right).
+fn setup_due(sandbox: &Sandbox, dir: &Dir, rows: usize, customers: usize) {
+    sandbox.age(-27 * 60);
+    setup(sandbox, dir, rows, customers);
+    sandbox.age(27 * 60);
+}
+
+/// Seconds from now until an RFC 3339 time.
+fn seconds_left(expires_at: &Value) -> i64 {
+    let at = chrono::DateTime::parse_from_rfc3339(expires_at.as_str().unwrap()).unwrap();
+    at.timestamp() - chrono::Utc::now().timestamp()
 }
 
 /// A db with orders ORD-1.. created by `run` (their URLs fresh).
@@ -179,8 +208,17 @@ fn urls_come_from_the_db_while_fresh_and_one_refresh_serves_fifty_callers() {
         metrics.contains("orderbatch_serve_provider_calls_total 2"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("orderbatch_serve_served_from_db_total 49"),
+    // The other 49 shared the one call or read what it stored.
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(
+        count("orderbatch_serve_served_from_db_total") + count("orderbatch_serve_joined_total"),
+        49,
         "{metrics}"
     );
 }
@@ -340,4 +378,596 @@ fn serve_beside_a_refresh_of_the_same_db_both_finish() {
             sandbox.order(&format!("ORD-{i}"))["embedded_js_url"]
         );
     }
+}
+
+#[test]
+fn a_url_inside_the_min_validity_window_is_regenerated_once_with_force() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((20, 30)));
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 2, 1);
+    let stored = sandbox.order("ORD-1")["embedded_js_url"].clone();
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    let answers = server.get_many("/v1/orders/ORD-1/embedded-js-url", 50);
+    // One call, and it regenerated the URL (without force the provider
+    // would have handed back the stored one, 3 minutes from expiry).
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+    let fresh = sandbox.order("ORD-1")["embedded_js_url"].clone();
+    assert_ne!(fresh, stored);
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["embedded_js_url"], fresh);
+        assert!(
+            seconds_left(&body["embedded_js_url_expires_at"]) >= 5 * 60,
+            "{body}"
+        );
+        assert_eq!(body["min_validity_met"], true);
+    }
+    // The new URL is served from the database from now on.
+    for _ in 0..5 {
+        let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+        assert_eq!((status, &body["embedded_js_url"]), (200, &fresh));
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn a_provider_that_cannot_give_min_validity_is_said_so_and_asked_once() {
+    // The sandbox clock stays 27 minutes behind: every URL it makes,
+    // forced or not, has 3 minutes left by ours.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    sandbox.age(-27 * 60);
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    for _ in 0..3 {
+        let (status, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["min_validity_met"], false, "{body}");
+        assert_eq!(
+            body["embedded_js_url"],
+            sandbox.order("ORD-1")["embedded_js_url"]
+        );
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn a_hung_provider_costs_one_call_and_no_caller_waits_past_max_wait() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--timeout", "30", "--max-wait", "1s"],
+    );
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    sandbox.set_delay_ms(4000);
+    let started = std::time::Instant::now();
+    let answers = server.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let calls = (0..5).map(|_| {
+            let request = client
+                .get(format!("{}/v1/orders/ORD-1/embedded-js-url", server.url))
+                .bearer_auth(TOKEN);
+            async move {
+                let answer = request.send().await.unwrap();
+                (
+                    answer.status().as_u16(),
+                    answer.headers().contains_key("retry-after"),
+                )
+            }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    // Each caller waited about --max-wait (1 s), not a provider call each.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(answers.iter().all(|a| *a == (503, true)), "{answers:?}");
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+    // The call finishes anyway and is stored: later callers get its URL
+    // with no other call.
+    sandbox.set_delay_ms(0);
+    wait_until(Duration::from_secs(20), || {
+        server
+            .get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN))
+            .0
+            == 200
+    });
+    let (_, body) = server.get("/v1/orders/ORD-1/embedded-js-url", Some(TOKEN));
+    assert_eq!(
+        body["embedded_js_url"],
+        sandbox.order("ORD-1")["embedded_js_url"]
+    );
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 1);
+}
+
+#[test]
+fn callers_for_one_order_share_a_failing_call_and_max_attempts_is_honoured() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--max-attempts", "2", "--max-wait", "10s"],
+    );
+    let before = sandbox.requests("refresh_embedded_js_urls");
+    sandbox.set_fail_rate(1.0);
+    sandbox.set_delay_ms(300);
+    let answers = server.get_many("/v1/orders/ORD-1/embedded-js-url", 10);
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "provider_unavailable", "{body}");
+    }
+    assert_eq!(sandbox.requests("refresh_embedded_js_urls"), before + 2);
+}
+
+#[test]
+fn concurrent_smart_link_callers_share_one_token() {
+    let sandbox = Sandbox::with(|c| c.latency_ms = Some((50, 60)));
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 2, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let before = sandbox.requests("get_smart_token");
+    let answers = server.get_many("/v1/orders/ORD-1/smart-link", 20);
+    assert_eq!(sandbox.requests("get_smart_token"), before + 1);
+    let token = sandbox.order("ORD-1")["secure_smart_token"].clone();
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["secure_smart_token"], token);
+    }
+}
+
+#[test]
+fn a_locked_database_gives_a_quick_503_and_healthz_stays_instant() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 4, 4);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    // Another process takes the write lock and keeps it for 8 s.
+    let db = dir.path("s.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE; UPDATE runs SET id = id;")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let started = std::time::Instant::now();
+    let pending: Vec<_> = (1..=4)
+        .map(|i| {
+            let url = format!("{}/v1/orders/ORD-{i}/embedded-js-url", server.url);
+            server.runtime.spawn(async move {
+                let answer = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    answer.status().as_u16(),
+                    answer.headers().contains_key("retry-after"),
+                    std::time::Instant::now(),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    let (status, _) = server.get("/healthz", None);
+    assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    for task in pending {
+        let (status, retry_after, at) = server.runtime.block_on(task).unwrap();
+        assert_eq!((status, retry_after), (503, true));
+        // Well before the lock is let go (8 s).
+        assert!(at - started < Duration::from_secs(5), "{:?}", at - started);
+    }
+    holder.join().unwrap();
+}
+
+/// Opens `n` connections that send nothing.
+fn silent_connections(server: &Server, n: usize) -> Vec<std::net::TcpStream> {
+    let addr = server.url.trim_start_matches("http://").to_string();
+    (0..n)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect()
+}
+
+/// Whether the server closed `stream` within `limit`.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or similar before the close.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn silent_half_sent_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start_with(&dir, &sandbox, "s.db", "5m", &["--idle-timeout", "1s"]);
+    let mut silent = silent_connections(&server, 3);
+    let mut half = silent_connections(&server, 1).remove(0);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A keep-alive connection after one answered request.
+    let mut idle = silent_connections(&server, 1).remove(0);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    for stream in silent.iter_mut().chain([&mut half, &mut idle]) {
+        assert!(closed_within(stream, Duration::from_secs(10)));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn more_silent_connections_than_descriptors_do_not_take_healthz_down() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    // serve under `ulimit -n 128`, at most 48 connections at once.
+    let serve = dir.cmd(
+        &sandbox,
+        &[
+            "serve",
+            "--db",
+            "s.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "1s",
+            "--max-connections",
+            "48",
+        ],
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
+        .arg(serve.get_program())
+        .args(serve.get_args())
+        .current_dir(dir.tmp.path())
+        .stdin(std::process::Stdio::null());
+    for (key, value) in serve.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let server = Server::spawn(cmd);
+    let _silent = silent_connections(&server, 200);
+    let (status, _) = server.runtime.block_on(async {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/healthz", server.url))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), ())
+    });
+    assert_eq!(status, 200);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_with_a_half_sent_header_open_still_exits() {
+    use std::io::Write;
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let mut server = Server::start_with(
+        &dir,
+        &sandbox,
+        "s.db",
+        "5m",
+        &["--idle-timeout", "300s", "--shutdown-timeout", "1s"],
+    );
+    let mut half = silent_connections(&server, 1).remove(0);
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&server.child, 15);
+    let mut exit = None;
+    wait_until(Duration::from_secs(15), || {
+        exit = server.child.try_wait().unwrap();
+        exit.is_some()
+    });
+    assert_eq!(exit.unwrap().code(), Some(0));
+}
+
+#[test]
+fn absurd_durations_are_refused_with_exit_2() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    for (flag, value) in [
+        ("--min-validity", "9223372036854775808s"),
+        ("--min-validity", "18446744073709551615"),
+        ("--min-validity", "400d"),
+        ("--max-wait", "0s"),
+        ("--idle-timeout", "-1s"),
+    ] {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &[
+                "serve",
+                "--db",
+                "s.db",
+                "--listen",
+                "127.0.0.1:0",
+                flag,
+                value,
+            ],
+        );
+        cmd.env("ORDERBATCH_SERVE_TOKEN", TOKEN);
+        let mut child = spawn(cmd);
+        let mut exit = None;
+        let started = std::time::Instant::now();
+        while exit.is_none() && started.elapsed() < Duration::from_secs(10) {
+            exit = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Reaped either way (a no-op when it had exited).
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(exit.and_then(|e| e.code()), Some(2), "{flag} {value}");
+    }
+}
+
+#[test]
+fn a_refresh_answer_without_a_readable_expiry_counts_thirty_minutes() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup_due(&sandbox, &dir, 2, 2);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    for (order, how) in [("ORD-1", "omit"), ("ORD-2", "garbled")] {
+        sandbox.set_url_expiry(how);
+        let before = sandbox.requests("refresh_embedded_js_urls");
+        let path = format!("/v1/orders/{order}/embedded-js-url");
+        for _ in 0..3 {
+            let (status, body) = server.get(&path, Some(TOKEN));
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["min_validity_met"], true, "{body}");
+            let left = seconds_left(&body["embedded_js_url_expires_at"]);
+            assert!((29 * 60..=30 * 60).contains(&left), "{how}: {body}");
+        }
+        assert_eq!(
+            sandbox.requests("refresh_embedded_js_urls"),
+            before + 1,
+            "{how}"
+        );
+    }
+}
+
+/// Stops the server and gives what it logged.
+fn stop_and_log(mut server: Server) -> String {
+    use std::io::Read;
+    let mut stderr = server.child.stderr.take().unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    log
+}
+
+/// GETs (or `method`s) `path` with `authorization` as it is: status,
+/// content type and body.
+fn raw(
+    server: &Server,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let url = format!("{}{path}", server.url);
+    server.runtime.block_on(async {
+        let mut request = reqwest::Client::new().request(method.parse().unwrap(), url);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let answer = request.send().await.unwrap();
+        let status = answer.status().as_u16();
+        let kind = answer
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (status, kind, answer.text().await.unwrap())
+    })
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    for value in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER {TOKEN}"),
+        format!("Bearer  {TOKEN}"),
+    ] {
+        let (status, _, body) = raw(
+            &server,
+            "GET",
+            "/v1/orders/ORD-1/embedded-js-url",
+            Some(&value),
+        );
+        assert_eq!(status, 200, "{value}: {body}");
+    }
+    let (status, _, _) = raw(
+        &server,
+        "GET",
+        "/v1/orders/ORD-1/embedded-js-url",
+        Some(&format!("Basic {TOKEN}")),
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_serve_token_no_client_can_send_is_refused_at_start() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    for token in [
+        "                        ",
+        "abcdefghij klmnopqrstu",
+        "abcdefghijklmnopqrstué",
+        "abcdefghijklmnop\nqrstuvwxyz",
+    ] {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &["serve", "--db", "s.db", "--listen", "127.0.0.1:0"],
+        );
+        cmd.env("ORDERBATCH_SERVE_TOKEN", token);
+        let mut child = spawn(cmd);
+        let mut exit = None;
+        let started = std::time::Instant::now();
+        while exit.is_none() && started.elapsed() < Duration::from_secs(10) {
+            exit = child.try_wait().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(exit.and_then(|e| e.code()), Some(2), "{token:?}");
+    }
+}
+
+#[test]
+fn unknown_routes_methods_and_bad_paths_answer_json_and_are_counted_and_logged() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let bearer = format!("Bearer {TOKEN}");
+    for (method, path, want) in [
+        ("GET", "/nope", 404),
+        ("POST", "/healthz", 405),
+        ("DELETE", "/v1/orders/ORD-1/embedded-js-url", 405),
+        ("GET", "/v1/orders/%FF%FE/embedded-js-url", 400),
+    ] {
+        let (status, kind, body) = raw(&server, method, path, Some(&bearer));
+        assert_eq!(status, want, "{method} {path}: {body}");
+        assert!(
+            kind.starts_with("application/json"),
+            "{method} {path}: {kind}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+    }
+    let (status, _, _) = raw(&server, "HEAD", "/healthz", None);
+    assert_eq!(status, 200);
+    let (_, _, metrics) = raw(&server, "GET", "/metrics", Some(&bearer));
+    for line in [
+        "endpoint=\"unmatched\",status=\"404\"} 1",
+        "endpoint=\"healthz\",status=\"405\"} 1",
+        "endpoint=\"embedded-js-url\",status=\"405\"} 1",
+        "endpoint=\"embedded-js-url\",status=\"400\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let log = stop_and_log(server);
+    for method in ["POST", "DELETE", "HEAD"] {
+        assert!(
+            log.contains(&format!("method={method}")),
+            "{method} in {log}"
+        );
+    }
+}
+
+#[test]
+fn what_a_caller_sends_is_logged_bounded_and_before_authentication_not_at_all() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let long = format!("SECRETISH{}", "X".repeat(50_000));
+    let path = format!("/v1/orders/{long}/embedded-js-url");
+    for _ in 0..5 {
+        assert_eq!(server.get(&path, None).0, 401);
+        assert_eq!(server.get(&path, Some("wrong-token-000000000000")).0, 401);
+    }
+    assert_eq!(server.get(&path, Some(TOKEN)).0, 404);
+    let log = stop_and_log(server);
+    // Once, bounded: the one authenticated request.
+    assert_eq!(
+        log.matches("SECRETISH").count(),
+        1,
+        "{}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(log.len() < 8 * 1024, "{} bytes of log", log.len());
+}
+
+#[test]
+fn the_sandbox_token_endpoint_takes_a_lowercase_basic_scheme_and_a_client_id_beside_it() {
+    use base64::Engine;
+    let sandbox = Sandbox::start();
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        enc(CLIENT_ID),
+        enc(CLIENT_SECRET)
+    ));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ask = |scheme: &str, body: String| -> u16 {
+        runtime.block_on(async {
+            reqwest::Client::new()
+                .post(sandbox.token_url())
+                .header("authorization", format!("{scheme} {basic}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let grant = "grant_type=client_credentials".to_string();
+    assert_eq!(ask("Basic", grant.clone()), 200);
+    assert_eq!(ask("basic", grant.clone()), 200);
+    assert_eq!(ask("BASIC", grant.clone()), 200);
+    assert_eq!(
+        ask("Basic", format!("{grant}&client_id={}", enc(CLIENT_ID))),
+        200
+    );
+    // The secret twice is two methods (RFC 6749 §2.3): still refused.
+    assert_eq!(
+        ask(
+            "Basic",
+            format!(
+                "{grant}&client_id={}&client_secret={}",
+                enc(CLIENT_ID),
+                enc(CLIENT_SECRET)
+            )
+        ),
+        400
+    );
 }

@@ -81,6 +81,18 @@ impl Sandbox {
         self.set_faults(format!("{{\"poison\": \"{customer}\"}}"));
     }
 
+    /// Makes every PayNearMe request wait `ms` before anything else (a
+    /// slow or hung provider; 0 lifts it).
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.set_faults(format!("{{\"delay_ms\": {ms}}}"));
+    }
+
+    /// How refresh answers give `embedded_js_url_expires_at`: `"omit"`,
+    /// `"garbled"` or `"rfc3339"` (the default).
+    pub fn set_url_expiry(&self, how: &str) {
+        self.set_faults(format!("{{\"url_expiry\": \"{how}\"}}"));
+    }
+
     /// Limits injected faults to one endpoint (`""`: all of them again).
     pub fn set_faults_only(&self, endpoint: &str) {
         self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));

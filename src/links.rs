@@ -44,6 +44,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::lock::{CustomerLease, CustomerLocks};
 use crate::provider::paynearme::{PnmClient, PnmOrder};
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::served::ServedOrder;
@@ -188,6 +189,8 @@ struct Shared {
     /// One async lock per customer (or per order when the customer is not
     /// known).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The same customers across processes (a run or `refresh` beside).
+    customers: CustomerLocks,
     /// The provider call in flight per (kind, pnm_order_identifier).
     flights: Mutex<HashMap<(Kind, String), Flight>>,
     /// URLs a forced regeneration gave with less than `min_validity` left
@@ -301,6 +304,33 @@ impl Shared {
             .or_else(|| order.pnm_customer_identifier.clone())
             .unwrap_or_else(|| order.pnm_order_identifier.clone());
         self.locks.lock().unwrap().entry(key).or_default().clone()
+    }
+
+    /// Holds the order's customer against other processes (a run or a
+    /// `refresh` of the same database) until `deadline`: their requests and
+    /// ours for one customer never overlap. Orders of no known customer
+    /// need no lease.
+    async fn hold_customer(
+        &self,
+        order: &ServedOrder,
+        deadline: Instant,
+    ) -> Result<Option<CustomerLease>, Failure> {
+        let Some(customer) = order.site_customer_identifier.as_deref() else {
+            return Ok(None);
+        };
+        loop {
+            if Instant::now() >= deadline {
+                return Err(waited_too_long(self.max_wait));
+            }
+            match self.customers.try_acquire(customer) {
+                Ok(Some(lease)) => return Ok(Some(lease)),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(e) => {
+                    tracing::warn!("cannot lock the customer beside the state database: {e}");
+                    return Ok(None);
+                }
+            }
+        }
     }
 
     /// Whether `left` seconds meet `--min-validity`.
@@ -440,9 +470,7 @@ impl Shared {
     async fn regenerate(self: Arc<Self>, order: ServedOrder, deadline: Instant) -> Outcome {
         let lock = self.lock_for(&order);
         let _customer = lock.lock().await;
-        if Instant::now() >= deadline {
-            return Err(waited_too_long(self.max_wait));
-        }
+        let _lease = self.hold_customer(&order, deadline).await?;
         // A run (or another order's call) may have refreshed it meanwhile.
         let id = order.site_order_identifier.clone();
         let order = self
@@ -531,9 +559,7 @@ impl Shared {
             });
         let lock = self.lock_for(&order);
         let _customer = lock.lock().await;
-        if Instant::now() >= deadline {
-            return Err(waited_too_long(self.max_wait));
-        }
+        let _lease = self.hold_customer(&order, deadline).await?;
         let pnm = order.pnm_order_identifier.clone();
         let mut params: Vec<(&str, &str)> = vec![("pnm_order_identifier", pnm.as_str())];
         params.extend(options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -951,6 +977,7 @@ impl Links {
             retry_base: config.retry_base,
             max_wait: config.max_wait,
             locks: Mutex::new(HashMap::new()),
+            customers: CustomerLocks::of(&config.db),
             flights: Mutex::new(HashMap::new()),
             short: Mutex::new(HashMap::new()),
             token: config.token,

@@ -194,3 +194,82 @@ mod tests {
         assert_eq!(split_dev(0x10303), (259, 3));
     }
 }
+
+/// One customer's requests at a time across every process that shares a
+/// state database (a run, a `refresh`, `serve`): an advisory lock (`flock`)
+/// per customer, on one of [`CUSTOMER_BUCKETS`] files in `<db>.customers/`
+/// beside the database's real path. The kernel drops a lock when its
+/// holder closes it or dies, so nothing is left to expire; two customers
+/// that share a bucket only wait for each other now and then.
+#[derive(Debug, Clone)]
+pub struct CustomerLocks {
+    dir: PathBuf,
+}
+
+/// How many lock files customers are spread over.
+pub const CUSTOMER_BUCKETS: u16 = 1024;
+
+/// A customer held for this process until dropped.
+#[derive(Debug)]
+pub struct CustomerLease {
+    _file: File,
+}
+
+impl CustomerLocks {
+    /// The customer locks of `db` (the directory is made on first use).
+    pub fn of(db: &Path) -> CustomerLocks {
+        let real = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+        let mut dir = real.into_os_string();
+        dir.push(".customers");
+        CustomerLocks {
+            dir: PathBuf::from(dir),
+        }
+    }
+
+    /// Takes `customer` if no other holder has it (another process, or
+    /// another lease of this one); `None` when it is taken.
+    pub fn try_acquire(&self, customer: &str) -> std::io::Result<Option<CustomerLease>> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(customer.as_bytes());
+        let bucket = u16::from_be_bytes([digest[0], digest[1]]) % CUSTOMER_BUCKETS;
+        if !self.dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            match builder.create(&self.dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let path = self.dir.join(format!("{bucket:04}"));
+        crate::files::create_private(&path)?;
+        // Each lease opens its own description: two leases conflict even
+        // within one process.
+        let file = File::open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(CustomerLease { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod customer_tests {
+    use super::*;
+
+    #[test]
+    fn a_customer_is_held_by_one_lease_at_a_time_whatever_name_reaches_the_db() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        std::fs::write(&db, b"").unwrap();
+        let alias = dir.path().join("alias.db");
+        std::os::unix::fs::symlink(&db, &alias).unwrap();
+        let (a, b) = (CustomerLocks::of(&db), CustomerLocks::of(&alias));
+        let held = a.try_acquire("C-1").unwrap().expect("free");
+        assert!(b.try_acquire("C-1").unwrap().is_none(), "held twice");
+        assert!(a.try_acquire("C-1").unwrap().is_none(), "held twice");
+        drop(held);
+        assert!(b.try_acquire("C-1").unwrap().is_some(), "released");
+    }
+}

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::backoff::{Attempts, Gate, Next};
 use super::shutdown::{Shutdown, Stop};
 use super::RunOptions;
+use crate::lock::{CustomerLease, CustomerLocks};
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::provider::{ErrorClass, ProviderError};
@@ -76,6 +77,19 @@ pub struct Clients {
     pub ce: Option<std::sync::Arc<CeClient>>,
 }
 
+tokio::task_local! {
+    /// The site customer whose chain the current task runs (set by the
+    /// dispatcher): each request holds it across processes.
+    pub static CUSTOMER: Option<String>;
+}
+
+/// Leave for one request: a request slot, and the customer held against
+/// other processes on the same database, until dropped.
+pub struct Permit<'a> {
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _lease: Option<CustomerLease>,
+}
+
 /// Shared by all workers of a run.
 pub struct RunContext {
     clients: Clients,
@@ -99,6 +113,8 @@ pub struct RunContext {
     /// Past this many, the provider is taken to be down and the run stops.
     breaker_threshold: u64,
     run_id: i64,
+    /// Customers held against other processes on the same database.
+    customers: CustomerLocks,
 }
 
 impl RunContext {
@@ -140,6 +156,7 @@ impl RunContext {
             failing_in_a_row: AtomicU64::new(0),
             breaker_threshold: breaker_threshold(options.concurrency, options.max_attempts),
             run_id,
+            customers: CustomerLocks::of(&options.db),
         }
     }
 
@@ -204,18 +221,22 @@ impl RunContext {
     pub async fn permit(
         &self,
         endpoint: impl Into<&'static str>,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, ProviderError> {
+    ) -> Result<Permit<'_>, ProviderError> {
         let endpoint: &'static str = endpoint.into();
         let wait = async {
             self.gate.wait().await;
+            let lease = self.hold_customer().await;
             let slot = self.slots.acquire().await.expect("never closed");
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
-            slot
+            Permit {
+                _slot: slot,
+                _lease: lease,
+            }
         };
-        let slot = tokio::select! {
-            slot = wait => slot,
+        let permit = tokio::select! {
+            permit = wait => permit,
             _ = self.shutdown.stopped() => return Err(ProviderError::Cancelled),
         };
         if self.shutdown.is_stopping() {
@@ -223,7 +244,25 @@ impl RunContext {
         }
         REQUESTS_SENT.store(true, Ordering::Relaxed);
         self.requests.add(endpoint);
-        Ok(slot)
+        Ok(permit)
+    }
+
+    /// Holds the customer whose chain this task runs ([`CUSTOMER`]) against
+    /// other processes on the same database (`serve`), for one request.
+    /// A customer that cannot be locked (an unwritable directory) goes
+    /// unheld, with a warning.
+    async fn hold_customer(&self) -> Option<CustomerLease> {
+        let customer = CUSTOMER.try_with(Clone::clone).ok().flatten()?;
+        loop {
+            match self.customers.try_acquire(&customer) {
+                Ok(Some(lease)) => return Some(lease),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(2)).await,
+                Err(e) => {
+                    tracing::warn!("cannot lock a customer beside the state database: {e}");
+                    return None;
+                }
+            }
+        }
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.

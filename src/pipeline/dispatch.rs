@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::chain::{self, Bars};
-use super::context::RunContext;
+use super::context::{RunContext, CUSTOMER};
 use super::stages::{self, order_selector, Group};
 use super::{blocking, Mode, PipelineError, RunOptions, Shutdown, Stage, Stop};
 use crate::input::fingerprint::Snapshot;
@@ -209,7 +209,9 @@ async fn dispatch(
         let (ctx, shared) = (ctx.clone(), shared.clone());
         running.spawn(async move {
             let rows: Vec<u64> = unit.rows.iter().map(|(r, _)| r.row_number).collect();
-            let work = std::panic::AssertUnwindSafe(chain::customer(&ctx, &shared, unit));
+            let customer = unit.customer.clone();
+            let work = CUSTOMER.scope(customer, chain::customer(&ctx, &shared, unit));
+            let work = std::panic::AssertUnwindSafe(work);
             let caught = futures_util::FutureExt::catch_unwind(work)
                 .await
                 .map_err(|panic| stages::panic_message(&*panic));

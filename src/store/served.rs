@@ -26,17 +26,21 @@ impl Store {
         self.conn.busy_timeout(timeout).map_err(|e| self.err(e))
     }
 
-    /// The newest row that knows the order of `site_order_identifier`.
+    /// The newest row that knows the order of `site_order_identifier`, with
+    /// its customer as the store knows it (see migration 06).
     pub fn served_order(
         &self,
         site_order_identifier: &str,
     ) -> Result<Option<ServedOrder>, StoreError> {
         self.conn
             .prepare_cached(
-                "SELECT run_id, row_number, pnm_order_identifier, site_customer_identifier,
-                        pnm_customer_identifier, embedded_js_url, embedded_js_url_expires_at
-                 FROM rows WHERE site_order_identifier = ?1 AND pnm_order_identifier IS NOT NULL
-                 ORDER BY run_id DESC, row_number DESC LIMIT 1",
+                "SELECT r.run_id, r.row_number, r.pnm_order_identifier,
+                        COALESCE(r.site_customer_identifier, o.site_customer_identifier),
+                        COALESCE(r.pnm_customer_identifier, o.pnm_customer_identifier),
+                        r.embedded_js_url, r.embedded_js_url_expires_at
+                 FROM rows r LEFT JOIN orders o ON o.pnm_order_identifier = r.pnm_order_identifier
+                 WHERE r.site_order_identifier = ?1 AND r.pnm_order_identifier IS NOT NULL
+                 ORDER BY r.run_id DESC, r.row_number DESC LIMIT 1",
             )
             .and_then(|mut s| {
                 s.query_row(params![site_order_identifier], |r| {

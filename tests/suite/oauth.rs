@@ -350,8 +350,7 @@ fn neither_the_client_secret_nor_any_access_token_is_written_anywhere() {
         for output in &outputs {
             assert!(!contains(output, needle), "a secret in the output");
         }
-        for entry in std::fs::read_dir(dir.tmp.path()).unwrap() {
-            let path = entry.unwrap().path();
+        for path in files_under(dir.tmp.path()) {
             let bytes = std::fs::read(&path).unwrap();
             assert!(!contains(&bytes, needle), "a secret in {}", path.display());
         }

@@ -21,8 +21,7 @@ fn secret_never_appears_in_logs_db_or_export_even_at_trace() {
         !contains(&out.stdout) && !contains(&out.stderr),
         "secret in output"
     );
-    for entry in std::fs::read_dir(dir.tmp.path()).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files_under(dir.tmp.path()) {
         let bytes = std::fs::read(&path).unwrap();
         assert!(!contains(&bytes), "secret in {}", path.display());
     }
@@ -311,8 +310,7 @@ fn a_client_secret_echoed_by_the_token_endpoint_in_any_encoding_is_kept_out_of_e
         assert_eq!(leaks(&out.stdout), Vec::<String>::new(), "stdout");
         assert_eq!(leaks(&out.stderr), Vec::<String>::new(), "{stderr}");
         assert!(dir.path("s.db.report.md").exists() && dir.path("e.csv").exists());
-        for entry in std::fs::read_dir(dir.tmp.path()).unwrap() {
-            let path = entry.unwrap().path();
+        for path in files_under(dir.tmp.path()) {
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(leaks(&bytes), Vec::<String>::new(), "{}", path.display());
         }

@@ -971,3 +971,104 @@ fn the_sandbox_token_endpoint_takes_a_lowercase_basic_scheme_and_a_client_id_bes
         400
     );
 }
+
+#[test]
+fn smart_links_after_a_refresh_by_order_identifier_keep_the_customer_serial() {
+    // A fresh db whose only run is a `refresh` naming orders by
+    // pnm_order_identifier: the store learns each order's customer.
+    let sandbox = Sandbox::with(|c| {
+        c.latency_ms = Some((20, 30));
+        c.strict_serial = true;
+    });
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(6, 1, true));
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "o.csv", "--db", "first.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let mut by_pnm = String::from("pnm_order_identifier\n");
+    for order in sandbox.orders() {
+        by_pnm.push_str(&format!(
+            "{}\n",
+            order["pnm_order_identifier"].as_str().unwrap()
+        ));
+    }
+    dir.write("r.csv", &by_pnm);
+    let out = run(dir.cmd(
+        &sandbox,
+        &["refresh", "r.csv", "--db", "s.db", "--rate", "unlimited"],
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let server = Server::start(&dir, &sandbox, "s.db", "5m");
+    let overlaps = sandbox.counter("overlaps");
+    // Twelve smart links over the customer's six orders at once.
+    let answers = server.runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let calls = (0..12).map(|i| {
+            let request = client
+                .get(format!(
+                    "{}/v1/orders/ORD-{}/smart-link",
+                    server.url,
+                    i % 6 + 1
+                ))
+                .bearer_auth(TOKEN);
+            async move { request.send().await.unwrap().status().as_u16() }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert_eq!(
+        sandbox.counter("overlaps"),
+        overlaps,
+        "one customer's calls overlapped"
+    );
+}
+
+#[test]
+fn serve_beside_a_refresh_of_the_same_db_never_overlaps_a_customer() {
+    let sandbox = Sandbox::with(|c| {
+        c.latency_ms = Some((20, 40));
+        c.strict_serial = true;
+    });
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 300, 6);
+    let server = Server::start_with(&dir, &sandbox, "s.db", "5m", &["--max-wait", "20s"]);
+    dir.write(
+        "r.csv",
+        "site_customer_identifier\nC-0\nC-1\nC-2\nC-3\nC-4\nC-5\n",
+    );
+    let overlaps = sandbox.counter("overlaps");
+    let mut refresh = spawn(dir.cmd(
+        &sandbox,
+        &[
+            "refresh", "r.csv", "--db", "s.db", "--rate", "30", "--force",
+        ],
+    ));
+    // Smart links for every customer, round after round, for as long as
+    // the refresh runs.
+    let mut answers = Vec::new();
+    let mut rounds = 0;
+    while refresh.try_wait().unwrap().is_none() && rounds < 200 {
+        rounds += 1;
+        answers.extend(server.runtime.block_on(async {
+            let client = reqwest::Client::new();
+            let calls = (1..=12).map(|i| {
+                let request = client
+                    .get(format!("{}/v1/orders/ORD-{i}/smart-link", server.url))
+                    .bearer_auth(TOKEN);
+                async move { request.send().await.unwrap().status().as_u16() }
+            });
+            futures_util::future::join_all(calls).await
+        }));
+    }
+    let out = refresh.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        sandbox.counter("overlaps"),
+        overlaps,
+        "serve and the refresh overlapped one customer's calls"
+    );
+    assert!(answers.iter().all(|s| *s == 200), "{answers:?}");
+    assert!(rounds > 1, "the refresh ended before serve was asked much");
+}

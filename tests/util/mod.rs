@@ -245,6 +245,20 @@ impl Dir {
     }
 }
 
+/// Every file below `dir`, in every subfolder (what a run leaves behind).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// Runs a command to its end.
 pub fn run(mut cmd: Command) -> Output {
     cmd.output().unwrap()

@@ -7,19 +7,6 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::TokenOptions;
 
-/// Exit codes, shown in `--help`.
-pub const EXIT_CODES: &str = "\
-Exit codes:
-  0    every row done
-  1    finished, but some rows failed or were rejected (see the export or `status`)
-  2    invalid invocation, configuration or input file (nothing was sent)
-  3    stopped early: the provider rejected the credentials or the clock, or --max-errors
-  4    rows deferred (ce retry-payments): run the same command again after the time shown
-  5    stopped by a local failure after requests were sent (disk full, internal error):
-       state kept; fix the cause and run the same command again
-  130  interrupted by Ctrl-C (state kept: run the same command again to resume)
-  143  stopped by SIGTERM, like Ctrl-C (state kept: run the same command again to resume)";
-
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (state schema ",
@@ -32,7 +19,7 @@ const VERSION: &str = concat!(
     name = "orderbatch",
     version = VERSION,
     about = "Push bulk order batches through PayNearMe safely, resumably, and exactly as fast as the provider allows.",
-    after_help = EXIT_CODES
+    after_help = crate::exit::help()
 )]
 pub struct Cli {
     #[command(subcommand)]

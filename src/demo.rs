@@ -117,7 +117,9 @@ pub async fn run(
         pnm: Some(client),
         ce: None,
     };
-    let summary = pipeline::run(&options, clients, shutdown).await?;
+    let summary = pipeline::run(&options, clients, shutdown)
+        .await
+        .map_err(|e| e.error)?;
     let store = Store::open_reader(&db).map_err(PipelineError::from)?;
     let exported_rows = crate::export::export(&store, summary.run_id, &export, Default::default())?;
     let sandbox_orders = server.state()["orders"].as_array().map_or(0, Vec::len);

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "sandbox")]
 pub mod demo;
+pub mod exit;
 pub mod export;
 pub mod files;
 pub mod input;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use orderbatch::app::{self, EXIT_AFTER_SEND, EXIT_USAGE};
+use orderbatch::app;
 use orderbatch::cli::{Cli, LogFormat};
+use orderbatch::exit::Exit;
 
 #[global_allocator]
 static ALLOCATOR: orderbatch::alloc::Allocator = mimalloc::MiMalloc;
@@ -16,38 +17,20 @@ fn main() -> ExitCode {
     orderbatch::alloc::tune();
     let cli = Cli::parse();
     init_logging(&cli);
+    orderbatch::pipeline::shutdown::quit_on_second_signal(quit);
     match app::run(cli) {
-        Ok(code) => code,
+        Ok(exit) => exit.into(),
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        // The input changed under the run: nothing with the new values was
-        // sent; the file, not the state, is what needs fixing.
-        Err(e) if input_changed(&e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) if orderbatch::pipeline::requests_sent() => {
-            eprintln!(
-                "error: {e:#}\nrequests had already been sent: the state database keeps what was \
-                 done; fix the cause and run the same command again to resume"
-            );
-            ExitCode::from(EXIT_AFTER_SEND)
-        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
+            app::exit_for_error(&e).into()
         }
     }
 }
 
-fn input_changed(e: &anyhow::Error) -> bool {
-    use orderbatch::pipeline::PipelineError;
-    e.chain().any(|c| {
-        c.is::<orderbatch::input::fingerprint::InputChanged>()
-            || matches!(
-                c.downcast_ref::<PipelineError>(),
-                Some(PipelineError::InputChanged(_))
-            )
-    })
+/// A second Ctrl-C or SIGTERM: out at once (the state is safe either way).
+fn quit(exit: Exit) -> ! {
+    std::process::exit(i32::from(exit.status()))
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -1,6 +1,6 @@
 //! Commands that read: validate, export, status, runs.
 
-use std::process::ExitCode;
+use crate::exit::Exit;
 
 use anyhow::Context;
 
@@ -9,7 +9,7 @@ use crate::input::check::check_file;
 use crate::store::Store;
 use crate::{export as csv_export, pipeline, status as run_status};
 
-pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+pub fn validate(args: ValidateArgs) -> anyhow::Result<Exit> {
     let columns = args.columns.options();
     let rejects = args.rejects.file();
     let report = check_file(&args.input, pipeline::schema(&columns), rejects.as_ref())?;
@@ -25,7 +25,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     if report.valid + report.rejected == 0 {
         println!("{input}: no data rows after the header; nothing to do");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Done);
     }
     for (code, count) in &report.by_code {
         println!("{code}: {count} rows");
@@ -50,13 +50,13 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{} valid rows, {} rejected", report.valid, report.rejected);
     Ok(if report.rejected > 0 {
-        ExitCode::from(1)
+        Exit::RowsLeft
     } else {
-        ExitCode::SUCCESS
+        Exit::Done
     })
 }
 
-pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+pub fn export(args: ExportArgs) -> anyhow::Result<Exit> {
     let store = Store::open_existing(&args.db)?;
     let run_id = match args.run {
         Some(id) => {
@@ -85,10 +85,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         "exported {rows} rows of run {run_id} to {}",
         args.out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
-pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+pub fn status(args: StatusArgs) -> anyhow::Result<Exit> {
     let store = Store::open_existing(&args.db)?;
     let runs = run_status::all(&store)?;
     if args.json {
@@ -100,10 +100,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("{}", run_status::render(run));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
-pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+pub fn runs(args: RunsArgs) -> anyhow::Result<Exit> {
     let store = Store::open_existing(&args.db)?;
     println!(
         "{:>4}  {:<8} {:<20}  {:<20}  {:>8}  input",
@@ -120,5 +120,5 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             run.input_path
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

@@ -6,26 +6,44 @@ mod orders;
 #[cfg(feature = "sandbox")]
 mod serve;
 
-use std::process::ExitCode;
+use crate::exit::Exit;
 
 use anyhow::Context;
 
 use crate::cli::{Cli, Command};
 
-/// Exit code for invalid invocation, configuration or input.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code for a run stopped early (credentials rejected, --max-errors).
-pub const EXIT_ABORTED: u8 = 3;
-/// Exit code for a run that left rows deferred to a later run.
-pub const EXIT_DEFERRED: u8 = 4;
-/// Exit code for a run stopped by a local failure (disk full, internal
-/// error) after requests were sent: the state database keeps what was done.
-pub const EXIT_AFTER_SEND: u8 = 5;
-// An interrupted run exits 128 + the signal's number: 130 for Ctrl-C, 143
-// for SIGTERM (`pipeline::Signal::exit_status`).
+/// An error that stopped a command after it had sent requests: the state
+/// database keeps what was done, and the same command resumes.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:#}\nrequests had already been sent: the state database keeps what was done; fix the \
+     cause and run the same command again to resume"
+)]
+pub struct AfterSend(pub(crate) anyhow::Error);
+
+/// A run's failure for the edge: after requests were sent, [`AfterSend`].
+pub(crate) fn run_failed(e: crate::pipeline::RunError) -> anyhow::Error {
+    if e.requests_sent && !e.input_changed() {
+        AfterSend(e.error.into()).into()
+    } else {
+        e.error.into()
+    }
+}
+
+/// The one mapping of a command's error to its exit status: failures
+/// after requests were sent are 5 (state kept), everything else — bad
+/// invocation, configuration, input, or an input changed under the run
+/// (nothing with the new values was sent) — is 2.
+pub fn exit_for_error(e: &anyhow::Error) -> Exit {
+    if e.chain().any(|c| c.is::<AfterSend>()) {
+        Exit::FailedAfterSend
+    } else {
+        Exit::Usage
+    }
+}
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
     let env = orders::GlobalArgs {
         quiet,
@@ -47,7 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "orderbatch", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Done)
         }
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => serve::sandbox(args),

@@ -1,12 +1,12 @@
 //! Commands that send requests: run, retry, demo.
 
+use crate::exit::Exit;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{runtime, EXIT_ABORTED, EXIT_DEFERRED};
+use super::runtime;
 use std::num::NonZeroU32;
 
 use crate::cli::{
@@ -53,7 +53,7 @@ impl GlobalArgs {
     }
 }
 
-pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &args.token)?;
     let inputs = Inputs {
         identity: pipeline::IdentityOptions {
@@ -69,7 +69,7 @@ pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     start(Mode::Run, settings, inputs, &args.pace, env.quiet)
 }
 
-pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &args.token)?;
     let mode = Mode::Refresh {
         force: args.force,
@@ -83,12 +83,12 @@ pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> 
     start(mode, settings, inputs, &args.pace, env.quiet)
 }
 
-pub fn change(args: ChangeArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn change(args: ChangeArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     start(Mode::Change, settings, inputs!(args), &args.pace, env.quiet)
 }
 
-pub fn ce_retry(args: CeRetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn ce_retry(args: CeRetryArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     let defaults = PaymentMethod {
         payment_provider_slug: args.payment_provider_slug.clone(),
@@ -130,7 +130,7 @@ fn start(
     args: Inputs<'_>,
     pace: &PaceArgs,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     start_with(mode, settings, PaymentMethod::default(), args, pace, quiet)
 }
 
@@ -142,7 +142,7 @@ fn start_with(
     args: Inputs<'_>,
     pace: &PaceArgs,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let token_options = match mode {
         Mode::Run | Mode::Refresh { .. } => settings.token.params().map_err(anyhow::Error::msg)?,
         _ => Vec::new(),
@@ -196,7 +196,7 @@ fn start_with(
     outcome
 }
 
-pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &TokenOptions::default())?;
     // Until the process exits: after every SQLite connection it opens.
     lock::lock(&args.db)?.hold_until_exit();
@@ -238,7 +238,7 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `orderbatch serve`.
-pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
             "--listen {} is not a loopback address; add --allow-remote to serve other machines, \
@@ -301,7 +301,7 @@ pub fn serve_links(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Res
         eprintln!("orderbatch serve: stopped");
         Ok::<_, anyhow::Error>(())
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -323,13 +323,13 @@ pub fn config_show(
     pace: &PaceArgs,
     token: &TokenOptions,
     env: &GlobalArgs,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     print!("{}", env.settings(pace, token)?.render());
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 #[cfg(feature = "sandbox")]
-pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<Exit> {
     runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         pipeline::handle_signals(shutdown.clone());
@@ -369,7 +369,7 @@ fn dry_run(
     rate: Option<NonZeroU32>,
     db: &Path,
     check_existing: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let plan = plan(mode, input, columns, rate, db, check_existing)?;
     println!("dry run of {}: nothing will be sent", input.display());
     println!(
@@ -396,9 +396,9 @@ fn dry_run(
         );
     }
     Ok(if plan.rejected > 0 {
-        ExitCode::from(1)
+        Exit::RowsLeft
     } else {
-        ExitCode::SUCCESS
+        Exit::Done
     })
 }
 
@@ -419,7 +419,7 @@ fn execute(
     settings: &Settings,
     pace: &PaceArgs,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Exit> {
     let options = RunOptions {
         mode: job.mode,
         token_options: job.token_options,
@@ -437,26 +437,33 @@ fn execute(
         identity: job.identity,
         quiet,
     };
-    let summary = runtime()?.block_on(async {
-        let shutdown = Shutdown::new();
-        pipeline::handle_signals(shutdown.clone());
-        pipeline::run(&options, clients, shutdown).await
-    })?;
+    let summary = runtime()?
+        .block_on(async {
+            let shutdown = Shutdown::new();
+            pipeline::handle_signals(shutdown.clone());
+            pipeline::run(&options, clients, shutdown).await
+        })
+        .map_err(super::run_failed)?;
     if summary.total == 0 {
         println!(
             "{}: no data rows after the header; nothing to do",
             options.input.display()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Done);
     }
     print_summary(&summary);
-    let store = Store::open_reader(&options.db)?;
-    if let Some(out) = &job.export {
-        let rows = export::export(&store, summary.run_id, out, job.cells)?;
-        println!("exported {rows} rows to {}", out.display());
+    let outputs = || -> anyhow::Result<()> {
+        let store = Store::open_reader(&options.db)?;
+        if let Some(out) = &job.export {
+            let rows = export::export(&store, summary.run_id, out, job.cells)?;
+            println!("exported {rows} rows to {}", out.display());
+        }
+        write_report(&store, &summary, &options.db, job.report.as_deref())
+    };
+    match outputs() {
+        Err(e) if summary.request_total() > 0 => Err(super::AfterSend(e).into()),
+        other => other.map(|()| exit_code(&summary)),
     }
-    write_report(&store, &summary, &options.db, job.report.as_deref())?;
-    Ok(exit_code(&summary))
 }
 
 fn write_report(
@@ -539,7 +546,7 @@ fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients>
     })
 }
 
-fn exit_code(summary: &RunSummary) -> ExitCode {
+fn exit_code(summary: &RunSummary) -> Exit {
     if let (Stop::Running, Some(until)) = (&summary.stop, summary.deferred_until) {
         let at = chrono::DateTime::from_timestamp(until, 0)
             .unwrap_or_default()
@@ -548,7 +555,7 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
             "{} rows deferred: run the same command again after {at}",
             summary.count(RowState::Deferred)
         );
-        return ExitCode::from(EXIT_DEFERRED);
+        return Exit::Deferred;
     }
     match &summary.stop {
         Stop::Interrupted(signal) => {
@@ -556,19 +563,19 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
                 "interrupted ({}); state saved: run the same command again to resume",
                 signal.name()
             );
-            ExitCode::from(signal.exit_status())
+            Exit::Signal(signal.number())
         }
         Stop::Aborted(why) => {
             eprintln!("error: run stopped: {why}");
-            ExitCode::from(EXIT_ABORTED)
+            Exit::Stopped
         }
         Stop::Running
             if summary.count(RowState::Done) + summary.count(RowState::Skipped)
                 == summary.total =>
         {
-            ExitCode::SUCCESS
+            Exit::Done
         }
-        Stop::Running => ExitCode::from(1),
+        Stop::Running => Exit::RowsLeft,
     }
 }
 

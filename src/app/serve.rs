@@ -1,6 +1,6 @@
 //! `orderbatch sandbox`.
 
-use std::process::ExitCode;
+use crate::exit::Exit;
 
 use secrecy::SecretString;
 
@@ -23,7 +23,7 @@ fn secret(name: &str) -> anyhow::Result<Option<SecretString>> {
     }
 }
 
-pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+pub fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
             "--listen {} is not a loopback address; the sandbox is a test server with no real security. \
@@ -76,5 +76,5 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }

@@ -18,15 +18,6 @@ use crate::provider::paynearme::PnmClient;
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::{RequestCounts, Write, Writer};
 
-/// Set once any request of this process is about to leave.
-static REQUESTS_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether this process has sent (or was about to send) a request: an
-/// error after that must not be reported as "nothing was sent".
-pub fn requests_sent() -> bool {
-    REQUESTS_SENT.load(Ordering::Relaxed)
-}
-
 /// How one request ended after all its retries.
 #[derive(Debug)]
 pub enum Outcome<T> {
@@ -115,6 +106,9 @@ pub struct RunContext {
     run_id: i64,
     /// Customers held against other processes on the same database.
     customers: CustomerLocks,
+    /// Whether any request has left (shared with the run's caller, which
+    /// reads it when the run fails).
+    sent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RunContext {
@@ -125,6 +119,7 @@ impl RunContext {
         writer: &Writer,
         shutdown: Shutdown,
         run_id: i64,
+        sent: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         let limiter = options.rate.map(|r| RateLimiter::direct(quota(r)));
         let (force, urls) = match options.mode {
@@ -157,6 +152,7 @@ impl RunContext {
             breaker_threshold: breaker_threshold(options.concurrency, options.max_attempts),
             run_id,
             customers: CustomerLocks::of(&options.db),
+            sent,
         }
     }
 
@@ -242,7 +238,7 @@ impl RunContext {
         if self.shutdown.is_stopping() {
             return Err(ProviderError::Cancelled);
         }
-        REQUESTS_SENT.store(true, Ordering::Relaxed);
+        self.sent.store(true, Ordering::Relaxed);
         self.requests.add(endpoint);
         Ok(permit)
     }

@@ -29,7 +29,7 @@ use crate::report::StageTiming;
 use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
 use context::RunContext;
-pub use context::{quota, requests_sent, Clients};
+pub use context::{quota, Clients};
 pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
@@ -118,6 +118,23 @@ pub enum PipelineError {
     Internal(String),
 }
 
+/// A run that could not go on, and whether it had sent requests by then
+/// (the state database keeps what was done; the same command resumes).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RunError {
+    pub error: PipelineError,
+    pub requests_sent: bool,
+}
+
+impl RunError {
+    /// The input changed under the run (nothing with the new values was
+    /// sent).
+    pub fn input_changed(&self) -> bool {
+        matches!(self.error, PipelineError::InputChanged(_))
+    }
+}
+
 /// The header `run` accepts.
 pub fn schema(columns: &ColumnOptions) -> Schema<'_> {
     Mode::Run.schema(columns)
@@ -129,11 +146,26 @@ pub fn derived_order_id(fingerprint: &str, row_number: u64) -> String {
     format!("ob-{}-{row_number}", &fingerprint[..16])
 }
 
-/// Takes every row of `options.input` through create, refresh and token.
+/// Takes every row of `options.input` through its command's chain.
 pub async fn run(
     options: &RunOptions,
     clients: Clients,
     shutdown: Shutdown,
+) -> Result<RunSummary, RunError> {
+    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    run_inner(options, clients, shutdown, sent.clone())
+        .await
+        .map_err(|error| RunError {
+            error,
+            requests_sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+        })
+}
+
+async fn run_inner(
+    options: &RunOptions,
+    clients: Clients,
+    shutdown: Shutdown,
+    sent: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let mode = options.mode;
@@ -240,6 +272,7 @@ pub async fn run(
         &writer,
         shutdown.clone(),
         run_id,
+        sent,
     ));
     let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
     drop(ctx);

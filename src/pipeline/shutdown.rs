@@ -3,6 +3,8 @@
 
 use tokio::sync::watch;
 
+use crate::exit::Exit;
+
 /// Why the run is stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -25,10 +27,10 @@ pub enum Signal {
 
 impl Signal {
     /// The exit status of a process stopped by this signal: 128 + its number.
-    pub fn exit_status(self) -> u8 {
+    pub fn number(self) -> u8 {
         match self {
-            Signal::Interrupt => 130,
-            Signal::Terminate => 143,
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
         }
     }
 
@@ -92,6 +94,16 @@ impl Shutdown {
     }
 }
 
+/// How the process quits at once on a second signal (set by the binary:
+/// a library leaves the process alone).
+static QUIT: std::sync::OnceLock<fn(Exit) -> !> = std::sync::OnceLock::new();
+
+/// Sets how the process quits at once when a second Ctrl-C or SIGTERM
+/// comes (the first asks the run to stop).
+pub fn quit_on_second_signal(quit: fn(Exit) -> !) {
+    let _ = QUIT.set(quit);
+}
+
 /// Installs the handler of Ctrl-C and SIGTERM (treated alike): the first
 /// asks the run to stop after its in-flight requests, the second (either
 /// one) exits at once with 128 + its number (state is safe either way).
@@ -112,7 +124,9 @@ pub fn handle_signals(shutdown: Shutdown) {
         shutdown.stop(Stop::Interrupted(first));
         if let Some(second) = signals.next().await {
             eprintln!("quitting now; run the same command again to resume");
-            std::process::exit(i32::from(second.exit_status()));
+            if let Some(quit) = QUIT.get() {
+                quit(Exit::Signal(second.number()));
+            }
         }
     });
 }

@@ -97,16 +97,13 @@ pub async fn run(
     let client = PnmClient::new(credentials, Duration::from_secs(10))
         .map_err(|e| DemoError::Client(e.to_string()))?;
     let options = RunOptions {
-        mode: crate::pipeline::Mode::Run,
-        token_options: Vec::new(),
-        payment_defaults: Default::default(),
+        spec: crate::pipeline::RunSpec::new(crate::pipeline::Mode::Run),
         input,
         db: db.clone(),
         rate: NonZeroU32::new(50),
         concurrency: 8,
         max_attempts: 8,
         retry_base: Duration::from_millis(200),
-        columns: Default::default(),
         max_errors: None,
         new_run: false,
         rejects: None,

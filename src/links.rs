@@ -45,6 +45,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::lock::{CustomerLease, CustomerLocks};
+use crate::pipeline::RunSpec;
 use crate::provider::paynearme::{PnmClient, PnmOrder};
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::served::ServedOrder;
@@ -554,9 +555,8 @@ impl Shared {
         let options = self
             .db(move |s| s.run(run_id))
             .await?
-            .map_or_else(Vec::new, |r| {
-                crate::pipeline::stored_token_options(&r.options)
-            });
+            .and_then(|r| RunSpec::from_stored(&r.options).ok())
+            .map_or_else(Vec::new, |spec| spec.token_options);
         let lock = self.lock_for(&order);
         let _customer = lock.lock().await;
         let _lease = self.hold_customer(&order, deadline).await?;

@@ -16,7 +16,7 @@ use crate::cli::{
 use crate::config::{Settings, TokenOptions};
 use crate::input::ColumnOptions;
 use crate::pipeline::plan::plan;
-use crate::pipeline::{self, Mode, RunOptions, RunSummary, Shutdown, Stop};
+use crate::pipeline::{self, Mode, RunOptions, RunSpec, RunSummary, Shutdown, Stop};
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::report::{self, shell_quote, Report};
@@ -173,14 +173,16 @@ fn start_with(
     let outcome = execute(
         clients,
         RunJob {
-            mode,
+            spec: RunSpec {
+                token_options,
+                payment_defaults,
+                columns,
+                ..RunSpec::new(mode)
+            },
             new_run: args.new_run,
             identity: args.identity,
-            token_options,
-            payment_defaults,
             input: args.input,
             db: args.db,
-            columns,
             rejects: args.rejects.file(),
             cells: crate::cells::Cells::from_flag(args.rejects.spreadsheet_safe),
             export: args.export,
@@ -203,7 +205,7 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let plan = pipeline::prepare_retry(&args.db, args.run, args.error_code.as_deref())?;
     // Check the configuration and the outputs before putting anything back
     // in the queue.
-    let clients = clients(plan.mode, &settings)?;
+    let clients = clients(plan.spec.mode, &settings)?;
     check_outputs(
         &args.db,
         args.export.as_deref(),
@@ -218,14 +220,11 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     execute(
         clients,
         RunJob {
-            mode: plan.mode,
+            spec: plan.spec,
             new_run: false,
             identity: Default::default(),
-            token_options: plan.token_options,
-            payment_defaults: plan.payment_defaults,
             input: plan.input,
             db: args.db,
-            columns: plan.columns,
             rejects: None,
             cells: crate::cells::Cells::from_flag(args.spreadsheet_safe),
             export: args.export,
@@ -347,14 +346,12 @@ pub fn demo(args: crate::cli::DemoArgs, quiet: bool) -> anyhow::Result<Exit> {
 
 /// What one invocation of `run` or `retry` works on.
 struct RunJob {
-    mode: Mode,
+    /// What the run is (for `retry`: what it was started with).
+    spec: RunSpec,
     new_run: bool,
     identity: pipeline::IdentityOptions,
-    token_options: Vec<(String, String)>,
-    payment_defaults: PaymentMethod,
     input: PathBuf,
     db: PathBuf,
-    columns: ColumnOptions,
     rejects: Option<crate::input::rejects::RejectsFile>,
     /// How the export writes data cells.
     cells: crate::cells::Cells,
@@ -420,17 +417,21 @@ fn execute(
     pace: &PaceArgs,
     quiet: bool,
 ) -> anyhow::Result<Exit> {
+    let rate = settings.rate.value;
+    let concurrency = usize::from(settings.concurrency.value);
     let options = RunOptions {
-        mode: job.mode,
-        token_options: job.token_options,
-        payment_defaults: job.payment_defaults,
+        spec: RunSpec {
+            rate: rate.map(NonZeroU32::get),
+            concurrency: Some(concurrency),
+            max_attempts: Some(pace.max_attempts),
+            ..job.spec
+        },
         input: job.input,
         db: job.db,
-        rate: settings.rate.value,
-        concurrency: usize::from(settings.concurrency.value),
+        rate,
+        concurrency,
         max_attempts: pace.max_attempts,
         retry_base: Duration::from_millis(pace.retry_base_ms),
-        columns: job.columns,
         max_errors: pace.max_errors,
         new_run: job.new_run,
         rejects: job.rejects,

@@ -122,20 +122,20 @@ impl RunContext {
         sent: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         let limiter = options.rate.map(|r| RateLimiter::direct(quota(r)));
-        let (force, urls) = match options.mode {
+        let (force, urls) = match options.spec.mode {
             super::Mode::Refresh { force, urls, .. } => (force, urls),
             _ => (false, true),
         };
         RunContext {
             clients,
-            payment_defaults: options.payment_defaults.clone(),
+            payment_defaults: options.spec.payment_defaults.clone(),
             options: CallOptions {
                 refresh: if force {
                     vec![("force".to_string(), "true".to_string())]
                 } else {
                     Vec::new()
                 },
-                token: options.token_options.clone(),
+                token: options.spec.token_options.clone(),
                 urls,
             },
             limiter,

@@ -92,7 +92,7 @@ pub(super) async fn run_all(
     header: &Arc<Header>,
     snapshot: &Snapshot,
 ) -> Result<Vec<StageTiming>, PipelineError> {
-    let mode = options.mode;
+    let mode = options.spec.mode;
     let db = options.db.clone();
     let (reader, counts) = blocking(move || {
         let store = Store::open_reader(&db)?;
@@ -193,7 +193,7 @@ async fn dispatch(
             run_id: shared.run_id,
             mode: shared.mode,
             input: options.input.clone(),
-            columns: options.columns.clone(),
+            columns: options.spec.columns.clone(),
             snapshot: snapshot.clone(),
             per_row_tokens: shared.header.has_token_columns(),
             only_due,

@@ -14,6 +14,7 @@ pub mod progress;
 mod register;
 mod requeue;
 pub mod shutdown;
+mod spec;
 mod stages;
 
 use std::num::NonZeroU32;
@@ -33,8 +34,9 @@ pub use context::{quota, Clients};
 pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
-pub use requeue::{prepare_retry, stored_token_options, RetryPlan};
+pub use requeue::{prepare_retry, RetryPlan};
 pub use shutdown::{handle_signals, Shutdown, Signal, Stop};
+pub use spec::RunSpec;
 
 /// Finished runs of at least this many rows may get their database compacted.
 const VACUUM_AFTER_ROWS: u64 = 10_000;
@@ -42,12 +44,8 @@ const VACUUM_AFTER_ROWS: u64 = 10_000;
 /// What `orderbatch run`, `refresh` or `change` was asked to do.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Which command: its input, checks and stages.
-    pub mode: Mode,
-    /// Parameters added to every `get_smart_token` call.
-    pub token_options: Vec<(String, String)>,
-    /// Default `payment_method` of Commerce Engine retries.
-    pub payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+    /// What the run is (stored with it, read back by retry and serve).
+    pub spec: RunSpec,
     pub input: PathBuf,
     pub db: PathBuf,
     /// Requests per second across all endpoints; `None` is unlimited.
@@ -57,8 +55,6 @@ pub struct RunOptions {
     pub max_attempts: u32,
     /// First backoff delay; later ones grow exponentially.
     pub retry_base: Duration,
-    /// Pass-through and unknown columns.
-    pub columns: ColumnOptions,
     /// Stop taking new rows after this many rows failed.
     pub max_errors: Option<u64>,
     /// Start a new run even if this input's last run is finished (`refresh`).
@@ -168,11 +164,11 @@ async fn run_inner(
     sent: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
-    let mode = options.mode;
+    let mode = options.spec.mode;
     let command = mode.command();
     // Check the header and the quoting before touching the state database.
     let header = Arc::new(
-        OrderReader::open(&options.input, mode.schema(&options.columns))?
+        OrderReader::open(&options.input, mode.schema(&options.spec.columns))?
             .header()
             .clone(),
     );
@@ -204,18 +200,9 @@ async fn run_inner(
         None => {
             refuse_if_unfinished_other(&store, command, &fp)?;
             if mode == Mode::Run && options.identity.same_orders.is_none() {
-                refuse_copy_of_earlier_file(&store, &options.input, mode, &options.columns)?;
+                refuse_copy_of_earlier_file(&store, &options.input, mode, &options.spec.columns)?;
             }
-            let options_json = serde_json::json!({
-                "mode": mode,
-                "token_options": options.token_options,
-                "rate": options.rate.map(NonZeroU32::get),
-                "concurrency": options.concurrency,
-                "max_attempts": options.max_attempts,
-                "columns": options.columns,
-                "payment_defaults": options.payment_defaults,
-            })
-            .to_string();
+            let options_json = options.spec.to_stored();
             let path = std::fs::canonicalize(&options.input)
                 .unwrap_or_else(|_| options.input.clone())
                 .display()
@@ -235,7 +222,11 @@ async fn run_inner(
     let mut registered = None;
     if !run.registered {
         let begun = Instant::now();
-        let (input, pass, fp2) = (options.input.clone(), options.columns.clone(), fp.clone());
+        let (input, pass, fp2) = (
+            options.input.clone(),
+            options.spec.columns.clone(),
+            fp.clone(),
+        );
         let identity = options.identity;
         store =
             blocking(move || register(store, mode, run_id, &input, &pass, &fp2, identity)).await?;
@@ -249,7 +240,7 @@ async fn run_inner(
         let (db, input, columns) = (
             options.db.clone(),
             options.input.clone(),
-            options.columns.clone(),
+            options.spec.columns.clone(),
         );
         blocking(move || write_rejects(&db, mode, run_id, &input, &columns, &out)).await?;
     }
@@ -258,7 +249,7 @@ async fn run_inner(
     let snapshot = Snapshot::new(&options.input, fp.clone(), stamp);
     let mut store = store;
     {
-        let (input, columns) = (options.input.clone(), options.columns.clone());
+        let (input, columns) = (options.input.clone(), options.spec.columns.clone());
         store = blocking(move || {
             dispatch::fill_offsets(&mut store, mode, run_id, &input, &columns)?;
             Ok(store)

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Mode, PipelineError};
+use super::{PipelineError, RunSpec};
 use crate::input::fingerprint::fingerprint;
-use crate::input::ColumnOptions;
 use crate::store::Store;
 
 /// What `orderbatch retry` resumes: the run's input, and everything the run
@@ -14,32 +13,10 @@ use crate::store::Store;
 pub struct RetryPlan {
     pub run_id: i64,
     pub input: PathBuf,
-    pub columns: ColumnOptions,
-    pub mode: Mode,
-    pub token_options: Vec<(String, String)>,
-    pub payment_defaults: crate::provider::commerce_engine::PaymentMethod,
+    /// What the run was started with.
+    pub spec: RunSpec,
     /// Failed rows that [`RetryPlan::requeue`] would put back.
     error_code: Option<String>,
-}
-
-/// The options a run stores (see [`run`]) as `orderbatch retry` reads them.
-#[derive(Debug, serde::Deserialize)]
-struct StoredOptions {
-    mode: Mode,
-    #[serde(default)]
-    token_options: Vec<(String, String)>,
-    #[serde(default)]
-    columns: ColumnOptions,
-    #[serde(default)]
-    payment_defaults: crate::provider::commerce_engine::PaymentMethod,
-}
-
-/// The `get_smart_token` options a run stored (`options` as the store
-/// holds them); none when they cannot be read, as `serve` has always done.
-pub fn stored_token_options(options: &str) -> Vec<(String, String)> {
-    serde_json::from_str::<StoredOptions>(options)
-        .map(|o| o.token_options)
-        .unwrap_or_default()
 }
 
 /// Reads what retrying `run_id` (default: the newest run) of `db` needs,
@@ -80,7 +57,7 @@ pub fn prepare_retry(
             run.fingerprint
         )));
     }
-    let options: StoredOptions = serde_json::from_str(&run.options).map_err(|e| {
+    let spec = RunSpec::from_stored(&run.options).map_err(|e| {
         PipelineError::Conflict(format!(
             "run {} in {} has options this version cannot read ({e}); \
              run its command again instead of retry",
@@ -91,10 +68,7 @@ pub fn prepare_retry(
     Ok(RetryPlan {
         run_id: run.id,
         input,
-        columns: options.columns,
-        mode: options.mode,
-        token_options: options.token_options,
-        payment_defaults: options.payment_defaults,
+        spec,
         error_code: error_code.map(str::to_string),
     })
 }
@@ -107,7 +81,7 @@ impl RetryPlan {
         Ok(store.requeue_failed(
             self.run_id,
             self.error_code.as_deref(),
-            &self.mode.requeue(),
+            &self.spec.mode.requeue(),
         )?)
     }
 }

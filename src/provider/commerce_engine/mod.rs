@@ -109,7 +109,7 @@ pub struct PaymentInfo {
 }
 
 /// What the `payment_method` of a retry says (sent only with a provider slug).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PaymentMethod {
     pub payment_provider_slug: Option<String>,
     pub integration_type: Option<String>,

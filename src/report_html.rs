@@ -1090,6 +1090,94 @@ mod tests {
     }
 
     #[test]
+    fn a_24_hour_run_makes_a_page_under_2_mb_with_every_plot() {
+        // What a day at full tilt records: MAX_BUCKETS-bounded buckets of
+        // 128 s, four endpoints, each with a wide latency spread.
+        let endpoints = [
+            "create_order",
+            "refresh_embedded_js_urls",
+            "get_smart_token",
+            "find_orders",
+        ];
+        let buckets: Vec<Bucket> = (0..675i64)
+            .map(|k| {
+                let mut b = Bucket {
+                    start_ms: 1_700_000_000_000 + k * 128_000,
+                    width_ms: 128_000,
+                    rows: vec![("create".into(), 1_000 + k as u64), ("token".into(), 900)],
+                    gate_ms: (k % 7) * 1000,
+                    backoff_ms: (k % 5) * 1000,
+                    rate_limit: Some(100),
+                    ..Default::default()
+                };
+                for e in endpoints {
+                    let mut stats = crate::timeline::EndpointStats {
+                        requests: 3_000,
+                        outcomes: [2_900, 40, 30, 10, 10, 5, 5],
+                        ..Default::default()
+                    };
+                    for us in (0..60u64).map(|i| 300 * (1 + i * i)) {
+                        stats.latency.add(std::time::Duration::from_micros(us));
+                    }
+                    b.endpoints.push((e.to_string(), stats));
+                }
+                b
+            })
+            .collect();
+        let status = crate::status::RunStatus {
+            run_id: 1,
+            command: "run".into(),
+            input: "orders.csv".into(),
+            fingerprint: "f".into(),
+            total: 1_000_000,
+            states: [("done".to_string(), 999_986u64), ("unknown".into(), 14)].into(),
+            requests: endpoints
+                .iter()
+                .map(|e| (e.to_string(), 2_025_000u64))
+                .collect(),
+            errors: Vec::new(),
+            started_at: "2023-11-14T22:13:20Z".into(),
+            finished_at: Some("2023-11-15T22:13:20Z".into()),
+            elapsed_seconds: 86_400.0,
+            rows_per_second: 11.6,
+            requests_per_second: 93.7,
+            eta_seconds: None,
+        };
+        let report = Report {
+            status,
+            outcome: "completed".into(),
+            stages: Vec::new(),
+            requests_per_row: 8.1,
+            resume_command: "orderbatch run orders.csv --db s.db".into(),
+            retry_command: None,
+        };
+        let errors = vec![ErrorRows {
+            code: "timeout".into(),
+            state: "unknown".into(),
+            count: 14,
+            first: (1..=10).collect(),
+        }];
+        let html = render(&Page {
+            report: &report,
+            timeline: &buckets,
+            errors: &errors,
+        });
+        assert!(html.len() < 2 * 1024 * 1024, "{} bytes", html.len());
+        for id in [
+            "plot-rows",
+            "plot-requests",
+            "plot-outcomes",
+            "plot-latency",
+            "plot-errors",
+        ] {
+            assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
+        }
+        assert_eq!(html.matches("<details>").count(), 5);
+        assert!(html.contains(r#"id="total-requests-create_order">2025000<"#));
+        assert!(html.contains(r#"id="total-outcome-429">108000<"#));
+    }
+
+    #[test]
     fn text_is_escaped() {
         assert_eq!(
             esc(r#"<a href="x">&'"#),

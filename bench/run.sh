@@ -2,7 +2,7 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done serve
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done serve report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -259,6 +259,18 @@ except Exception: print(0)')
     t1=$(date +%s.%N); kill $RUN; wait $RUN 2>/dev/null || true; stop_sandbox
     echo "  round: first row done $(python3 -c "print(f'{$t1 - $t0:.2f}')") s after the first request"
   done
+  ;;
+report)
+  echo "== report: the timeline's cost per request, and rendering the HTML report of a 1,000,000-row run"
+  cargo bench --quiet --bench hot -- timeline 2>/dev/null | grep -E "time:|thrpt:" | sed 's/^ */  /'
+  f=$(data 1000000); start_sandbox
+  rm -f "$WORK/report.db"*
+  "$B" run "$f" --db "$WORK/report.db" --rate unlimited --concurrency 16 -q > "$WORK/report-run.out" || true
+  grep -E 'requests/s' "$WORK/report-run.out" | sed 's/^ */  run: /'
+  stop_sandbox
+  for _ in 1 2 3 4 5; do /usr/bin/time -f "%e" "$B" report --db "$WORK/report.db" --html "$WORK/report.html" 2>&1 >/dev/null | tail -1; done | median |
+    awk '{printf "  orderbatch report --html, 1,000,000 rows: %.3f s (median of 5)\n", $1}'
+  echo "  report.html: $(stat -c %s "$WORK/report.html") bytes; timeline: $(sqlite3 "$WORK/report.db" 'SELECT COUNT(*), SUM(LENGTH(bucket)) FROM timeline' 2>/dev/null || echo '(sqlite3 not installed)') buckets, bytes"
   ;;
 serve)
   echo "== 12. orderbatch serve: URLs served from the db (issue 18), wrk -t2 -c32 -d10s, 3 rounds"

@@ -57,5 +57,26 @@ fn signing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, parse_and_validate, signing);
+/// What the timeline costs one request on the hot path: counted when it
+/// leaves, its outcome and latency when it is answered.
+fn timeline(c: &mut Criterion) {
+    let recorder = orderbatch::timeline::Recorder::new();
+    let mut group = c.benchmark_group("timeline");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("request_and_answer", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            recorder.request("create_order");
+            recorder.answered(
+                "create_order",
+                orderbatch::timeline::Class::Ok,
+                std::time::Duration::from_micros(500 + i % 20_000),
+            );
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_and_validate, signing, timeline);
 criterion_main!(benches);

@@ -84,6 +84,11 @@ pub enum Command {
     /// List the runs in a state database.
     #[command(after_help = "Example:\n  orderbatch runs --db nightly.db")]
     Runs(RunsArgs),
+    /// Write a run's HTML report (summary, plots of rate, outcomes and latency over time).
+    #[command(
+        after_help = "Works while a run is going on in another process. Every run also writes\n<db>.report.html beside <db>.report.md.\n\nExample:\n  orderbatch report --db nightly.db --html nightly.html"
+    )]
+    Report(ReportArgs),
     /// Show the effective configuration and where each value comes from (the secret redacted).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -404,6 +409,19 @@ pub struct StatusArgs {
     /// Print JSON: {"runs":[{run_id, command, input, total, states, requests, errors, started_at, finished_at, ...}]}.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// State database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The run (default: the newest).
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// The HTML file to write (mode 600).
+    #[arg(long)]
+    pub html: PathBuf,
 }
 
 #[derive(Debug, Args)]

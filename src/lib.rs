@@ -20,7 +20,9 @@ pub mod money;
 pub mod pipeline;
 pub mod provider;
 pub mod report;
+pub mod report_html;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod status;
 pub mod store;
+pub mod timeline;

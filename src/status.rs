@@ -120,6 +120,38 @@ pub fn to_json(runs: &[RunStatus]) -> serde_json::Value {
     serde_json::json!({ "runs": runs })
 }
 
+/// The run's current figures in one line: the top line of `status` and of
+/// the HTML report, e.g. `run 3 (run): 986 of 1000 rows final (972 done, 14
+/// unknown); 12.3 rows/s, 45.6 requests/s over 81 s; finished
+/// 2026-01-02T03:04:05Z`.
+pub fn headline(run: &RunStatus) -> String {
+    let count = |s: RowState| run.states.get(s.as_str()).copied().unwrap_or(0);
+    let finals: Vec<RowState> = RowState::ALL.into_iter().filter(|s| s.is_final()).collect();
+    let final_rows: u64 = finals.iter().map(|s| count(*s)).sum();
+    let parts: Vec<String> = finals
+        .iter()
+        .filter(|s| count(**s) > 0)
+        .map(|s| format!("{} {}", count(*s), s.as_str()))
+        .collect();
+    let mut line = format!(
+        "run {} ({}): {} of {} rows final",
+        run.run_id, run.command, final_rows, run.total
+    );
+    if !parts.is_empty() {
+        line.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    line.push_str(&format!(
+        "; {:.1} rows/s, {:.1} requests/s over {:.0} s; ",
+        run.rows_per_second, run.requests_per_second, run.elapsed_seconds
+    ));
+    match (&run.finished_at, run.eta_seconds) {
+        (Some(f), _) => line.push_str(&format!("finished {f}")),
+        (None, Some(eta)) => line.push_str(&format!("not finished, about {eta:.0} s to go")),
+        (None, None) => line.push_str("not finished"),
+    }
+    line
+}
+
 /// Human-readable status of one run.
 pub fn render(run: &RunStatus) -> String {
     let mut out = format!(
@@ -134,6 +166,7 @@ pub fn render(run: &RunStatus) -> String {
             None => "not finished".to_string(),
         }
     );
+    out.push_str(&format!("  {}\n", headline(run)));
     out.push_str(&format!("  {:<26} {:>10}\n", "state", "rows"));
     for state in RowState::ALL {
         if let Some(n) = run.states.get(state.as_str()) {

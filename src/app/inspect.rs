@@ -4,10 +4,11 @@ use crate::exit::Exit;
 
 use anyhow::Context;
 
-use crate::cli::{ExportArgs, RunsArgs, StatusArgs, ValidateArgs};
+use crate::cli::{ExportArgs, ReportArgs, RunsArgs, StatusArgs, ValidateArgs};
 use crate::input::check::check_file;
+use crate::report::{shell_quote, Report};
 use crate::store::Store;
-use crate::{export as csv_export, pipeline, status as run_status};
+use crate::{export as csv_export, pipeline, report_html, status as run_status};
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<Exit> {
     let columns = args.columns.options();
@@ -100,6 +101,68 @@ pub fn status(args: StatusArgs) -> anyhow::Result<Exit> {
             println!("{}", run_status::render(run));
         }
     }
+    Ok(Exit::Done)
+}
+
+/// Writes the HTML report of `report`'s run to `path`; returns the path.
+pub(super) fn write_html(
+    store: &Store,
+    report: &Report,
+    path: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let run_id = report.status.run_id;
+    let page = report_html::Page {
+        report,
+        timeline: &store.timeline(run_id)?,
+        errors: &store.error_rows(run_id, report_html::FIRST_ROWS)?,
+    };
+    report_html::write(&page, path)
+        .with_context(|| format!("cannot write the HTML report {}", path.display()))?;
+    Ok(path.to_path_buf())
+}
+
+/// `orderbatch report`: the HTML report of a run, also while it runs.
+pub fn report(args: ReportArgs) -> anyhow::Result<Exit> {
+    crate::files::check_writable("report", &args.html)?;
+    let store = Store::open_existing(&args.db)?;
+    let run = match args.run {
+        Some(id) => store.run(id)?.with_context(|| {
+            format!(
+                "{} holds no run {id}; see `orderbatch runs --db {}`",
+                args.db.display(),
+                args.db.display()
+            )
+        })?,
+        None => store
+            .runs()?
+            .pop()
+            .with_context(|| format!("{} holds no run yet", args.db.display()))?,
+    };
+    let status = run_status::run_status(&store, &run)?;
+    let db = shell_quote(&args.db.display().to_string());
+    // The command that resumes it, rebuilt from what the run recorded.
+    let command = match run.command.as_str() {
+        "ce-retry-payments" => "ce retry-payments".to_string(),
+        other => other.to_string(),
+    };
+    let requests: u64 = status.requests.values().sum();
+    let report = Report {
+        outcome: match &status.finished_at {
+            Some(_) => "finished".to_string(),
+            None => "not finished (running, or stopped before its end)".to_string(),
+        },
+        stages: Vec::new(),
+        requests_per_row: requests as f64 / status.total.max(1) as f64,
+        resume_command: format!(
+            "orderbatch {command} {} --db {db}",
+            shell_quote(&run.input_path)
+        ),
+        retry_command: (status.states.get("failed").copied().unwrap_or(0) > 0)
+            .then(|| format!("orderbatch retry --db {db}")),
+        status,
+    };
+    let path = write_html(&store, &report, &args.html)?;
+    println!("report of run {}: {}", run.id, path.display());
     Ok(Exit::Done)
 }
 

@@ -62,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Export(args) => inspect::export(args),
         Command::Status(args) => inspect::status(args),
         Command::Runs(args) => inspect::runs(args),
+        Command::Report(args) => inspect::report(args),
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(args.shell, &mut cmd, "orderbatch", &mut std::io::stdout());

@@ -21,7 +21,7 @@ use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::report::{self, shell_quote, Report};
 use crate::store::{RowState, Store};
-use crate::{config, export, lock, status};
+use crate::{config, export, lock, report_html, status};
 
 /// The [`Inputs`] of a command's arguments (they share these fields).
 macro_rules! inputs {
@@ -502,7 +502,8 @@ fn write_report(
     let (md, json) = report::paths(db, explicit);
     report::write(&report, &md, &json)
         .with_context(|| format!("cannot write the run report {}", md.display()))?;
-    println!("report: {}", md.display());
+    let html = super::inspect::write_html(store, &report, &report_html::path(&md))?;
+    println!("report: {} ({})", md.display(), html.display());
     Ok(())
 }
 
@@ -520,6 +521,7 @@ fn check_outputs(
     let (report_md, report_json) = report::paths(db, report);
     check_writable("report", &report_md)?;
     check_writable("report", &report_json)?;
+    check_writable("report", &report_html::path(&report_md))?;
     if let Some(export) = export {
         check_writable("export file", export)?;
     }

@@ -31,6 +31,11 @@ impl Gate {
         }
     }
 
+    /// Until when the gate is closed (it may be in the past).
+    pub fn until(&self) -> Option<Instant> {
+        *self.until.lock().unwrap()
+    }
+
     /// Waits while the gate is closed.
     pub async fn wait(&self) {
         loop {

@@ -17,6 +17,67 @@ use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
 use crate::provider::{ErrorClass, ProviderError};
 use crate::store::writer::{RequestCounts, Write, Writer};
+use crate::timeline::{Class, Hold, Recorder};
+
+tokio::task_local! {
+    /// The requests one attempt of [`RunContext::request`] sent.
+    static SENT: std::cell::RefCell<Vec<Sent>>;
+}
+
+/// A request that left during an attempt: its endpoint, when it left and
+/// when its answer was in (its slot dropped).
+struct Sent {
+    endpoint: &'static str,
+    started: Instant,
+    ended: Option<Instant>,
+}
+
+/// A request slot ([`RunContext::permit`]): held until the answer is in;
+/// dropping it ends the request's latency on the timeline.
+pub struct Slot<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    /// The customer held against other processes on the same database.
+    _lease: Option<CustomerLease>,
+    /// Its place in the attempt's [`SENT`], or what to record on drop when
+    /// it was taken outside [`RunContext::request`].
+    sent: Result<usize, (&'static str, Instant, &'a Recorder)>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        match self.sent {
+            Ok(index) => {
+                let _ = SENT.try_with(|sent| {
+                    if let Some(s) = sent.borrow_mut().get_mut(index) {
+                        s.ended = Some(Instant::now());
+                    }
+                });
+            }
+            Err((endpoint, started, timeline)) => {
+                timeline.answered(endpoint, Class::Ok, started.elapsed());
+            }
+        }
+    }
+}
+
+/// The timeline class of a failed request.
+fn class_of(error: &ProviderError) -> Class {
+    use crate::provider::TransportKind;
+    match error {
+        ProviderError::RateLimited { .. } => Class::RateLimited,
+        ProviderError::Api { status, .. } | ProviderError::UnexpectedBody { status, .. }
+            if *status >= 500 =>
+        {
+            Class::ServerError
+        }
+        ProviderError::Transport { kind, .. } => match kind {
+            TransportKind::Timeout => Class::Timeout,
+            TransportKind::Closed => Class::Dropped,
+            TransportKind::Connect => Class::Refused,
+        },
+        _ => Class::Other,
+    }
+}
 
 /// How one request ended after all its retries.
 #[derive(Debug)]
@@ -74,13 +135,6 @@ tokio::task_local! {
     pub static CUSTOMER: Option<String>;
 }
 
-/// Leave for one request: a request slot, and the customer held against
-/// other processes on the same database, until dropped.
-pub struct Permit<'a> {
-    _slot: tokio::sync::SemaphorePermit<'a>,
-    _lease: Option<CustomerLease>,
-}
-
 /// Shared by all workers of a run.
 pub struct RunContext {
     clients: Clients,
@@ -94,6 +148,7 @@ pub struct RunContext {
     gate: Gate,
     writes: mpsc::Sender<Write>,
     requests: Arc<RequestCounts>,
+    timeline: Arc<Recorder>,
     pub shutdown: Shutdown,
     max_attempts: u32,
     retry_base: Duration,
@@ -122,6 +177,8 @@ impl RunContext {
         sent: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         let limiter = options.rate.map(|r| RateLimiter::direct(quota(r)));
+        let timeline = writer.timeline();
+        timeline.set_rate_limit(options.rate.map(NonZeroU32::get));
         let (force, urls) = match options.spec.mode {
             super::Mode::Refresh { force, urls, .. } => (force, urls),
             _ => (false, true),
@@ -143,6 +200,7 @@ impl RunContext {
             gate: Gate::default(),
             writes: writer.sender(),
             requests: writer.request_counts(),
+            timeline,
             shutdown,
             max_attempts: options.max_attempts,
             retry_base: options.retry_base,
@@ -217,7 +275,7 @@ impl RunContext {
     pub async fn permit(
         &self,
         endpoint: impl Into<&'static str>,
-    ) -> Result<Permit<'_>, ProviderError> {
+    ) -> Result<Slot<'_>, ProviderError> {
         let endpoint: &'static str = endpoint.into();
         let wait = async {
             self.gate.wait().await;
@@ -226,13 +284,10 @@ impl RunContext {
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
-            Permit {
-                _slot: slot,
-                _lease: lease,
-            }
+            (slot, lease)
         };
-        let permit = tokio::select! {
-            permit = wait => permit,
+        let (slot, lease) = tokio::select! {
+            held = wait => held,
             _ = self.shutdown.stopped() => return Err(ProviderError::Cancelled),
         };
         if self.shutdown.is_stopping() {
@@ -240,7 +295,45 @@ impl RunContext {
         }
         self.sent.store(true, Ordering::Relaxed);
         self.requests.add(endpoint);
-        Ok(permit)
+        self.timeline.request(endpoint);
+        let started = Instant::now();
+        let sent = SENT
+            .try_with(|sent| {
+                let mut sent = sent.borrow_mut();
+                sent.push(Sent {
+                    endpoint,
+                    started,
+                    ended: None,
+                });
+                sent.len() - 1
+            })
+            .map_err(|_| (endpoint, started, &*self.timeline));
+        Ok(Slot {
+            _permit: slot,
+            _lease: lease,
+            sent,
+        })
+    }
+
+    /// Puts the requests of one attempt on the timeline: every request but
+    /// the last was answered (the attempt went on), the last one ended as
+    /// the attempt did (an error about another endpoint, or made up after
+    /// its answer, leaves it ok).
+    fn record(&self, sent: Vec<Sent>, result: Result<(), &ProviderError>) {
+        let last = sent.len().saturating_sub(1);
+        let now = Instant::now();
+        for (i, s) in sent.into_iter().enumerate() {
+            let class = match result {
+                Err(e) if i == last => match e {
+                    ProviderError::Cancelled | ProviderError::Token(_) => Class::Other,
+                    e if e.endpoint() == s.endpoint => class_of(e),
+                    _ => Class::Ok,
+                },
+                _ => Class::Ok,
+            };
+            let latency = s.ended.unwrap_or(now).saturating_duration_since(s.started);
+            self.timeline.answered(s.endpoint, class, latency);
+        }
     }
 
     /// Holds the customer whose chain this task runs ([`CUSTOMER`]) against
@@ -285,7 +378,13 @@ impl RunContext {
             }
             number += 1;
             let started = Instant::now();
-            let result = attempt().await;
+            let (result, sent) = SENT
+                .scope(std::cell::RefCell::new(Vec::new()), async {
+                    let result = attempt().await;
+                    (result, SENT.with(|sent| sent.take()))
+                })
+                .await;
+            self.record(sent, result.as_ref().map(|_| ()));
             let latency_ms = started.elapsed().as_millis() as u64;
             let error = match result {
                 Ok(value) => {
@@ -334,8 +433,17 @@ impl RunContext {
                 })
                 .await;
             }
+            let limited = matches!(error.class(), ErrorClass::RateLimited(_));
             match attempts.after(error, &self.gate) {
                 Next::Retry(delay) => {
+                    let now = Instant::now();
+                    if limited {
+                        if let Some(until) = self.gate.until() {
+                            self.timeline.hold(Hold::Gate, now, until.into_std());
+                        }
+                    } else {
+                        self.timeline.hold(Hold::Backoff, now, now + delay);
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = self.shutdown.stopped() => return Outcome::Stopped,

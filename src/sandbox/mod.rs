@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     /// before anything else, failures included (`POST /__sandbox/faults
     /// {"delay_ms": N}`; a provider that is slow or hangs).
     pub delay_ms: Mutex<u64>,
+    /// `rate_limit` now (`POST /__sandbox/faults {"rate_limit": N}`, 0: none).
+    pub rate_limit: Mutex<Option<u32>>,
 }
 
 impl Shared {
@@ -150,7 +152,7 @@ impl Shared {
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
 /// "endpoint", "poison": "customer", "delay_ms": N, "url_expiry":
-/// "omit"|"garbled"|"rfc3339"}` (any of them): changes the faults of a
+/// "omit"|"garbled"|"rfc3339", "rate_limit": N}` (any of them): changes the faults of a
 /// running sandbox; `only` limits them to one endpoint (`""` lifts the
 /// limit); `poison` fails every request about one customer (`""`: none).
 async fn faults_handler(
@@ -178,6 +180,10 @@ async fn faults_handler(
     if let Some(delay) = delay {
         *shared.delay_ms.lock().unwrap() = delay;
     }
+    let rate_limit = body.get("rate_limit").and_then(serde_json::Value::as_u64);
+    if let Some(limit) = rate_limit {
+        *shared.rate_limit.lock().unwrap() = u32::try_from(limit).ok().filter(|l| *l > 0);
+    }
     if let Some(only) = only {
         *shared.faults_only.lock().unwrap() = (!only.is_empty()).then(|| only.to_string());
     }
@@ -187,6 +193,7 @@ async fn faults_handler(
         && poison.is_none()
         && delay.is_none()
         && expiry.is_none()
+        && rate_limit.is_none()
     {
         return (
             axum::http::StatusCode::BAD_REQUEST,
@@ -263,6 +270,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         faults_only: Mutex::new(None),
         poison: Mutex::new(config.poison_customer.clone()),
         delay_ms: Mutex::new(0),
+        rate_limit: Mutex::new(config.rate_limit),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),
         ce: Mutex::new(commerce_engine::CeState::default()),

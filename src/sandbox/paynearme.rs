@@ -263,7 +263,8 @@ pub(crate) async fn handle(
     if shared.faults_apply(&endpoint) && !shared.delay().is_zero() {
         tokio::time::sleep(shared.delay()).await;
     }
-    if let Some(wait) = shared.config.rate_limit.and_then(|l| over_rate(&shared, l)) {
+    let rate_limit = *shared.rate_limit.lock().unwrap();
+    if let Some(wait) = rate_limit.and_then(|l| over_rate(&shared, l)) {
         shared.pnm.lock().unwrap().faults.rate_limited += 1;
         let (status, body) = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
         let retry_after = format!("{:.3}", wait.as_secs_f64().max(0.001));

@@ -10,6 +10,7 @@
 pub mod rows;
 pub mod runs;
 pub mod served;
+pub mod timeline;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

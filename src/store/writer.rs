@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::rows::RowState;
 use super::runs::now;
 use super::{Store, StoreError};
+use crate::timeline::Recorder;
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -127,6 +128,9 @@ pub enum Write {
     Customer { customer: String, exclusive: bool },
     /// Acknowledged once everything sent before it is committed.
     Flush { ack: oneshot::Sender<()> },
+    /// Wakes the writer about once a second, so the timeline is stored
+    /// while nothing else is written (e.g. every worker waits for a 429).
+    Tick,
 }
 
 /// What the writer did, for the summary and benchmarks.
@@ -163,6 +167,7 @@ impl RequestCounts {
 pub struct Writer {
     tx: mpsc::Sender<Write>,
     requests: Arc<RequestCounts>,
+    timeline: Arc<Recorder>,
     thread: JoinHandle<Result<WriterStats, StoreError>>,
 }
 
@@ -172,15 +177,36 @@ impl Writer {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let requests = Arc::new(RequestCounts::default());
         let counts = requests.clone();
+        let timeline = Arc::new(Recorder::new());
+        let recorder = timeline.clone();
         let thread = std::thread::Builder::new()
             .name("orderbatch-writer".into())
-            .spawn(move || write_loop(store, run_id, rx, &counts))
+            .spawn(move || write_loop(store, run_id, rx, &counts, &recorder))
             .expect("spawn writer thread");
+        // Holds the channel only while it sends: the writer still ends
+        // when the last worker's sender is dropped.
+        let ticks = tx.downgrade();
+        std::thread::Builder::new()
+            .name("orderbatch-timeline".into())
+            .spawn(move || loop {
+                std::thread::sleep(TIMELINE_EVERY);
+                match ticks.upgrade() {
+                    Some(tx) if tx.try_send(Write::Tick).is_ok() || !tx.is_closed() => {}
+                    _ => return,
+                }
+            })
+            .expect("spawn timeline thread");
         Writer {
             tx,
             requests,
+            timeline,
             thread,
         }
+    }
+
+    /// Where workers record the run's timeline.
+    pub fn timeline(&self) -> Arc<Recorder> {
+        self.timeline.clone()
     }
 
     /// A sender for workers.
@@ -204,6 +230,8 @@ impl Writer {
 /// how often it looks for an operation somebody waits on meanwhile.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
+/// How often the timeline's changed buckets are stored.
+const TIMELINE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Takes what is already queued, up to a full batch.
 fn drain(rx: &mut mpsc::Receiver<Write>, batch: &mut Vec<Write>) {
@@ -227,8 +255,11 @@ fn write_loop(
     run_id: i64,
     mut rx: mpsc::Receiver<Write>,
     requests: &RequestCounts,
+    timeline: &Recorder,
 ) -> Result<WriterStats, StoreError> {
     let mut stats = WriterStats::default();
+    let mut stored_timeline = std::time::Instant::now();
+    let mut stages = Stages::default();
     let mut counted = Counted::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Whether the connection is at synchronous = FULL (it opens at NORMAL).
@@ -275,14 +306,27 @@ fn write_loop(
                 .map_err(|e| store.err(e))?;
             synced = durable;
         }
+        let due = stored_timeline.elapsed() >= TIMELINE_EVERY;
         let acks = apply(
             &mut store,
             run_id,
             &mut batch,
             &mut next_row,
             &mut seq,
-            |tx| counted.write(tx, run_id, requests),
+            &mut stages,
+            |tx| {
+                counted.write(tx, run_id, requests)?;
+                if due {
+                    super::timeline::write(tx, run_id, &timeline.take_changed())?;
+                }
+                Ok(())
+            },
         )?;
+        if due {
+            stored_timeline = std::time::Instant::now();
+        }
+        timeline.rows(&stages.0);
+        stages.0.clear();
         stats.transactions += 1;
         stats.durable += u64::from(durable);
         stats.operations += acks.1 as u64;
@@ -290,14 +334,19 @@ fn write_loop(
             let _ = ack.send(());
         }
     }
-    // Requests counted after the last commit.
+    // Requests counted after the last commit, and the timeline's last
+    // changes.
     apply(
         &mut store,
         run_id,
         &mut batch,
         &mut next_row,
         &mut seq,
-        |tx| counted.write(tx, run_id, requests),
+        &mut stages,
+        |tx| {
+            counted.write(tx, run_id, requests)?;
+            super::timeline::write(tx, run_id, &timeline.take_changed())
+        },
     )?;
     Ok(stats)
 }
@@ -331,6 +380,39 @@ impl Counted {
 }
 
 type Acks = (Vec<oneshot::Sender<()>>, usize);
+
+/// Rows that finished a stage in one batch, per timeline label.
+#[derive(Default)]
+struct Stages(Vec<(&'static str, u64)>);
+
+impl Stages {
+    fn add(&mut self, label: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.0.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, m)) => *m += n,
+            None => self.0.push((label, n)),
+        }
+    }
+
+    /// The stage a row finished (or the final state it reached) by `op`.
+    fn of(op: &Write) -> Option<(&'static str, u64)> {
+        Some(match op {
+            Write::Created { .. } => ("create", 1),
+            Write::Urls { .. } => ("refresh", 1),
+            Write::Expand { orders, .. } => ("refresh", orders.len().max(1) as u64),
+            Write::Token { .. } => ("token", 1),
+            Write::Changed { .. } => ("change", 1),
+            Write::Retried { .. } => ("retry-payment", 1),
+            Write::Deferred { .. } => ("deferred", 1),
+            Write::Skipped { .. } => ("skipped", 1),
+            Write::Unknown { .. } => ("unknown", 1),
+            Write::Failed { .. } => ("failed", 1),
+            _ => return None,
+        })
+    }
+}
 
 /// Runs one cached statement in the transaction.
 fn exec(
@@ -462,6 +544,7 @@ fn apply(
     batch: &mut Vec<Write>,
     next_row: &mut u64,
     seq: &mut i64,
+    stages: &mut Stages,
     also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
 ) -> Result<Acks, StoreError> {
     let path = store.path().to_path_buf();
@@ -480,6 +563,9 @@ fn apply(
             )
             .map_err(sql_err)?;
         for op in batch.drain(..) {
+            if let Some((label, n)) = Stages::of(&op) {
+                stages.add(label, n);
+            }
             match op {
                 Write::Intent { row, state, ack } => {
                     set_state
@@ -578,7 +664,7 @@ fn apply(
                 Write::MoveAll { from, to } => {
                     // A row that reaches `done` keeps no error of an attempt
                     // that was retried (the attempts table keeps those).
-                    tx.execute(
+                    let moved = tx.execute(
                         "UPDATE rows SET state = ?3,
                              last_error_code = CASE WHEN ?3 = 'done' THEN NULL ELSE last_error_code END,
                              last_error = CASE WHEN ?3 = 'done' THEN NULL ELSE last_error END
@@ -586,6 +672,7 @@ fn apply(
                         params![run_id, from.as_str(), to.as_str()],
                     )
                     .map_err(sql_err)?;
+                    stages.add(to.as_str(), moved as u64);
                 }
                 Write::Token { row, token, link } => {
                     exec(
@@ -656,6 +743,7 @@ fn apply(
                     .map_err(sql_err)?;
                 }
                 Write::Flush { ack } => acks.push(ack),
+                Write::Tick => {}
             }
         }
     }

@@ -8,6 +8,7 @@ mod input;
 mod nightly;
 mod oauth;
 mod ops;
+mod report;
 mod resume;
 mod run;
 mod security;

@@ -98,7 +98,8 @@ impl Sandbox {
         self.set_faults(format!("{{\"only\": \"{endpoint}\"}}"));
     }
 
-    fn set_faults(&self, body: String) {
+    pub fn set_faults(&self, body: impl Into<String>) {
+        let body: String = body.into();
         let url = format!("{}/__sandbox/faults", self.base_url());
         self.runtime.block_on(async {
             let status = reqwest::Client::new()

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod export;
 pub mod files;
+pub mod inbox;
 pub mod input;
 pub mod links;
 pub mod lock;

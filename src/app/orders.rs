@@ -47,7 +47,11 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// Settings from the flags, environment, config file and defaults.
-    fn settings(&self, pace: &PaceArgs, token: &TokenOptions) -> anyhow::Result<Settings> {
+    pub(super) fn settings(
+        &self,
+        pace: &PaceArgs,
+        token: &TokenOptions,
+    ) -> anyhow::Result<Settings> {
         let file = config::load_file(self.config.as_deref())?;
         Ok(Settings::resolve(pace.flags(token), file))
     }
@@ -57,8 +61,8 @@ pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
     let inputs = Inputs {
         identity: pipeline::IdentityOptions {
-            check_existing: args.check_existing,
-            same_orders: match (args.same_orders, args.new_orders) {
+            check_existing: args.identity.check_existing,
+            same_orders: match (args.identity.same_orders, args.identity.new_orders) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
                 _ => None,
@@ -72,9 +76,9 @@ pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
 pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let settings = env.settings(&args.pace, &args.token)?;
     let mode = Mode::Refresh {
-        force: args.force,
-        urls: !args.no_urls,
-        tokens: !args.no_token,
+        force: args.steps.force,
+        urls: !args.steps.no_urls,
+        tokens: !args.steps.no_token,
     };
     let inputs = Inputs {
         new_run: args.new_run,
@@ -522,7 +526,7 @@ fn check_outputs(
 }
 
 /// The provider client the mode needs, built from its credentials.
-fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
+pub(super) fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
     let timeout = Duration::from_secs(settings.timeout.value);
     Ok(match mode {
         Mode::CeRetry { .. } => pipeline::Clients {

@@ -29,7 +29,7 @@ use crate::report::StageTiming;
 use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
 use context::RunContext;
-pub use context::{quota, requests_sent, Clients};
+pub use context::{quota, requests_sent, Clients, Pace};
 pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
@@ -134,6 +134,16 @@ pub async fn run(
     options: &RunOptions,
     clients: Clients,
     shutdown: Shutdown,
+) -> Result<RunSummary, PipelineError> {
+    run_paced(options, clients, shutdown, &Pace::new(options.rate)).await
+}
+
+/// [`run`] within a rate budget shared with other runs of this process.
+pub async fn run_paced(
+    options: &RunOptions,
+    clients: Clients,
+    shutdown: Shutdown,
+    pace: &Pace,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     let mode = options.mode;
@@ -240,6 +250,7 @@ pub async fn run(
         &writer,
         shutdown.clone(),
         run_id,
+        pace,
     ));
     let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
     drop(ctx);

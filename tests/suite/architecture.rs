@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// From the edge down; the same list as ARCHITECTURE.md's codemap.
 const ORDER: &[&str] = &[
-    "app", "cli", "demo", "links", "config", "pipeline", "export", "report", "status", "input",
-    "lock", "sandbox", "store", "provider", "money", "cells", "files", "alloc",
+    "app", "cli", "demo", "links", "config", "inbox", "pipeline", "export", "report", "status",
+    "input", "lock", "sandbox", "store", "provider", "money", "cells", "files", "alloc",
 ];
 
 fn sources(path: &Path, out: &mut Vec<PathBuf>) {

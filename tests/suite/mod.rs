@@ -4,6 +4,7 @@ mod commerce;
 mod config;
 mod exactly_once;
 mod hostile;
+mod inbox;
 mod input;
 mod nightly;
 mod oauth;

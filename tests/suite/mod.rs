@@ -2,6 +2,7 @@ mod architecture;
 mod chaos;
 mod commerce;
 mod config;
+mod deploy;
 mod exactly_once;
 mod hostile;
 mod inbox;

@@ -2,14 +2,18 @@
 # Benchmarks for BENCHMARKS.md. Builds release, generates data, starts
 # `orderbatch sandbox` in its own process, and prints every figure.
 #   bash bench/run.sh            # everything (about 12 minutes on 2 cores)
-#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done serve report
+#   bash bench/run.sh validate rate   # only these sections: validate memory state rate headroom resume batching oauth stream poison first-done serve report inbox
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=${BENCH_DIR:-/tmp/orderbatch-bench}
 mkdir -p "$WORK"
-cargo build --release --quiet --bin orderbatch --example gen_orders
-B=$ROOT/target/release/orderbatch
+# BENCH_BIN=path: use that binary (e.g. a debug build) and skip the release build
+# (only for sections that do not use gen_orders: inbox).
+if [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release --quiet --bin orderbatch --example gen_orders
+fi
+B=${BENCH_BIN:-$ROOT/target/release/orderbatch}
 GEN=$ROOT/target/release/examples/gen_orders
 export PNM_SITE_IDENTIFIER=S_BENCH PNM_SECRET_KEY=bench-secret
 SECTIONS=${*:-"validate memory state rate headroom resume batching"}
@@ -295,5 +299,35 @@ LUA
   refreshes=$(counters | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"].get("refresh_embedded_js_urls", 0))')
   echo "  refresh_embedded_js_urls at the sandbox after serving: $refreshes (all from the run itself: the URLs were fresh)"
   kill $SERVE; wait $SERVE 2>/dev/null || true; stop_sandbox
+  ;;
+inbox)
+  R=${INBOX_RATE:-100}
+  echo "== inbox: 10 files of $R rows (3 requests each) back to back at --rate $R against a sandbox with --rate-limit $R:"
+  echo "   the rate kept across the file boundaries (one limiter; a file registers while the last one's tail drains)"
+  rm -rf "$WORK/inbox"; mkdir -p "$WORK/inbox/in"
+  python3 - "$WORK/inbox/in" "$R" <<'PY'
+import os, sys
+d, rows = sys.argv[1], int(sys.argv[2])
+for f in range(10):
+    with open(os.path.join(d, f"f{f:02}.csv"), "w") as out:
+        out.write("site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_order_identifier\n")
+        for i in range(rows):
+            out.write(f"F{f}-C{i},{10 + i % 90}.00,USD,exact,true,F{f}-{i}\n")
+PY
+  start_sandbox --rate-limit "$R"
+  start=$(date +%s.%N)
+  "$B" inbox "$WORK/inbox/in" --db "$WORK/inbox/state.db" --ready stable:0 --rate "$R" --concurrency 16 -q > "$WORK/inbox.out" || true
+  end=$(date +%s.%N)
+  tail -1 "$WORK/inbox.out"
+  counters | python3 -c "
+import json,sys
+c=json.load(sys.stdin); R=$R; wall=$end-$start
+per=sorted((int(k),v) for k,v in c['per_second'].items())
+full=per[1:-1]
+total=sum(v for _,v in per)
+print(f'{total} requests in {wall:.1f} s of wall time (start to exit, 10 files) = {100*total/wall/R:.1f}% of --rate {R}')
+print(f'full seconds: {len(full)}, sustained {sum(v for _,v in full)/len(full):.1f}/s = {100*sum(v for _,v in full)/len(full)/R:.1f}% of R; '
+      f'slowest second {min(v for _,v in full)} ({100*min(v for _,v in full)/R:.0f}% of R), busiest {max(v for _,v in full)}; 429s: {c[\"faults\"][\"rate_limited\"]}')"
+  stop_sandbox
   ;;
 esac; done

@@ -53,6 +53,9 @@ pub enum Command {
     /// Regenerate embedded JS URLs and smart tokens for orders that already exist (the nightly job).
     #[command(after_help = REFRESH_HELP)]
     Refresh(RefreshArgs),
+    /// Run every ready file of a drop folder (run or refresh), each exactly once by content, then archive it (the nightly job).
+    #[command(after_help = INBOX_HELP)]
+    Inbox(InboxArgs),
     /// Change existing orders in bulk (change_order), each exactly once.
     #[command(after_help = CHANGE_HELP)]
     Change(ChangeArgs),
@@ -259,15 +262,8 @@ pub struct RunArgs {
     /// Write the results to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// Before creating an order whose site_order_identifier no run of this --db knows, ask the provider (find_orders) whether it exists already (a new machine, a lost database, orders sent by another tool); an existing one is adopted.
-    #[arg(long)]
-    pub check_existing: bool,
-    /// A file without site_order_identifier whose rows match an earlier run's by content: adopt the earlier orders for the matching rows.
-    #[arg(long, conflicts_with = "new_orders")]
-    pub same_orders: bool,
-    /// A file without site_order_identifier whose rows match an earlier run's by content: create every row's order anew.
-    #[arg(long)]
-    pub new_orders: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     #[command(flatten)]
     pub token: TokenOptions,
     #[command(flatten)]
@@ -278,6 +274,117 @@ pub struct RunArgs {
     pub outcome: OutcomeArgs,
     #[command(flatten)]
     pub pace: PaceArgs,
+}
+
+const INBOX_HELP: &str = "\
+Takes every file of DIR that matches --pattern and is ready, oldest first
+(modification time, then name), and runs it as `run` (--mode run) or
+`refresh` (--mode refresh) would, with the same flags. Dotfiles and uploads
+in progress by name (*.filepart, *.part, *.partial, *.tmp, *.crdownload) are
+never taken. Ready means --ready stable:DURATION (size and times unchanged
+that long) or --ready marker:SUFFIX (orders.csv once orders.csv.done exists;
+the marker moves with the file).
+
+Each file is run once by content: a file whose content this --db has
+finished is archived without running again (a note names the run); a file
+whose run was cut short resumes. Finished files (exit 0 or 1) move with
+their export, rejects and reports into --done/YYYY-MM-DD/ (the UTC day the
+run finished); refused files (header, quoting, unreadable) into
+--failed/YYYY-MM-DD/ with <name>.error.txt; stopped, deferred or
+interrupted ones stay. The exit code is the worst of the files' codes.
+
+--watch keeps going, a pass every --interval; SIGTERM or Ctrl-C stops it
+after the work in flight is recorded (exit 143 / 130).
+
+Examples:
+  orderbatch inbox /srv/sftp/site1/in --db /var/lib/orderbatch/site1.db --rate 20
+  orderbatch inbox in --db state.db --mode refresh --ready marker:.done --dry-run
+  orderbatch inbox in --db state.db --watch --interval 5m";
+
+/// How `inbox` runs each file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InboxMode {
+    /// Create the orders (`orderbatch run`).
+    Run,
+    /// Refresh URLs and issue tokens for existing orders (`orderbatch refresh`).
+    Refresh,
+}
+
+#[derive(Debug, Args)]
+pub struct InboxArgs {
+    /// The drop folder.
+    pub dir: PathBuf,
+    /// State database; one inbox at a time per database.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// What each file goes through.
+    #[arg(long, value_enum, default_value_t = InboxMode::Run)]
+    pub mode: InboxMode,
+    /// Which file names are taken (`*` and `?`).
+    #[arg(long, default_value = "*.csv")]
+    pub pattern: String,
+    /// When a file is ready: stable:DURATION (e.g. stable:30s) or marker:SUFFIX (e.g. marker:.done).
+    #[arg(long, default_value = "stable:30s", value_parser = crate::inbox::Ready::parse)]
+    pub ready: crate::inbox::Ready,
+    /// Where finished files go, in a folder per day (default: DIR/done).
+    #[arg(long)]
+    pub done: Option<PathBuf>,
+    /// Where refused files go, in a folder per day (default: DIR/failed).
+    #[arg(long)]
+    pub failed: Option<PathBuf>,
+    /// List what would be taken, skipped (and why) and archived; send and move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep running: a pass every --interval, until SIGTERM or Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between passes with --watch (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_serve_wait, requires = "watch")]
+    pub interval: std::time::Duration,
+    /// Keep customer PII in each file's rejects file instead of `[redacted]`.
+    #[arg(long)]
+    pub rejects_include_pii: bool,
+    /// Prefix export and rejects cells a spreadsheet would run as a formula with `'`.
+    #[arg(long)]
+    pub spreadsheet_safe: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub steps: RefreshSteps,
+    #[command(flatten)]
+    pub token: TokenOptions,
+    #[command(flatten)]
+    pub columns: ColumnArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// How `run` settles order identities against earlier runs and the provider.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// Before creating an order whose site_order_identifier no run of this --db knows, ask the provider (find_orders) whether it exists already (a new machine, a lost database, orders sent by another tool); an existing one is adopted.
+    #[arg(long)]
+    pub check_existing: bool,
+    /// A file without site_order_identifier whose rows match an earlier run's by content: adopt the earlier orders for the matching rows.
+    #[arg(long, conflicts_with = "new_orders")]
+    pub same_orders: bool,
+    /// A file without site_order_identifier whose rows match an earlier run's by content: create every row's order anew.
+    #[arg(long)]
+    pub new_orders: bool,
+}
+
+/// Which of `refresh`'s steps run.
+#[derive(Debug, Args)]
+pub struct RefreshSteps {
+    /// Regenerate every URL, not only expired ones.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip the URL step: only look orders up and issue tokens.
+    #[arg(long)]
+    pub no_urls: bool,
+    /// Skip the smart-token step.
+    #[arg(long)]
+    pub no_token: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,15 +565,8 @@ pub struct RefreshArgs {
     /// Write one row per order found to this CSV when the run ends.
     #[arg(long)]
     pub export: Option<PathBuf>,
-    /// Regenerate every URL, not only expired ones.
-    #[arg(long)]
-    pub force: bool,
-    /// Skip the URL step: only look orders up and issue tokens.
-    #[arg(long)]
-    pub no_urls: bool,
-    /// Skip the smart-token step.
-    #[arg(long)]
-    pub no_token: bool,
+    #[command(flatten)]
+    pub steps: RefreshSteps,
     /// Start a new run even when this --db finished one of the same file (a nightly refresh of an unchanged file).
     #[arg(long)]
     pub new_run: bool,

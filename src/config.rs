@@ -19,7 +19,7 @@ pub enum ConfigError {
     Missing(&'static str, &'static str),
     #[error("cannot read the secret file {path}: {detail}")]
     SecretFile { path: PathBuf, detail: String },
-    #[error("the secret file {path} can be read by others (mode {mode:o}); run `chmod 600 {path}`", path = path.display())]
+    #[error("the secret file {path} can be read or written by others (mode {mode:o}); run `chmod 600 {path}` (0400 and 0440 are accepted too)", path = path.display())]
     SecretFileOpen { path: PathBuf, mode: u32 },
     #[error("{what} `{url}` is not https; https is required except for a sandbox on this machine (127.0.0.1, ::1 or localhost)")]
     InsecureUrl { what: &'static str, url: String },
@@ -35,27 +35,33 @@ pub enum ConfigError {
     File { path: PathBuf, detail: String },
 }
 
-/// Reads the secret from a file that only its owner can read.
+/// Reads the secret from a file that only its owner (and its group) can
+/// read, following symbolic links (Kubernetes mounts a secret as
+/// `key -> ..data/key`, `..data -> ..2024_..`: the mode checked is the
+/// file's). Group read is accepted: Kubernetes gives a 0400 secret file
+/// group read for the pod's `fsGroup` (0440), on a volume only that pod
+/// mounts; systemd's credentials are 0400 of the service's user. Any
+/// permission for others, and group write or execute, are refused. The mode
+/// is read from the opened file, so what is checked is what is read.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    let fail = |e: std::io::Error| ConfigError::SecretFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut file = std::fs::File::open(path).map_err(fail)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| ConfigError::SecretFile {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let mode = file.metadata().map_err(fail)?.permissions().mode() & 0o777;
+        if mode & 0o037 != 0 {
             return Err(ConfigError::SecretFileOpen {
                 path: path.to_path_buf(),
                 mode,
             });
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(fail)?;
     Ok(SecretString::from(
         text.trim_end_matches(['\r', '\n']).to_string(),
     ))

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod files;
+pub mod inbox;
 pub mod input;
 pub mod links;
 pub mod lock;

@@ -1,6 +1,7 @@
 //! The command-line edge: one function per command, `anyhow` errors, exit
 //! codes. `main.rs` only parses arguments and sets up logging.
 
+mod inbox;
 mod inspect;
 mod orders;
 #[cfg(feature = "sandbox")]
@@ -52,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Run(args) => orders::run(args, &env),
         Command::Refresh(args) => orders::refresh(args, &env),
+        Command::Inbox(args) => inbox::inbox(args, &env),
         Command::Change(args) => orders::change(args, &env),
         Command::Retry(args) => orders::retry(args, &env),
         Command::Ce(crate::cli::CeCommand::RetryPayments(args)) => orders::ce_retry(args, &env),

@@ -47,7 +47,11 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// Settings from the flags, environment, config file and defaults.
-    fn settings(&self, pace: &PaceArgs, token: &TokenOptions) -> anyhow::Result<Settings> {
+    pub(super) fn settings(
+        &self,
+        pace: &PaceArgs,
+        token: &TokenOptions,
+    ) -> anyhow::Result<Settings> {
         let file = config::load_file(self.config.as_deref())?;
         Ok(Settings::resolve(pace.flags(token), file))
     }
@@ -57,8 +61,8 @@ pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &args.token)?;
     let inputs = Inputs {
         identity: pipeline::IdentityOptions {
-            check_existing: args.check_existing,
-            same_orders: match (args.same_orders, args.new_orders) {
+            check_existing: args.identity.check_existing,
+            same_orders: match (args.identity.same_orders, args.identity.new_orders) {
                 (true, _) => Some(true),
                 (_, true) => Some(false),
                 _ => None,
@@ -72,9 +76,9 @@ pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
 pub fn refresh(args: RefreshArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &args.token)?;
     let mode = Mode::Refresh {
-        force: args.force,
-        urls: !args.no_urls,
-        tokens: !args.no_token,
+        force: args.steps.force,
+        urls: !args.steps.no_urls,
+        tokens: !args.steps.no_token,
     };
     let inputs = Inputs {
         new_run: args.new_run,
@@ -532,7 +536,7 @@ fn check_outputs(
 }
 
 /// The provider client the mode needs, built from its credentials.
-fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
+pub(super) fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
     let timeout = Duration::from_secs(settings.timeout.value);
     Ok(match mode {
         Mode::CeRetry { .. } => pipeline::Clients {
@@ -550,36 +554,26 @@ fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients>
 }
 
 fn exit_code(summary: &RunSummary) -> Exit {
-    if let (Stop::Running, Some(until)) = (&summary.stop, summary.deferred_until) {
-        let at = chrono::DateTime::from_timestamp(until, 0)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        eprintln!(
-            "{} rows deferred: run the same command again after {at}",
-            summary.count(RowState::Deferred)
-        );
-        return Exit::Deferred;
-    }
-    match &summary.stop {
-        Stop::Interrupted(signal) => {
+    let exit = summary.exit();
+    match (&summary.stop, exit) {
+        (_, Exit::Deferred) => {
+            let until = summary.deferred_until.unwrap_or_default();
+            let at = chrono::DateTime::from_timestamp(until, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             eprintln!(
-                "interrupted ({}); state saved: run the same command again to resume",
-                signal.name()
+                "{} rows deferred: run the same command again after {at}",
+                summary.count(RowState::Deferred)
             );
-            Exit::Signal(signal.number())
         }
-        Stop::Aborted(why) => {
-            eprintln!("error: run stopped: {why}");
-            Exit::Stopped
-        }
-        Stop::Running
-            if summary.count(RowState::Done) + summary.count(RowState::Skipped)
-                == summary.total =>
-        {
-            Exit::Done
-        }
-        Stop::Running => Exit::RowsLeft,
+        (Stop::Interrupted(signal), _) => eprintln!(
+            "interrupted ({}); state saved: run the same command again to resume",
+            signal.name()
+        ),
+        (Stop::Aborted(why), _) => eprintln!("error: run stopped: {why}"),
+        _ => {}
     }
+    exit
 }
 
 fn print_summary(summary: &RunSummary) {

@@ -122,6 +122,24 @@ pub fn quota(rate: NonZeroU32) -> Quota {
     Quota::per_second(steady).allow_burst(NonZeroU32::new(burst).expect("at least 2"))
 }
 
+/// The rate budget: one limiter that consecutive runs of one process may
+/// share (`orderbatch inbox` runs file after file within one budget, so the
+/// next file's first request goes as soon as the rate allows, not after a
+/// fresh limiter's start).
+#[derive(Debug, Clone, Default)]
+pub struct Pace {
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl Pace {
+    /// A budget of `rate` requests per second (`None`: unlimited).
+    pub fn new(rate: Option<NonZeroU32>) -> Pace {
+        Pace {
+            limiter: rate.map(|r| Arc::new(RateLimiter::direct(quota(r)))),
+        }
+    }
+}
+
 /// The provider clients a run uses (only its provider's is set).
 #[derive(Debug, Clone, Default)]
 pub struct Clients {
@@ -141,7 +159,7 @@ pub struct RunContext {
     /// Default `payment_method` of Commerce Engine retries.
     pub payment_defaults: PaymentMethod,
     pub options: CallOptions,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// `--concurrency` request slots, each held only while a request is
     /// in flight.
     slots: tokio::sync::Semaphore,
@@ -175,8 +193,9 @@ impl RunContext {
         shutdown: Shutdown,
         run_id: i64,
         sent: Arc<std::sync::atomic::AtomicBool>,
+        pace: &Pace,
     ) -> Self {
-        let limiter = options.rate.map(|r| RateLimiter::direct(quota(r)));
+        let limiter = pace.limiter.clone();
         let timeline = writer.timeline();
         timeline.set_rate_limit(options.rate.map(NonZeroU32::get));
         let (force, urls) = match options.spec.mode {

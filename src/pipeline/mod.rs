@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::exit::Exit;
 use crate::input::check::check_quotes;
 use crate::input::fingerprint::{scan, Snapshot, Stamp};
 use crate::input::reader::Schema;
@@ -30,7 +31,7 @@ use crate::report::StageTiming;
 use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
 use context::RunContext;
-pub use context::{quota, Clients};
+pub use context::{quota, Clients, Pace};
 pub use mode::{Mode, Stage};
 pub use register::IdentityOptions;
 use register::{refuse_copy_of_earlier_file, refuse_if_unfinished_other, register, write_rejects};
@@ -97,6 +98,23 @@ impl RunSummary {
     pub fn request_total(&self) -> u64 {
         self.requests.iter().map(|(_, n)| n).sum()
     }
+
+    /// How the command that made this run ends: the one mapping of a run's
+    /// end to an exit status (`run`, `refresh`, `change`, `retry`, `ce`,
+    /// and each file of `inbox`).
+    pub fn exit(&self) -> Exit {
+        match &self.stop {
+            Stop::Running if self.deferred_until.is_some() => Exit::Deferred,
+            Stop::Interrupted(signal) => Exit::Signal(signal.number()),
+            Stop::Aborted(_) => Exit::Stopped,
+            Stop::Running
+                if self.count(RowState::Done) + self.count(RowState::Skipped) == self.total =>
+            {
+                Exit::Done
+            }
+            Stop::Running => Exit::RowsLeft,
+        }
+    }
 }
 
 /// Why a run could not be carried out.
@@ -148,8 +166,18 @@ pub async fn run(
     clients: Clients,
     shutdown: Shutdown,
 ) -> Result<RunSummary, RunError> {
+    run_paced(options, clients, shutdown, &Pace::new(options.rate)).await
+}
+
+/// [`run`] within a rate budget shared with other runs of this process.
+pub async fn run_paced(
+    options: &RunOptions,
+    clients: Clients,
+    shutdown: Shutdown,
+    pace: &Pace,
+) -> Result<RunSummary, RunError> {
     let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    run_inner(options, clients, shutdown, sent.clone())
+    run_inner(options, clients, shutdown, pace, sent.clone())
         .await
         .map_err(|error| RunError {
             error,
@@ -161,6 +189,7 @@ async fn run_inner(
     options: &RunOptions,
     clients: Clients,
     shutdown: Shutdown,
+    pace: &Pace,
     sent: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
@@ -264,6 +293,7 @@ async fn run_inner(
         shutdown.clone(),
         run_id,
         sent,
+        pace,
     ));
     let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
     drop(ctx);

@@ -11,6 +11,7 @@ const ORDER: &[&str] = &[
     "demo",
     "links",
     "config",
+    "inbox",
     "pipeline",
     "export",
     "report_html",

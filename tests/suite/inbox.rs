@@ -1,0 +1,372 @@
+//! `orderbatch inbox`: ready files only, each once by content, archived
+//! once, through kills, a target in the way and a SIGTERM under --watch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use crate::util::{code, run, signal, spawn, text, wait_until, Dir, Sandbox};
+
+/// An order file of `rows` rows, one customer each, order ids `{tag}-{i}`.
+fn orders(tag: &str, rows: usize) -> String {
+    let mut out = String::from(
+        "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_order_identifier\n",
+    );
+    for i in 1..=rows {
+        out.push_str(&format!(
+            "{tag}-C{i},{}.00,USD,exact,true,{tag}-{i}\n",
+            10 + i
+        ));
+    }
+    out
+}
+
+fn inbox_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "inbox",
+        "in",
+        "--db",
+        "state.db",
+        "-q",
+        "--rate",
+        "unlimited",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Every file named `name` under `dir`/*/ (the per-day folders).
+fn archived(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let Ok(days) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    days.flatten()
+        .map(|d| d.path().join(name))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// How many orders the sandbox holds per site_order_identifier starting with `prefix`.
+fn orders_by_id(sandbox: &Sandbox, prefix: &str) -> HashMap<String, usize> {
+    let mut by_id = HashMap::new();
+    for o in sandbox.orders() {
+        let id = o["fields"]["site_order_identifier"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if id.starts_with(prefix) {
+            *by_id.entry(id).or_insert(0) += 1;
+        }
+    }
+    by_id
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn new_inbox() -> Dir {
+    let dir = Dir::new();
+    std::fs::create_dir(dir.path("in")).unwrap();
+    dir
+}
+
+#[test]
+fn files_still_uploading_are_not_taken_then_are_once_stable() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/a.csv.filepart", orders("UP-A", 3));
+    // A file growing under its final name, a line every 50 ms.
+    let growing = dir.path("in/b.csv");
+    std::fs::write(&growing, orders("UP-B", 0)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (growing.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                writeln!(f, "UP-B-C{i},{i}.00,USD,exact,true,UP-B-{i}").unwrap();
+                drop(f);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:3s"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("b.csv: waiting: changed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!stdout(&out).contains("a.csv"), "{}", text(&out));
+    assert!(dir.path("in/b.csv").exists());
+    assert!(orders_by_id(&sandbox, "UP-").is_empty());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let rows = dir.read("in/b.csv").lines().count() - 1;
+    // The upload ends with a rename to the final name.
+    std::fs::rename(dir.path("in/a.csv.filepart"), dir.path("in/a.csv")).unwrap();
+    std::thread::sleep(Duration::from_millis(3100));
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:3s"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "UP-B-").len(), rows);
+    assert_eq!(orders_by_id(&sandbox, "UP-A-").len(), 3);
+    assert_eq!(archived(&dir.path("in/done"), "b.csv").len(), 1);
+    assert_eq!(archived(&dir.path("in/done"), "a.csv").len(), 1);
+}
+
+#[test]
+fn marker_mode_takes_a_file_only_with_its_marker_and_archives_both() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/m.csv", orders("MK", 4));
+    let args = inbox_args(&["--ready", "marker:.done"]);
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("m.csv: waiting: no m.csv.done yet"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sandbox.total_requests(), 0);
+
+    dir.write("in/m.csv.done", "");
+    let dry = run(dir.cmd(&sandbox, &[&args[..], &["--dry-run"]].concat()));
+    assert_eq!(code(&dry), 0, "{}", text(&dry));
+    assert!(
+        stdout(&dry).contains("m.csv: take: run it"),
+        "{}",
+        text(&dry)
+    );
+    assert_eq!(sandbox.total_requests(), 0);
+
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "MK-").len(), 4);
+    assert!(!dir.path("in/m.csv").exists() && !dir.path("in/m.csv.done").exists());
+    let done = archived(&dir.path("in/done"), "m.csv");
+    assert_eq!(done.len(), 1);
+    let day = done[0].parent().unwrap();
+    for name in [
+        "m.csv.done",
+        "m.export.csv",
+        "m.rejects.csv",
+        "m.report.md",
+        "m.report.json",
+    ] {
+        assert!(day.join(name).exists(), "no {name} in {}", day.display());
+    }
+    let export = crate::util::read_export(&day.join("m.export.csv"));
+    assert_eq!(export.len(), 4);
+}
+
+#[test]
+fn two_files_back_to_back_then_the_same_content_under_another_name_is_not_run_again() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/first.csv", orders("BB1", 5));
+    dir.write("in/second.csv", orders("BB2", 7));
+    dir.write("in/broken.csv", "no_such_column\nx\n");
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    // The worst of 0, 0 and 2 (the refused file).
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "BB1-").len(), 5);
+    assert_eq!(orders_by_id(&sandbox, "BB2-").len(), 7);
+    assert_eq!(archived(&dir.path("in/done"), "first.csv").len(), 1);
+    assert_eq!(archived(&dir.path("in/done"), "second.csv").len(), 1);
+    let failed = archived(&dir.path("in/failed"), "broken.csv");
+    assert_eq!(failed.len(), 1, "{}", text(&out));
+    let error = std::fs::read_to_string(failed[0].with_file_name("broken.csv.error.txt")).unwrap();
+    assert!(error.contains("no_such_column"), "{error}");
+    let requests = sandbox.total_requests();
+
+    // The first file again, under another name.
+    let first = archived(&dir.path("in/done"), "first.csv").remove(0);
+    std::fs::copy(&first, dir.path("in/again.csv")).unwrap();
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("same content as run 1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sandbox.total_requests(), requests);
+    let again = archived(&dir.path("in/done"), "again.csv");
+    assert_eq!(again.len(), 1);
+    let note = std::fs::read_to_string(again[0].with_file_name("again.note.txt")).unwrap();
+    assert!(
+        note.contains("run 1") && note.contains("first.csv"),
+        "{note}"
+    );
+    assert!(!dir.path("in/again.csv").exists());
+}
+
+#[test]
+fn an_archive_target_in_the_way_is_reported_and_retried_without_running_again() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/t.csv", orders("TX", 3));
+    // Other files under both names the archive may use, today and
+    // tomorrow (UTC), so that the test holds across midnight.
+    let now = chrono::Utc::now();
+    let days: Vec<String> = [now, now + chrono::Duration::days(1)]
+        .iter()
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .collect();
+    for day in &days {
+        std::fs::create_dir_all(dir.path(&format!("in/done/{day}"))).unwrap();
+        dir.write(&format!("in/done/{day}/t.csv"), "someone else's\n");
+        dir.write(&format!("in/done/{day}/t.run-1.csv"), "someone else's\n");
+    }
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert!(stdout(&out).contains("not archived"), "{}", text(&out));
+    assert!(dir.path("in/t.csv").exists());
+    assert_eq!(orders_by_id(&sandbox, "TX-").len(), 3);
+    let requests = sandbox.total_requests();
+
+    // Still in the way: reported again, nothing sent.
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert_eq!(sandbox.total_requests(), requests);
+
+    for day in &days {
+        std::fs::remove_file(dir.path(&format!("in/done/{day}/t.run-1.csv"))).unwrap();
+    }
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.total_requests(), requests);
+    assert!(!dir.path("in/t.csv").exists());
+    let moved = archived(&dir.path("in/done"), "t.run-1.csv");
+    assert_eq!(moved.len(), 1);
+    assert_eq!(std::fs::read_to_string(&moved[0]).unwrap(), orders("TX", 3));
+    assert!(moved[0].with_file_name("t.run-1.export.csv").exists());
+    for day in &days {
+        assert_eq!(
+            dir.read(&format!("in/done/{day}/t.csv")),
+            "someone else's\n"
+        );
+    }
+}
+
+/// Kills a pass over 5 files with SIGKILL at random points — a request
+/// count (mid-run), or the moment an export appears (mid-archive) — then
+/// runs passes until one ends with 0.
+#[test]
+fn sigkill_at_random_points_of_a_pass_loses_and_duplicates_nothing() {
+    let sandbox = Sandbox::start();
+    sandbox.set_delay_ms(1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
+    let mut kills = 0;
+    for trial in 0..8 {
+        let dir = new_inbox();
+        for f in 0..5 {
+            dir.write(&format!("in/f{f}.csv"), orders(&format!("K{trial}F{f}"), 8));
+        }
+        let args = inbox_args(&["--ready", "stable:0", "--concurrency", "4"]);
+        for _ in 0..3 {
+            let before = sandbox.total_requests();
+            let by_requests = trial % 2 == 0;
+            let (at_requests, at_exports) =
+                (rng.random_range(0..130u64), rng.random_range(1..=5usize));
+            let mut child = spawn(dir.cmd(&sandbox, &args));
+            let mut finished = false;
+            wait_until(Duration::from_secs(60), || {
+                finished = child.try_wait().unwrap().is_some();
+                finished
+                    || if by_requests {
+                        sandbox.total_requests() - before >= at_requests
+                    } else {
+                        exports(&dir.path("in/done")) >= at_exports
+                    }
+            });
+            if !finished {
+                signal(&child, 9);
+                kills += 1;
+            }
+            let _ = child.wait_with_output().unwrap();
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            let out = run(dir.cmd(&sandbox, &args));
+            let done = code(&out) == 0 && stdout(&out).contains(" 0 waiting");
+            last = Some(out);
+            if done
+                && std::fs::read_dir(dir.path("in"))
+                    .unwrap()
+                    .flatten()
+                    .all(|e| e.path().is_dir())
+            {
+                break;
+            }
+        }
+        let last = last.unwrap();
+        assert_eq!(code(&last), 0, "{}", text(&last));
+        for f in 0..5 {
+            let by_id = orders_by_id(&sandbox, &format!("K{trial}F{f}-"));
+            assert_eq!(by_id.len(), 8, "trial {trial} file {f}: lost orders");
+            assert!(
+                by_id.values().all(|&n| n == 1),
+                "trial {trial}: duplicates {by_id:?}"
+            );
+            let name = format!("f{f}.csv");
+            assert_eq!(
+                archived(&dir.path("in/done"), &name).len(),
+                1,
+                "trial {trial}: {name}"
+            );
+            assert!(!dir.path(&format!("in/{name}")).exists());
+            let export = archived(&dir.path("in/done"), &format!("f{f}.export.csv"));
+            assert_eq!(crate::util::read_export(&export[0]).len(), 8);
+        }
+    }
+    assert!(
+        kills >= 8,
+        "only {kills} passes were killed before they ended"
+    );
+}
+
+fn exports(done: &Path) -> usize {
+    let Ok(days) = std::fs::read_dir(done) else {
+        return 0;
+    };
+    days.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| f.file_name().to_string_lossy().ends_with(".export.csv"))
+        .count()
+}
+
+#[test]
+fn watch_takes_a_file_dropped_while_it_runs_and_stops_on_sigterm() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    let child = spawn(dir.cmd(
+        &sandbox,
+        &inbox_args(&["--ready", "stable:0", "--watch", "--interval", "200ms"]),
+    ));
+    wait_until(Duration::from_secs(30), || dir.path("in/done").exists());
+    // Dropped the way an upload ends: written under a temporary name, renamed.
+    dir.write("in/w.csv.part", orders("WT", 6));
+    std::fs::rename(dir.path("in/w.csv.part"), dir.path("in/w.csv")).unwrap();
+    wait_until(Duration::from_secs(60), || {
+        !archived(&dir.path("in/done"), "w.csv").is_empty()
+    });
+    signal(&child, 15);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 143, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "WT-").len(), 6);
+    assert!(!dir.path("in/w.csv").exists());
+    // The lock went with the process: the next inbox starts.
+    let again = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&again), 0, "{}", text(&again));
+}

@@ -33,7 +33,7 @@ fn parse_and_validate(c: &mut Criterion) {
             )
             .unwrap();
             assert_eq!(report.valid, rows);
-        })
+        });
     });
     group.finish();
 }
@@ -53,7 +53,7 @@ fn signing(c: &mut Criterion) {
         ("site_customer_name", "Zoë Núñez"),
     ];
     c.bench_function("sign create_order (10 params)", |b| {
-        b.iter(|| sign(black_box(&params), &secret))
+        b.iter(|| sign(black_box(&params), &secret));
     });
 }
 
@@ -73,7 +73,7 @@ fn timeline(c: &mut Criterion) {
                 orderbatch::timeline::Class::Ok,
                 std::time::Duration::from_micros(500 + i % 20_000),
             );
-        })
+        });
     });
     group.finish();
 }

@@ -6,6 +6,7 @@
 //! both are turned off (eager commit at build time, in `.cargo/config.toml`,
 //! as it acts before `main`).
 
+#![allow(unsafe_code)] // mimalloc's option calls are C functions.
 use libmimalloc_sys::{mi_option_set, mi_option_t};
 
 /// `mi_option_arena_eager_commit` in mimalloc.h (v3); we build it with 0.

@@ -1,4 +1,6 @@
 //! Command-line definitions and help text.
+// Doc comments here are `--help` text, shown as written (`<db>`, bare URLs).
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;

@@ -267,7 +267,9 @@ impl Shared {
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
             let i = this.next.fetch_add(1, Ordering::Relaxed) as usize % this.stores.len();
-            let store = this.stores[i].lock().unwrap_or_else(|e| e.into_inner());
+            let store = this.stores[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&store)
         })
         .await;
@@ -831,7 +833,7 @@ async fn record(
     let endpoint = match request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str())
+        .map(axum::extract::MatchedPath::as_str)
     {
         Some("/healthz") => "healthz",
         Some("/metrics") => "metrics",

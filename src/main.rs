@@ -63,7 +63,7 @@ fn init_logging(cli: &Cli) {
             .init(),
         LogFormat::Text => {
             let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(color).init()
+            builder.with_ansi(color).init();
         }
     }
 }

@@ -177,7 +177,7 @@ pub fn render(run: &RunStatus) -> String {
     if !run.requests.is_empty() {
         out.push_str(&format!("  {:<26} {:>10}\n", "endpoint", "requests"));
         for (endpoint, n) in &run.requests {
-            out.push_str(&format!("  {:<26} {:>10}\n", endpoint, n));
+            out.push_str(&format!("  {endpoint:<26} {n:>10}\n"));
         }
     }
     out.push_str(&format!(

@@ -475,9 +475,9 @@ mod tests {
         for ms in 1..=100u64 {
             let d = Duration::from_millis(ms);
             if ms % 2 == 0 {
-                a.add(d)
+                a.add(d);
             } else {
-                b.add(d)
+                b.add(d);
             }
             all.add(d);
         }

@@ -36,7 +36,7 @@ pub(crate) fn run_failed(e: crate::pipeline::RunError) -> anyhow::Error {
 /// invocation, configuration, input, or an input changed under the run
 /// (nothing with the new values was sent) — is 2.
 pub fn exit_for_error(e: &anyhow::Error) -> Exit {
-    if e.chain().any(|c| c.is::<AfterSend>()) {
+    if e.downcast_ref::<AfterSend>().is_some() {
         Exit::FailedAfterSend
     } else {
         Exit::Usage

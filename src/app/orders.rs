@@ -591,7 +591,7 @@ fn print_summary(summary: &RunSummary) {
     }
     println!("  {:<26} {:>10}", "endpoint", "requests");
     for (endpoint, n) in &summary.requests {
-        println!("  {:<26} {:>10}", endpoint, n);
+        println!("  {endpoint:<26} {n:>10}");
     }
     let total = summary.request_total();
     println!(

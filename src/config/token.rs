@@ -1,5 +1,7 @@
 //! `get_smart_token` options: flags of `run` and `refresh`, and the
 //! `[token]` table of the config file.
+// Doc comments here are `--help` text, shown as written (`<db>`, bare URLs).
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 
 /// Options sent with every `get_smart_token` call (also the `[token]`
 /// table of the config file).

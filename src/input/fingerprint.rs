@@ -250,7 +250,10 @@ impl Snapshot {
             found,
         };
         let now = Stamp::of(&self.path).map_err(|e| changed(format!("unreadable: {e}")))?;
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *seen == now {
             return Ok(());
         }

@@ -124,7 +124,7 @@ impl Fields {
 impl Row {
     /// A row from raw fields (checked for UTF-8 once, here).
     pub fn new(number: u64, line: u64, record: csv::ByteRecord) -> Self {
-        let offset = record.position().map_or(0, |p| p.byte());
+        let offset = record.position().map_or(0, csv::Position::byte);
         Row {
             number,
             line,
@@ -281,7 +281,7 @@ impl OrderReader {
             Ok(true) => {
                 self.rows += 1;
                 row.number = self.rows;
-                row.line = raw.position().map_or(0, |p| p.line());
+                row.line = raw.position().map_or(0, csv::Position::line);
                 row.fields = Fields::from_bytes(raw);
                 Some(Ok(()))
             }
@@ -295,7 +295,7 @@ impl OrderReader {
             Err(e) => Some(Err(csv_error(&self.path, e))),
             Ok(true) => {
                 self.rows += 1;
-                let line = self.record.position().map_or(0, |p| p.line());
+                let line = self.record.position().map_or(0, csv::Position::line);
                 Some(Ok(Row::new(self.rows, line, self.record.clone())))
             }
         }
@@ -334,7 +334,7 @@ impl Iterator for OrderReader {
 }
 
 fn csv_error(path: &Path, e: csv::Error) -> InputError {
-    let line = e.position().map_or(0, |p| p.line());
+    let line = e.position().map_or(0, csv::Position::line);
     match e.into_kind() {
         csv::ErrorKind::Io(source) => InputError::Io {
             path: path.to_path_buf(),

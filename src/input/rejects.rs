@@ -70,7 +70,13 @@ impl RejectsWriter {
 
     /// Writes the file out whole, in place of any earlier one.
     pub fn finish(self) -> std::io::Result<()> {
-        let buffered = self.writer.into_inner().map_err(|e| e.into_error())?;
-        buffered.into_inner().map_err(|e| e.into_error())?.commit()
+        let buffered = self
+            .writer
+            .into_inner()
+            .map_err(csv::IntoInnerError::into_error)?;
+        buffered
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .commit()
     }
 }

@@ -208,7 +208,9 @@ async fn refresh(ctx: &RunContext, shared: &Shared, unit: Unit) {
         ctx.flush().await;
         let (reader, run_id, site) = (shared.reader.clone(), shared.run_id, customer.clone());
         let read = blocking(move || {
-            let store = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let store = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let rows = store.ready_rows(run_id, &input_rows)?;
             let exclusive = !site.is_empty() && store.customer_wide_token_allowed(run_id, &site)?;
             Ok((rows, exclusive))

@@ -400,7 +400,7 @@ impl RunContext {
             let (result, sent) = SENT
                 .scope(std::cell::RefCell::new(Vec::new()), async {
                     let result = attempt().await;
-                    (result, SENT.with(|sent| sent.take()))
+                    (result, SENT.with(std::cell::RefCell::take))
                 })
                 .await;
             self.record(sent, result.as_ref().map(|_| ()));
@@ -520,7 +520,7 @@ mod tests {
                 busiest <= rate as usize,
                 "rate {rate}: {busiest} in one second"
             );
-            let used = granted.len() as f64 / (5.0 * rate as f64);
+            let used = granted.len() as f64 / (5.0 * f64::from(rate));
             assert!(used >= 0.98, "rate {rate}: only {used:.3} of the rate used");
         }
     }

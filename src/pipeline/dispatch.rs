@@ -244,7 +244,9 @@ async fn wait_for_deferred(
         let reader = shared.reader.clone();
         let run_id = shared.run_id;
         let next = blocking(move || {
-            let store = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let store = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             Ok(store.next_deferred(run_id)?)
         })
         .await?;

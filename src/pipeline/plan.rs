@@ -74,14 +74,14 @@ fn plan_existing(mode: Mode, input: &Path, columns: &ColumnOptions) -> Result<Pl
             // which also gives its order; otherwise a site id is looked up.
             (Mode::Change, _, customer) => {
                 let knows_customer = customer.is_some() || get("pnm_customer_identifier").is_some();
-                lookups += u64::from(!knows_customer || get("pnm_order_identifier").is_none())
+                lookups += u64::from(!knows_customer || get("pnm_order_identifier").is_none());
             }
             (_, true, Some(c)) => *per_customer.entry(c.to_string()).or_default() += 1,
             // An order the state db has never seen is looked up first (its
             // customer), at most once.
             (_, true, None) => {
                 lookups += u64::from(get("pnm_customer_identifier").is_none());
-                unkeyed += 1
+                unkeyed += 1;
             }
             _ => unkeyed += 1,
         }

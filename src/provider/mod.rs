@@ -381,7 +381,7 @@ fn encodings_at(text: &[u8], at: usize, c: char) -> Vec<usize> {
     // Percent-encoded bytes, each `%XX` in either case (or the byte itself).
     let mut p = at;
     let mut percent = true;
-    for &b in raw.iter() {
+    for &b in raw {
         if text.get(p) == Some(&b'%')
             && text
                 .get(p + 1..p + 3)

@@ -515,7 +515,7 @@ impl PnmState {
         let pnm_customer = self
             .pnm_customers
             .entry(customer.clone())
-            .or_insert_with(|| format!("C{:09}", next_customer))
+            .or_insert_with(|| format!("C{next_customer:09}"))
             .clone();
         let i = self.orders.len();
         let pnm = format!("8{:011}", i + 1);

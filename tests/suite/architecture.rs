@@ -40,6 +40,51 @@ fn sources(path: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The top-level modules named right after a `crate::`: one name, or each
+/// item of a group (`crate::{a, b::c, d::{e}}` names a, b and d).
+fn named_after(rest: &str) -> Vec<String> {
+    let word = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(group) = rest.strip_prefix('{') else {
+        return vec![word(rest)];
+    };
+    // The group's items at depth one, up to its closing brace.
+    let (mut depth, mut items, mut start) = (0usize, Vec::new(), 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+        .into_iter()
+        .map(word)
+        .filter(|w| !w.is_empty() && w != "self")
+        .collect()
+}
+
+#[test]
+fn grouped_imports_are_read_name_by_name() {
+    assert_eq!(named_after("store::Store;"), vec!["store"]);
+    assert_eq!(
+        named_after("{store::Store, pipeline::{self, Mode},\n    exit::Exit};"),
+        vec!["store", "pipeline", "exit"]
+    );
+}
+
 /// The top-level modules a module's files name with `crate::`.
 fn uses(module: &str) -> BTreeSet<String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -51,12 +96,10 @@ fn uses(module: &str) -> BTreeSet<String> {
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if name != module {
-                used.insert(name);
+            for name in named_after(&text[i + 7..]) {
+                if name != module {
+                    used.insert(name);
+                }
             }
         }
     }

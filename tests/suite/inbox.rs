@@ -341,7 +341,7 @@ fn exports(done: &Path) -> usize {
     };
     days.flatten()
         .filter_map(|d| std::fs::read_dir(d.path()).ok())
-        .flat_map(|files| files.flatten())
+        .flat_map(std::iter::Iterator::flatten)
         .filter(|f| f.file_name().to_string_lossy().ends_with(".export.csv"))
         .count()
 }

@@ -290,7 +290,7 @@ fn validate_groups_problems_by_reason() {
     let dir = Dir::new();
     let mut csv = format!("{HEADER}\n");
     for i in 0..30 {
-        csv.push_str(&format!("C{i},A{i},{}.999,USD,exact,true\n", i));
+        csv.push_str(&format!("C{i},A{i},{i}.999,USD,exact,true\n"));
     }
     csv.push_str("C1,A1,5,USD,exact,true\n");
     csv.push_str("C1,B1,5,USD,Exact,true\n");

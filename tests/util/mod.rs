@@ -110,7 +110,7 @@ impl Sandbox {
                 .unwrap()
                 .status();
             assert!(status.is_success());
-        })
+        });
     }
 
     /// Revokes every token issued so far.
@@ -124,7 +124,7 @@ impl Sandbox {
                 .unwrap()
                 .status();
             assert!(status.is_success());
-        })
+        });
     }
 
     pub fn state(&self) -> Value {
@@ -364,7 +364,7 @@ impl Sandbox {
                 .unwrap()
                 .status();
             assert!(status.is_success());
-        })
+        });
     }
 
     /// Seeds `names` as orders whose payment failed a minute ago (a retry
@@ -402,7 +402,7 @@ impl Sandbox {
                 .unwrap()
                 .status();
             assert!(status.is_success());
-        })
+        });
     }
 
     /// The Commerce Engine order's state.

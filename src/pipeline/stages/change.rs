@@ -140,7 +140,7 @@ pub(crate) async fn change(
         .await;
     match outcome {
         Outcome::Done(Verdict::CannotTell(why)) => {
-            unknown(ctx, stored.row_number, &why, progress).await
+            unknown(ctx, stored.row_number, &why, progress).await;
         }
         Outcome::Done(_) => {
             ctx.write(Write::Changed {

@@ -323,8 +323,10 @@ impl PnmClient {
 /// an empty result, whatever its body says.
 fn no_match_is_empty<T>(result: Result<Vec<T>, ProviderError>) -> Result<Vec<T>, ProviderError> {
     match result {
-        Err(ProviderError::Api { status: 404, .. })
-        | Err(ProviderError::UnexpectedBody { status: 404, .. }) => Ok(Vec::new()),
+        Err(
+            ProviderError::Api { status: 404, .. }
+            | ProviderError::UnexpectedBody { status: 404, .. },
+        ) => Ok(Vec::new()),
         other => other,
     }
 }

@@ -194,7 +194,7 @@ impl TokenSource {
                 request = request.header(
                     AUTHORIZATION,
                     basic_authorization(&config.client_id, &config.client_secret),
-                )
+                );
             }
             ClientAuth::Post => {
                 form.push(("client_id", &config.client_id));

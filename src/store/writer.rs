@@ -751,3 +751,269 @@ fn apply(
     tx.commit().map_err(sql_err)?;
     Ok((acks, count))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each `Write` on a temporary database: the row's state after it, the
+    //! acknowledgements, and which transactions were synced.
+
+    use super::*;
+    use crate::store::rows::NewRow;
+    use crate::store::StoredRow;
+
+    /// A run of three pending rows (customer C, orders O1..O3).
+    fn store() -> (tempfile::TempDir, std::path::PathBuf, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let run = store.create_run("run", "in.csv", "fp", "{}").unwrap();
+        let rows: Vec<NewRow> = (1..=3u64)
+            .map(|n| NewRow {
+                row_number: n,
+                line: n + 1,
+                site_customer_identifier: Some("C".into()),
+                site_order_identifier: Some(format!("O{n}")),
+                unique_order_id: true,
+                pnm_order_identifier: None,
+                pnm_customer_identifier: None,
+                rejection: None,
+                identity: None,
+                input_offset: Some(n * 10),
+                known_customer: false,
+            })
+            .collect();
+        store.insert_rows(run, &rows).unwrap();
+        (dir, path, run)
+    }
+
+    /// Sends `writes` through a writer and returns its stats and the rows.
+    fn apply_all(writes: Vec<Write>) -> (WriterStats, Vec<StoredRow>, tempfile::TempDir) {
+        let (dir, path, run) = store();
+        let writer = Writer::start(Store::open(&path).unwrap(), run);
+        let tx = writer.sender();
+        for w in writes {
+            tx.blocking_send(w).unwrap();
+        }
+        drop(tx);
+        let stats = writer.finish().unwrap();
+        let mut rows = Vec::new();
+        Store::open_reader(&path)
+            .unwrap()
+            .all_rows(run, |r| {
+                rows.push(r);
+                true
+            })
+            .unwrap();
+        (stats, rows, dir)
+    }
+
+    fn state(rows: &[StoredRow], n: u64) -> RowState {
+        rows.iter().find(|r| r.row_number == n).unwrap().state
+    }
+
+    fn order(n: u64) -> OrderFacts {
+        OrderFacts {
+            pnm_order_identifier: Some(format!("P{n}")),
+            site_order_identifier: Some(format!("O{n}")),
+            embedded_js_url: Some(format!("https://u/{n}")),
+            embedded_js_url_expires_at: Some("2030-01-01T00:00:00Z".into()),
+            ..OrderFacts::default()
+        }
+    }
+
+    #[test]
+    fn each_write_leaves_its_row_in_the_state_it_names() {
+        let text = |s: &str| s.to_string();
+        let cases: Vec<(Vec<Write>, u64, RowState)> = vec![
+            (
+                vec![Write::Created {
+                    row: 1,
+                    pnm_order: text("P1"),
+                    pnm_customer: None,
+                }],
+                1,
+                RowState::Created,
+            ),
+            (
+                vec![Write::Urls {
+                    row: 1,
+                    order: order(1),
+                }],
+                1,
+                RowState::UrlsRefreshed,
+            ),
+            (
+                vec![Write::Token {
+                    row: 2,
+                    token: text("t"),
+                    link: None,
+                }],
+                2,
+                RowState::Done,
+            ),
+            (
+                vec![Write::Changed {
+                    row: 2,
+                    pnm_order: text("P2"),
+                }],
+                2,
+                RowState::Done,
+            ),
+            (
+                vec![Write::Failed {
+                    row: 3,
+                    code: text("x"),
+                    message: text("y"),
+                }],
+                3,
+                RowState::Failed,
+            ),
+            (
+                vec![Write::Unknown {
+                    row: 3,
+                    code: text("x"),
+                    message: text("y"),
+                }],
+                3,
+                RowState::Unknown,
+            ),
+            (
+                vec![Write::Skipped {
+                    row: 3,
+                    code: text("paid"),
+                    message: text("y"),
+                }],
+                3,
+                RowState::Skipped,
+            ),
+            (
+                vec![Write::Deferred {
+                    row: 3,
+                    until: 99,
+                    message: text("later"),
+                }],
+                3,
+                RowState::Deferred,
+            ),
+            (
+                vec![Write::Retried {
+                    row: 3,
+                    payment: PaymentFacts::default(),
+                    note: None,
+                }],
+                3,
+                RowState::Done,
+            ),
+            (
+                vec![Write::Resolved {
+                    row: 3,
+                    pnm_order: text("P3"),
+                    pnm_customer: None,
+                    site_customer: None,
+                }],
+                3,
+                RowState::Pending,
+            ),
+            (
+                vec![
+                    Write::Urls {
+                        row: 1,
+                        order: order(1),
+                    },
+                    Write::Urls {
+                        row: 2,
+                        order: order(2),
+                    },
+                    Write::MoveAll {
+                        from: RowState::UrlsRefreshed,
+                        to: RowState::Done,
+                    },
+                ],
+                2,
+                RowState::Done,
+            ),
+            (
+                vec![Write::Attempt {
+                    row: 1,
+                    endpoint: "create_order",
+                    code: text("timeout"),
+                    message: text("m"),
+                    latency_ms: 5,
+                }],
+                1,
+                RowState::Pending,
+            ),
+        ];
+        for (writes, row, expected) in cases {
+            let what = format!("{writes:?}");
+            let (_, rows, _) = apply_all(writes);
+            assert_eq!(state(&rows, row), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_expansion_makes_a_row_per_further_order_of_the_same_input_row() {
+        let (_, rows, _) = apply_all(vec![Write::Expand {
+            parent: 2,
+            orders: vec![order(7), order(8), order(9)],
+        }]);
+        let from_two: Vec<&StoredRow> = rows.iter().filter(|r| r.input_row == 2).collect();
+        assert_eq!(from_two.len(), 3, "{rows:?}");
+        assert!(from_two.iter().all(|r| r.state == RowState::UrlsRefreshed));
+        assert!(from_two.iter().all(|r| r.input_offset == Some(20)));
+        assert!(from_two
+            .iter()
+            .all(|r| r.site_customer_identifier.as_deref() == Some("C")));
+    }
+
+    #[test]
+    fn intents_and_flushes_are_acknowledged_once_committed_and_intents_are_synced() {
+        let (ack, intent_done) = oneshot::channel();
+        let (flush_ack, flushed) = oneshot::channel();
+        let (stats, rows, _) = apply_all(vec![
+            Write::Intent {
+                row: 1,
+                state: RowState::Creating,
+                ack,
+            },
+            Write::Flush { ack: flush_ack },
+            Write::Created {
+                row: 1,
+                pnm_order: "P1".into(),
+                pnm_customer: None,
+            },
+        ]);
+        assert!(
+            intent_done.blocking_recv().is_ok(),
+            "intent not acknowledged"
+        );
+        assert!(flushed.blocking_recv().is_ok(), "flush not acknowledged");
+        assert_eq!(state(&rows, 1), RowState::Created);
+        assert!(
+            stats.durable >= 1,
+            "the intent's transaction was not synced: {stats:?}"
+        );
+        assert!(stats.durable < stats.transactions || stats.transactions == 1);
+    }
+
+    #[test]
+    fn what_a_row_learns_of_its_order_becomes_the_stores_knowledge() {
+        let (_, _, dir) = apply_all(vec![Write::Created {
+            row: 1,
+            pnm_order: "P1".into(),
+            pnm_customer: Some("PC".into()),
+        }]);
+        let store = Store::open_reader(&dir.path().join("s.db")).unwrap();
+        let (customer, pnm_customer): (Option<String>, Option<String>) = store
+            .conn
+            .query_row(
+                "SELECT site_customer_identifier, pnm_customer_identifier FROM orders
+                 WHERE pnm_order_identifier = 'P1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(customer.as_deref(), Some("C"));
+        assert_eq!(pnm_customer.as_deref(), Some("PC"));
+    }
+}

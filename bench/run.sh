@@ -292,10 +292,19 @@ request = function()
   return wrk.format("GET", string.format("/v1/orders/ORD-%09d/embedded-js-url", counter % 10000))
 end
 LUA
-  for round in 1 2 3; do
-    wrk -t2 -c32 -d10s --latency -s "$WORK/serve.lua" http://127.0.0.1:18399 > "$WORK/wrk-serve.out"
-    echo "  round: $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-serve.out") req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/wrk-serve.out"), p99 $(awk '$1=="99%" {print $2}' "$WORK/wrk-serve.out"), non-2xx: $(grep -c 'Non-2xx' "$WORK/wrk-serve.out" || true)"
-  done
+  wrk_rounds() {
+    for round in 1 2 3; do
+      wrk -t2 -c32 -d10s --latency -s "$WORK/serve.lua" http://127.0.0.1:18399 > "$WORK/wrk-serve.out"
+      echo "  $1 round: $(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-serve.out") req/s, p50 $(awk '$1=="50%" {print $2}' "$WORK/wrk-serve.out"), p99 $(awk '$1=="99%" {print $2}' "$WORK/wrk-serve.out"), non-2xx: $(grep -c 'Non-2xx' "$WORK/wrk-serve.out" || true)"
+    done
+  }
+  wrk_rounds "-q"
+  kill $SERVE; wait $SERVE 2>/dev/null || true
+  # The default logging (one line per request), written to a file.
+  "$B" serve --db "$WORK/serve.db" --listen 127.0.0.1:18399 > "$WORK/serve.url" 2> "$WORK/serve.log" & SERVE=$!
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:18399/healthz >/dev/null && break; sleep 0.05; done
+  wrk_rounds "logging to a file"
+  echo "  log: $(wc -l < "$WORK/serve.log") lines, $(du -h "$WORK/serve.log" | cut -f1)"
   refreshes=$(counters | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"].get("refresh_embedded_js_urls", 0))')
   echo "  refresh_embedded_js_urls at the sandbox after serving: $refreshes (all from the run itself: the URLs were fresh)"
   kill $SERVE; wait $SERVE 2>/dev/null || true; stop_sandbox

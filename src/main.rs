@@ -16,7 +16,8 @@ static ALLOCATOR: orderbatch::alloc::Allocator = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     orderbatch::alloc::tune();
     let cli = Cli::parse();
-    init_logging(&cli);
+    // Lines written before the process ends are flushed when this drops.
+    let _log = init_logging(&cli);
     orderbatch::pipeline::shutdown::quit_on_second_signal(quit);
     match app::run(cli) {
         Ok(exit) => exit.into(),
@@ -41,8 +42,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// Text (colour on a terminal unless NO_COLOR) or JSON lines on stderr;
-/// RUST_LOG overrides the level that --quiet / -v / -vv choose.
-fn init_logging(cli: &Cli) {
+/// RUST_LOG overrides the level that --quiet / -v / -vv choose. Lines go
+/// through a writer thread (tracing-appender), so a slow stderr (a file, a
+/// pipe to a log shipper) never sits on a request's path; it blocks
+/// rather than drops lines when it falls far behind.
+fn init_logging(cli: &Cli) -> tracing_appender::non_blocking::WorkerGuard {
     let default = match (cli.quiet, cli.verbose) {
         (true, 0) => "orderbatch=warn,warn",
         (_, 0) => "orderbatch=info,warn",
@@ -51,9 +55,12 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Json => builder
             .json()
@@ -66,4 +73,5 @@ fn init_logging(cli: &Cli) {
             builder.with_ansi(color).init();
         }
     }
+    guard
 }

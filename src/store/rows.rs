@@ -212,7 +212,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
-/// Rows read per read transaction by the stages' feeders.
+/// Rows read per read transaction by the feeders.
 const CHUNK: i64 = 4096;
 
 /// `'a','b'` for an `IN (...)` of states (their names are fixed words).

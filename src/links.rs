@@ -187,10 +187,10 @@ struct Shared {
     max_attempts: u32,
     retry_base: Duration,
     max_wait: Duration,
-    /// One async lock per customer (or per order when the customer is not
-    /// known).
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The same customers across processes (a run or `refresh` beside).
+    /// One provider call per customer at a time, in this process and across
+    /// the processes sharing the database (a run or `refresh` beside): a
+    /// lock file per customer (per order when the customer is not known),
+    /// so nothing here grows with the customers seen.
     customers: CustomerLocks,
     /// The provider call in flight per (kind, pnm_order_identifier).
     flights: Mutex<HashMap<(Kind, String), Flight>>,
@@ -300,34 +300,28 @@ impl Shared {
         )
     }
 
-    fn lock_for(&self, order: &ServedOrder) -> Arc<tokio::sync::Mutex<()>> {
-        let key = order
-            .site_customer_identifier
-            .clone()
-            .or_else(|| order.pnm_customer_identifier.clone())
-            .unwrap_or_else(|| order.pnm_order_identifier.clone());
-        self.locks.lock().unwrap().entry(key).or_default().clone()
-    }
-
-    /// Holds the order's customer against other processes (a run or a
-    /// `refresh` of the same database) until `deadline`: their requests and
-    /// ours for one customer never overlap. Orders of no known customer
-    /// need no lease.
+    /// Holds the order's customer (in this process and against others: a
+    /// run or a `refresh` of the same database) until `deadline`: requests
+    /// for one customer never overlap.
     async fn hold_customer(
         &self,
         order: &ServedOrder,
         deadline: Instant,
     ) -> Result<Option<CustomerLease>, Failure> {
-        let Some(customer) = order.site_customer_identifier.as_deref() else {
-            return Ok(None);
+        // The site customer, as runs lock it; else the provider's customer
+        // or the order itself (kept apart from site customer names).
+        let key = match (&order.site_customer_identifier, &order.pnm_customer_identifier) {
+            (Some(site), _) => site.clone(),
+            (None, Some(pnm)) => format!("\u{0}customer {pnm}"),
+            (None, None) => format!("\u{0}order {}", order.pnm_order_identifier),
         };
         loop {
             if Instant::now() >= deadline {
                 return Err(waited_too_long(self.max_wait));
             }
-            match self.customers.try_acquire(customer) {
+            match self.customers.try_acquire(&key) {
                 Ok(Some(lease)) => return Ok(Some(lease)),
-                Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(2)).await,
                 Err(e) => {
                     tracing::warn!("cannot lock the customer beside the state database: {e}");
                     return Ok(None);
@@ -471,9 +465,7 @@ impl Shared {
     /// Regenerates the order's URL (`force=true`) and stores it; the flight
     /// of [`Kind::Url`].
     async fn regenerate(self: Arc<Self>, order: ServedOrder, deadline: Instant) -> Outcome {
-        let lock = self.lock_for(&order);
-        let _customer = lock.lock().await;
-        let _lease = self.hold_customer(&order, deadline).await?;
+        let _customer = self.hold_customer(&order, deadline).await?;
         // A run (or another order's call) may have refreshed it meanwhile.
         let id = order.site_order_identifier.clone();
         let order = self
@@ -559,9 +551,7 @@ impl Shared {
             .await?
             .and_then(|r| RunSpec::from_stored(&r.options).ok())
             .map_or_else(Vec::new, |spec| spec.token_options);
-        let lock = self.lock_for(&order);
-        let _customer = lock.lock().await;
-        let _lease = self.hold_customer(&order, deadline).await?;
+        let _customer = self.hold_customer(&order, deadline).await?;
         let pnm = order.pnm_order_identifier.clone();
         let mut params: Vec<(&str, &str)> = vec![("pnm_order_identifier", pnm.as_str())];
         params.extend(options.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -978,7 +968,6 @@ impl Links {
             max_attempts: config.max_attempts.max(1),
             retry_base: config.retry_base,
             max_wait: config.max_wait,
-            locks: Mutex::new(HashMap::new()),
             customers: CustomerLocks::of(&config.db),
             flights: Mutex::new(HashMap::new()),
             short: Mutex::new(HashMap::new()),

@@ -15,7 +15,6 @@ pub mod export;
 pub mod files;
 pub mod inbox;
 pub mod input;
-pub mod links;
 pub mod lock;
 pub mod money;
 pub mod pipeline;
@@ -24,6 +23,7 @@ pub mod report;
 pub mod report_html;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
+pub mod serve;
 pub mod status;
 pub mod store;
 pub mod timeline;

@@ -4,8 +4,9 @@
 mod inbox;
 mod inspect;
 mod orders;
-#[cfg(feature = "sandbox")]
 mod serve;
+#[cfg(feature = "sandbox")]
+mod sandbox;
 
 use crate::exit::Exit;
 
@@ -71,10 +72,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             Ok(Exit::Done)
         }
         #[cfg(feature = "sandbox")]
-        Command::Sandbox(args) => serve::sandbox(args),
+        Command::Sandbox(args) => sandbox::sandbox(args),
         #[cfg(feature = "sandbox")]
         Command::Demo(args) => orders::demo(args, quiet),
-        Command::Serve(args) => orders::serve_links(args, &env),
+        Command::Serve(args) => serve::serve(args, &env),
     }
 }
 

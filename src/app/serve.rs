@@ -1,80 +1,94 @@
-//! `orderbatch sandbox`.
+//! `orderbatch serve`: the command edge of the links server
+//! ([`crate::serve`]): its token, settings and client, then serving until
+//! Ctrl-C or SIGTERM.
 
+use std::path::Path;
+use std::time::Duration;
+
+use super::orders::GlobalArgs;
+use super::runtime;
+use crate::config::{self, TokenOptions};
 use crate::exit::Exit;
+use crate::provider::paynearme::PnmClient;
 
-use secrecy::SecretString;
-
-use crate::cli::SandboxArgs;
-use crate::config::read_secret_file;
-use crate::sandbox;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// `NAME`, else the file `NAME_FILE` names (mode 600, like the client's).
-fn secret(name: &str) -> anyhow::Result<Option<SecretString>> {
-    if let Some(value) = env(name) {
-        return Ok(Some(SecretString::from(value)));
-    }
-    match env(&format!("{name}_FILE")) {
-        Some(path) => Ok(Some(read_secret_file(std::path::Path::new(&path))?)),
-        None => Ok(None),
-    }
-}
-
-pub fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
+/// `orderbatch serve`.
+pub fn serve(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         anyhow::bail!(
-            "--listen {} is not a loopback address; the sandbox is a test server with no real security. \
-             Use 127.0.0.1, or add --allow-remote if you really mean it",
+            "--listen {} is not a loopback address; add --allow-remote to serve other machines, \
+             and put TLS in front of it (the bearer token travels with every request)",
             args.listen
         );
     }
-    let site = env("PNM_SITE_IDENTIFIER").unwrap_or_else(|| "S_SANDBOX".into());
-    let key = secret("PNM_SECRET_KEY")?.unwrap_or_else(|| SecretString::from("sandbox-secret"));
-    let mut config = sandbox::SandboxConfig::new(site.clone(), key);
-    config.api_key_id = env("PNM_API_KEY_ID");
-    if let Some(id) = env("PNM_CLIENT_ID") {
-        config.client_id = id;
+    let token = match (
+        std::env::var("ORDERBATCH_SERVE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        std::env::var("ORDERBATCH_SERVE_TOKEN_FILE")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    ) {
+        (Some(token), _) => secrecy::SecretString::from(token),
+        (None, Some(path)) => config::read_secret_file(Path::new(&path))?,
+        (None, None) => anyhow::bail!(
+            "ORDERBATCH_SERVE_TOKEN is not set; serve refuses to start without a bearer token: \
+             set it, or ORDERBATCH_SERVE_TOKEN_FILE to a file (mode 600) that holds it"
+        ),
+    };
+    if !crate::serve::sendable_token(secrecy::ExposeSecret::expose_secret(&token)) {
+        anyhow::bail!(
+            "the serve token is not one word a client can send after `Bearer ` (letters, digits \
+             and - . _ ~ + /, then any =; no spaces, line breaks or other characters)"
+        );
     }
-    if let Some(client_secret) = secret("PNM_CLIENT_SECRET")? {
-        config.client_secret = client_secret;
+    if secrecy::ExposeSecret::expose_secret(&token).len() < 16 {
+        anyhow::bail!("the serve token is shorter than 16 characters; use a long random one");
     }
-    config.token_lifetime = std::time::Duration::from_secs(args.token_lifetime.max(1));
-    config.oauth_only = args.oauth_only;
-    config.hostile_values = args.hostile_values;
-    config.poison_customer = args.poison_customer.clone();
-    config.lookup_hides = args.lookup_hides.clone();
-    config.strict_serial = args.strict_serial;
-    config.seed = args.seed;
-    config.latency_ms = args.latency_ms.map(|r| (r.0, r.1));
-    config.fail_rate = args.fail_rate;
-    config.drop_rate = args.drop_rate;
-    config.rate_limit = args.rate_limit;
-    super::runtime()?.block_on(async move {
-        let server = sandbox::start(config, args.listen).await?;
-        let addr = server.addr();
-        eprintln!(
-            "orderbatch sandbox: a TEST server, not PayNearMe. No real orders, no real money."
-        );
-        eprintln!(
-            "listening on http://{addr} for site {site}; state at http://{addr}/__sandbox/state"
-        );
-        eprintln!(
-            "OAuth token endpoint: http://{addr}/oauth/token{}",
-            if args.oauth_only {
-                " (OAuth only: signed requests are refused)"
-            } else {
-                ""
-            }
-        );
+    let settings = env.settings(&args.pace, &TokenOptions::default())?;
+    let timeout = Duration::from_secs(settings.timeout.value);
+    let client = PnmClient::new(settings.credentials()?, timeout)?;
+    let config = crate::serve::LinksConfig {
+        db: args.db.clone(),
+        token,
+        min_validity: args.min_validity,
+        rate: settings.rate.value,
+        concurrency: usize::from(settings.concurrency.value),
+        max_attempts: args.pace.max_attempts,
+        retry_base: Duration::from_millis(args.pace.retry_base_ms),
+        max_wait: args.max_wait,
+        client,
+        limits: crate::serve::ConnectionLimits {
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections as usize,
+            shutdown_timeout: args.shutdown_timeout,
+        },
+    };
+    runtime()?.block_on(async move {
+        let links = crate::serve::Links::bind(config, args.listen).await?;
+        let addr = links.addr()?;
         println!("http://{addr}");
-        tokio::select! {
-            _ = server.wait() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        eprintln!(
+            "orderbatch serve: links from {} on http://{addr}",
+            args.db.display()
+        );
+        links.serve(stop_signal()).await?;
+        eprintln!("orderbatch serve: stopped");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(Exit::Done)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

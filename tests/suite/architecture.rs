@@ -9,7 +9,7 @@ const ORDER: &[&str] = &[
     "app",
     "cli",
     "demo",
-    "links",
+    "serve",
     "config",
     "inbox",
     "pipeline",

@@ -4,9 +4,9 @@
 mod inbox;
 mod inspect;
 mod orders;
-mod serve;
 #[cfg(feature = "sandbox")]
 mod sandbox;
+mod serve;
 
 use crate::exit::Exit;
 

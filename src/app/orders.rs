@@ -240,7 +240,6 @@ pub fn retry(args: RetryArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     )
 }
 
-
 pub fn config_show(
     pace: &PaceArgs,
     token: &TokenOptions,

@@ -297,6 +297,16 @@ async fn run_inner(
     ));
     let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
     drop(ctx);
+    // Every row is read (and checked) before it is sent; an edit after the
+    // last row was read changed nothing that was sent, but is said.
+    if stage_result.is_ok() && !shutdown.is_stopping() {
+        if let Err(changed) = snapshot.check() {
+            tracing::warn!(
+                "{changed}. Every row of this run had been read before the change and was sent \
+                 with the values the run started with"
+            );
+        }
+    }
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
     if let Mode::Refresh { .. } = mode {
         // Rows naming one order carry the values issued last for it.

@@ -1158,3 +1158,40 @@ fn refresh_and_change_by_order_identifier_keep_each_customer_serial_using_what_t
         }
     }
 }
+
+#[test]
+fn check_existing_adopts_nothing_the_lookup_cannot_show_to_be_the_rows() {
+    // The provider's lookup leaves out the customer: the order may be
+    // anyone's, so it is neither adopted nor created again.
+    let sandbox = Sandbox::with(|c| c.lookup_hides = vec!["site_customer_identifier".into()]);
+    let dir = Dir::new();
+    let header = "site_order_identifier,site_customer_identifier,order_amount,order_currency,order_type,order_is_standing";
+    dir.write(
+        "a.csv",
+        format!("{header}\nX-1,alice,10.00,USD,exact,true\n"),
+    );
+    let out = run(dir.cmd(&sandbox, &["run", "a.csv", "--db", "a.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let tokens = sandbox.requests("get_smart_token");
+    dir.write(
+        "b.csv",
+        format!("{header}\nX-1,mallory,10.00,USD,exact,true\n"),
+    );
+    let out = run(dir.cmd(
+        &sandbox,
+        &["run", "b.csv", "--db", "b.db", "--check-existing"],
+    ));
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 1, "created again");
+    assert_eq!(
+        sandbox.requests("get_smart_token"),
+        tokens,
+        "alice's token reissued"
+    );
+    let status = run(dir.bare_cmd(&["status", "--db", "b.db"]));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("conflicting_order"),
+        "{}",
+        text(&status)
+    );
+}

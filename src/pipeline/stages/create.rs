@@ -70,10 +70,13 @@ pub(crate) async fn create(
     None
 }
 
-/// What makes `order` (found by this row's `site_order_identifier`) another
-/// order than the row's: the same checks as adopting an earlier run's order
-/// from the database (customer and amount), plus the currency. A field the
-/// lookup does not show is not held against it.
+/// What makes `order` (found by this row's `site_order_identifier`) not
+/// provably the row's order: the same checks as adopting an earlier run's
+/// order from the database (customer and amount) plus the currency. The
+/// customer and amount the row names must be shown and equal: an order the
+/// lookup does not show them for cannot be told apart from someone else's,
+/// and is not adopted. (A currency the lookup does not show is not held
+/// against it.)
 fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<String> {
     let ours = |name: &str| {
         params
@@ -87,22 +90,41 @@ fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<Stri
         _ => a == b,
     };
     type Same = fn(&str, &str) -> bool;
-    let checks: [(&str, Option<&str>, Same); 3] = [
+    let checks: [(&str, Option<&str>, Same, bool); 3] = [
         (
             "site_customer_identifier",
             order.site_customer_identifier.as_deref(),
             |a, b| a == b,
+            true,
         ),
-        ("order_amount", order.order_amount.as_deref(), same_amount),
-        ("order_currency", order.order_currency.as_deref(), |a, b| {
-            a.eq_ignore_ascii_case(b)
-        }),
+        (
+            "order_amount",
+            order.order_amount.as_deref(),
+            same_amount,
+            true,
+        ),
+        (
+            "order_currency",
+            order.order_currency.as_deref(),
+            |a, b| a.eq_ignore_ascii_case(b),
+            false,
+        ),
     ];
-    checks.into_iter().find_map(|(name, theirs, same)| {
-        let (ours, theirs) = (ours(name)?, theirs?);
-        (!same(ours, theirs))
-            .then(|| format!("its {name} is `{theirs}` where this row says `{ours}`"))
-    })
+    checks
+        .into_iter()
+        .find_map(|(name, theirs, same, required)| {
+            let ours = ours(name)?;
+            match theirs {
+                Some(theirs) if !same(ours, theirs) => Some(format!(
+                    "its {name} is `{theirs}` where this row says `{ours}`"
+                )),
+                None if required => Some(format!(
+                    "the lookup does not show its {name}, so it cannot be told from another \
+                 customer's or amount's order"
+                )),
+                _ => None,
+            }
+        })
 }
 
 /// One attempt: reconcile first when an earlier attempt may have created the

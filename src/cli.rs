@@ -655,6 +655,12 @@ pub struct PaceArgs {
     /// First retry delay in milliseconds (doubles each retry, with jitter).
     #[arg(long, default_value_t = 500, hide = true)]
     pub retry_base_ms: u64,
+    /// How long (ms) a create or change that got no answer may still be
+    /// running at the provider: its order is looked up only after that, so
+    /// a late landing is found instead of sent again [default: --timeout,
+    /// at least 5000].
+    #[arg(long, env = "ORDERBATCH_SETTLE_MS", hide = true)]
+    pub settle_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]

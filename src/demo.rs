@@ -104,6 +104,7 @@ pub async fn run(
         concurrency: 8,
         max_attempts: 8,
         retry_base: Duration::from_millis(200),
+        settle: Duration::from_secs(5),
         max_errors: None,
         new_run: false,
         rejects: None,

@@ -354,6 +354,7 @@ fn execute(
         concurrency,
         max_attempts: pace.max_attempts,
         retry_base: Duration::from_millis(pace.retry_base_ms),
+        settle: settle(pace, settings),
         max_errors: pace.max_errors,
         new_run: job.new_run,
         rejects: job.rejects,
@@ -451,6 +452,15 @@ fn check_outputs(
         check_writable("rejects file", rejects)?;
     }
     Ok(())
+}
+
+/// How long an unanswered request may still be running at the provider:
+/// `--settle-ms`, else the answer timeout, at least 5 s.
+pub(super) fn settle(pace: &PaceArgs, settings: &Settings) -> Duration {
+    pace.settle_ms.map_or_else(
+        || Duration::from_secs(settings.timeout.value.max(5)),
+        Duration::from_millis,
+    )
 }
 
 /// The provider client the mode needs, built from its credentials.

@@ -170,6 +170,7 @@ pub struct RunContext {
     pub shutdown: Shutdown,
     max_attempts: u32,
     retry_base: Duration,
+    settle: Duration,
     max_errors: Option<u64>,
     failed_rows: AtomicU64,
     /// Transient failures since the last success, across all workers.
@@ -223,6 +224,7 @@ impl RunContext {
             shutdown,
             max_attempts: options.max_attempts,
             retry_base: options.retry_base,
+            settle: options.settle,
             max_errors: options.max_errors,
             failed_rows: AtomicU64::new(0),
             failing_in_a_row: AtomicU64::new(0),
@@ -267,6 +269,22 @@ impl RunContext {
         if self.writes.send(op).await.is_err() {
             self.shutdown
                 .stop(Stop::Aborted("the state database writer stopped".into()));
+        }
+    }
+
+    /// Waits until a request sent at `sent` that got no answer can no longer
+    /// be running at the provider (`settle` after it left), so that a
+    /// lookup of what it did sees its late landing instead of nothing
+    /// (which would send it again). Returns at once for older requests;
+    /// false when the run stops meanwhile.
+    pub async fn settle(&self, sent: std::time::SystemTime) -> bool {
+        let since = sent.elapsed().unwrap_or_default();
+        let Some(left) = self.settle.checked_sub(since) else {
+            return true;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(left) => true,
+            () = self.shutdown.stopped() => false,
         }
     }
 

@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub max_attempts: u32,
     /// First backoff delay; later ones grow exponentially.
     pub retry_base: Duration,
+    /// How long a request that got no answer may still be running at the
+    /// provider (see [`RunContext::settle`]).
+    pub settle: Duration,
     /// Stop taking new rows after this many rows failed.
     pub max_errors: Option<u64>,
     /// Start a new run even if this input's last run is finished (`refresh`).

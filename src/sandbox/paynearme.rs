@@ -253,6 +253,28 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Like a real provider, a request goes on to its end when its client
+    // stops waiting (a timeout, a dropped connection): its work is its own
+    // task, not the connection's.
+    tokio::spawn(answer(shared, endpoint, headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the sandbox failed",
+            )
+            .into_response()
+        })
+}
+
+/// One request, from its count to its answer (faults included).
+async fn answer(
+    shared: Arc<Shared>,
+    endpoint: String,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     *shared
         .pnm
         .lock()

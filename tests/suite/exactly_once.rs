@@ -1195,3 +1195,53 @@ fn check_existing_adopts_nothing_the_lookup_cannot_show_to_be_the_rows() {
         text(&status)
     );
 }
+
+#[test]
+fn a_create_or_change_still_running_after_the_timeout_is_found_not_sent_again() {
+    // The provider takes 2.5 s to create (and to change); the client gives
+    // up after 1 s. The order lands after the client stopped waiting: the
+    // lookup must come after that, or the row is created twice.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(4, 2, true));
+    sandbox.set_faults_only("create_order");
+    sandbox.set_delay_ms(2500);
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--timeout",
+            "1",
+            "--export",
+            "e.csv",
+        ],
+    );
+    // The default: an unanswered request may run at the provider for
+    // --timeout, at least 5 s.
+    cmd.env_remove("ORDERBATCH_SETTLE_MS");
+    let out = run(cmd);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.orders().len(), 4, "an order was created twice");
+    assert_eq!(sandbox.counter("duplicates"), 0);
+    assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+
+    sandbox.set_faults_only("change_order");
+    dir.write(
+        "c.csv",
+        "site_order_identifier,order_amount\nORD-1,77.00\nORD-2,78.00\n",
+    );
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &["change", "c.csv", "--db", "c.db", "--timeout", "1"],
+    );
+    cmd.env_remove("ORDERBATCH_SETTLE_MS");
+    let out = run(cmd);
+    sandbox.set_delay_ms(0);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    for id in ["ORD-1", "ORD-2"] {
+        assert_eq!(sandbox.order(id)["changes"], 1, "{id} changed twice");
+    }
+}

@@ -241,6 +241,10 @@ impl Dir {
             .env_remove("CE_ACCESS_TOKEN")
             .env_remove("CE_REFRESH_TOKEN")
             .env_remove("RUST_LOG")
+            // An unanswered request may still be running at the provider
+            // for this long: the sandbox answers in milliseconds (the
+            // default, --timeout or 5 s, is tested on its own).
+            .env("ORDERBATCH_SETTLE_MS", "300")
             .stdin(Stdio::null());
         cmd
     }

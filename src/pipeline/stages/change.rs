@@ -1,6 +1,8 @@
 //! `change_order`, exactly once per row.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
@@ -67,7 +69,13 @@ pub(crate) async fn change(
     if stored.state == RowState::Changing {
         // A killed run may have sent the change: if the order already has
         // every value, it was applied; if the lookup cannot show it, nobody
-        // can tell, and it is not sent again.
+        // can tell, and it is not sent again. Not before a change still
+        // running at the provider could have landed.
+        if let Some(intent_at) = stored.intent_at {
+            if !ctx.settle(super::create::unix_time(intent_at)).await {
+                return;
+            }
+        }
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
                 let _slot = ctx.permit(Endpoint::FindOrders).await?;
@@ -103,9 +111,16 @@ pub(crate) async fn change(
     // An attempt whose outcome is unknown (dropped connection, timeout,
     // 5xx) may have been applied: the order is compared before a resend.
     let maybe_applied = AtomicBool::new(false);
+    let unanswered: Mutex<Option<SystemTime>> = Mutex::new(None);
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
             if maybe_applied.load(Ordering::Relaxed) {
+                let sent = *unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(sent) = sent {
+                    if !ctx.settle(sent).await {
+                        return Err(ProviderError::Cancelled);
+                    }
+                }
                 let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 let orders = ctx
                     .pnm()
@@ -124,6 +139,7 @@ pub(crate) async fn change(
                 }
             }
             let _slot = ctx.permit(Endpoint::ChangeOrder).await?;
+            let sent = SystemTime::now();
             let result = ctx.pnm().change_order(&params).await;
             if let Err(e) = &result {
                 if matches!(
@@ -133,6 +149,10 @@ pub(crate) async fn change(
                     }
                 ) {
                     maybe_applied.store(true, Ordering::Relaxed);
+                }
+                // No answer at all: the change may still be running there.
+                if matches!(e, ProviderError::Transport { .. }) {
+                    *unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
                 }
             }
             result.map(|()| Verdict::Applied)

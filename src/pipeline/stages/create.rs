@@ -1,6 +1,8 @@
 //! `create_order`, exactly once per row.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use super::fail;
 use crate::input::{Header, Row};
@@ -33,6 +35,13 @@ pub(crate) async fn create(
         params.push(("site_order_identifier", order_id));
     }
     let maybe_exists = AtomicBool::new(stored.state == RowState::Creating);
+    // A killed run's create may still be running at the provider.
+    let unanswered = Mutex::new(
+        stored
+            .intent_at
+            .filter(|_| stored.state == RowState::Creating)
+            .map(unix_time),
+    );
     if !maybe_exists.load(Ordering::Relaxed)
         && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
     {
@@ -40,7 +49,13 @@ pub(crate) async fn create(
     }
     let outcome = ctx
         .request(Endpoint::CreateOrder, &[stored.row_number], || {
-            create_attempt(ctx, &maybe_exists, stored.row_number, order_id, &params)
+            create_attempt(
+                ctx,
+                (&maybe_exists, &unanswered),
+                stored.row_number,
+                order_id,
+                &params,
+            )
         })
         .await;
     match outcome {
@@ -68,6 +83,11 @@ pub(crate) async fn create(
         Outcome::Stopped => {}
     }
     None
+}
+
+/// A stored unix time (seconds) as a time.
+pub(crate) fn unix_time(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs())
 }
 
 /// What makes `order` (found by this row's `site_order_identifier`) not
@@ -131,12 +151,21 @@ fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<Stri
 /// order, then create.
 async fn create_attempt(
     ctx: &RunContext,
-    maybe_exists: &AtomicBool,
+    (maybe_exists, unanswered): (&AtomicBool, &Mutex<Option<SystemTime>>),
     row: u64,
     order_id: &str,
     params: &[(&str, &str)],
 ) -> Result<PnmOrder, ProviderError> {
     if maybe_exists.load(Ordering::Relaxed) {
+        // Not before the unanswered create could have landed.
+        let sent = *unanswered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sent) = sent {
+            if !ctx.settle(sent).await {
+                return Err(ProviderError::Cancelled);
+            }
+        }
         let _slot = ctx.permit(Endpoint::FindOrders).await?;
         let found = ctx
             .pnm()
@@ -165,6 +194,7 @@ async fn create_attempt(
         maybe_exists.store(false, Ordering::Relaxed);
     }
     let _slot = ctx.permit(Endpoint::CreateOrder).await?;
+    let sent = SystemTime::now();
     let result = ctx.pnm().create_order(params).await;
     if let Err(e) = &result {
         if matches!(
@@ -174,6 +204,12 @@ async fn create_attempt(
             }
         ) {
             maybe_exists.store(true, Ordering::Relaxed);
+        }
+        // No answer at all: the create may still be running there.
+        if matches!(e, ProviderError::Transport { .. }) {
+            *unanswered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
         }
     }
     result

@@ -28,6 +28,9 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::from_directory(&MIGRATIONS_DIR).expect("migrations directory is well formed")
 });
 
+/// SQLite's `application_id` of an orderbatch state database ("OBAT").
+pub const APPLICATION_ID: i32 = 0x4F42_4154;
+
 /// The schema version this build writes.
 pub fn schema_version() -> usize {
     MIGRATIONS_DIR.dirs().count()
@@ -51,6 +54,8 @@ pub enum StoreError {
     Migration { path: PathBuf, detail: String },
     #[error("state database {path}: {detail}")]
     Io { path: PathBuf, detail: String },
+    #[error("{path} is not an orderbatch state database ({why}); it was left as it is. Give the --db of an orderbatch run, or a new file name", path = path.display())]
+    NotOurs { path: PathBuf, why: String },
 }
 
 /// A connection to the state database.
@@ -74,6 +79,16 @@ impl Store {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
+        let id: i32 = store
+            .conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|e| store.err(e))?;
+        if id != APPLICATION_ID {
+            store
+                .conn
+                .pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(|e| store.err(e))?;
+        }
         Ok(store)
     }
 
@@ -129,6 +144,8 @@ impl Store {
             conn,
             path: path.to_path_buf(),
         };
+        // Before anything is written (the journal mode included).
+        store.refuse_if_not_ours()?;
         store
             .conn
             .execute_batch(
@@ -139,6 +156,54 @@ impl Store {
             )
             .map_err(|e| store.err(e))?;
         Ok(store)
+    }
+
+    /// Refuses a file another application owns, leaving it byte for byte:
+    /// ours carries [`APPLICATION_ID`]; a file without one is ours only when
+    /// it is new (no tables) or an orderbatch database written before the
+    /// id was set (a `runs` table and a schema version).
+    fn refuse_if_not_ours(&self) -> Result<(), StoreError> {
+        let not_ours = |why: String| StoreError::NotOurs {
+            path: self.path.clone(),
+            why,
+        };
+        let id: i32 = self
+            .conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    not_ours("not a SQLite database".into())
+                }
+                e => self.err(e),
+            })?;
+        if id == APPLICATION_ID {
+            return Ok(());
+        }
+        if id != 0 {
+            return Err(not_ours(format!("SQLite application_id {id:#x}")));
+        }
+        let (tables, runs): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE name = 'runs') FROM sqlite_master
+                 WHERE type = 'table'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if tables == 0 || (runs == 1 && version > 0) {
+            Ok(())
+        } else {
+            Err(not_ours(format!(
+                "it holds {tables} tables of another application"
+            )))
+        }
     }
 
     /// Wraps a SQLite error with the database path.

@@ -316,3 +316,58 @@ fn a_client_secret_echoed_by_the_token_endpoint_in_any_encoding_is_kept_out_of_e
         }
     }
 }
+
+#[test]
+fn a_database_of_another_application_is_refused_and_left_byte_for_byte() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let other = dir.path("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total TEXT);
+             INSERT INTO invoices (total) VALUES ('10.00');",
+        )
+        .unwrap();
+    }
+    let garbage = dir.write(
+        "garbage.db",
+        b"not a database at all, just some text\n".repeat(200),
+    );
+    dir.write("o.csv", orders_csv(2, 1, true));
+    for db in [&other, &garbage] {
+        let before = std::fs::read(db).unwrap();
+        let name = db.file_name().unwrap().to_str().unwrap();
+        for args in [
+            vec!["run", "o.csv", "--db", name],
+            vec!["status", "--db", name],
+            vec!["export", "--db", name, "--out", "x.csv"],
+        ] {
+            let out = run(dir.cmd(&sandbox, &args));
+            assert_eq!(code(&out), 2, "{args:?}: {}", text(&out));
+            assert!(
+                text(&out).contains("not an orderbatch state database"),
+                "{args:?}: {}",
+                text(&out)
+            );
+            assert_eq!(
+                std::fs::read(db).unwrap(),
+                before,
+                "{args:?} changed {name}"
+            );
+            assert!(
+                !dir.path(&format!("{name}-wal")).exists(),
+                "{args:?}: WAL made"
+            );
+        }
+    }
+    assert_eq!(sandbox.total_requests(), 0);
+    // A state database of ours says so.
+    let out = run(dir.cmd(&sandbox, &["run", "o.csv", "--db", "s.db"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let conn = rusqlite::Connection::open(dir.path("s.db")).unwrap();
+    let id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, orderbatch::store::APPLICATION_ID);
+}

@@ -57,7 +57,7 @@ pub struct RunOptions {
     /// First backoff delay; later ones grow exponentially.
     pub retry_base: Duration,
     /// How long a request that got no answer may still be running at the
-    /// provider (see [`RunContext::settle`]).
+    /// provider: its lookup waits until then.
     pub settle: Duration,
     /// Stop taking new rows after this many rows failed.
     pub max_errors: Option<u64>,

@@ -227,29 +227,59 @@ impl CustomerLocks {
     }
 
     /// Takes `customer` if no other holder has it (another process, or
-    /// another lease of this one); `None` when it is taken.
+    /// another lease of this one); `None` when it is taken. One `open` and
+    /// one `flock` (the folder is made when the first open finds it missing).
     pub fn try_acquire(&self, customer: &str) -> std::io::Result<Option<CustomerLease>> {
         use sha2::Digest;
+        use std::os::unix::fs::OpenOptionsExt;
         let digest = sha2::Sha256::digest(customer.as_bytes());
         let bucket = u16::from_be_bytes([digest[0], digest[1]]) % CUSTOMER_BUCKETS;
-        if !self.dir.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            match builder.create(&self.dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
         let path = self.dir.join(format!("{bucket:04}"));
-        crate::files::create_private(&path)?;
         // Each lease opens its own description: two leases conflict even
         // within one process.
-        let file = File::open(&path)?;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut builder = std::fs::DirBuilder::new();
+                std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+                match builder.create(&self.dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => open()?,
+                }
+            }
+            other => other?,
+        };
         match file.try_lock() {
             Ok(()) => Ok(Some(CustomerLease { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// Waits for `customer` until `deadline` (`None`: for as long as it
+    /// takes; callers race it with their own stop), polling every 2 ms;
+    /// `Ok(None)` once the deadline passed.
+    pub async fn acquire(
+        &self,
+        customer: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> std::io::Result<Option<CustomerLease>> {
+        loop {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                return Ok(None);
+            }
+            if let Some(lease) = self.try_acquire(customer)? {
+                return Ok(Some(lease));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 }

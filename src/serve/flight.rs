@@ -211,17 +211,12 @@ impl Shared {
             (None, Some(pnm)) => format!("\u{0}customer {pnm}"),
             (None, None) => format!("\u{0}order {}", order.pnm_order_identifier),
         };
-        loop {
-            if Instant::now() >= deadline {
-                return Err(waited_too_long(self.max_wait));
-            }
-            match self.customers.try_acquire(&key) {
-                Ok(Some(lease)) => return Ok(Some(lease)),
-                Ok(None) => tokio::time::sleep(Duration::from_millis(2)).await,
-                Err(e) => {
-                    tracing::warn!("cannot lock the customer beside the state database: {e}");
-                    return Ok(None);
-                }
+        match self.customers.acquire(&key, Some(deadline.into())).await {
+            Ok(Some(lease)) => Ok(Some(lease)),
+            Ok(None) => Err(waited_too_long(self.max_wait)),
+            Err(e) => {
+                tracing::warn!("cannot lock the customer beside the state database: {e}");
+                Ok(None)
             }
         }
     }

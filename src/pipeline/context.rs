@@ -2,9 +2,9 @@
 //! gate, the writer, the stop signal and the retry settings.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
@@ -153,6 +153,66 @@ tokio::task_local! {
     pub static CUSTOMER: Option<String>;
 }
 
+/// A create or change whose outcome may not be known: whether an attempt
+/// may have been applied (it is then looked up before anything is resent),
+/// and when the last attempt that got no answer at all left (it may still
+/// be running at the provider: see [`RunContext::settle`]).
+#[derive(Debug, Default)]
+pub struct Unsettled {
+    maybe_applied: AtomicBool,
+    unanswered: std::sync::Mutex<Option<SystemTime>>,
+}
+
+impl Unsettled {
+    /// A row found in its intent state: a killed run may have sent its
+    /// request at `intent_at` (unix seconds), and it may still be running.
+    pub fn resumed(intent_at: Option<i64>) -> Unsettled {
+        Unsettled {
+            maybe_applied: AtomicBool::new(true),
+            unanswered: std::sync::Mutex::new(intent_at.map(|secs| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs())
+            })),
+        }
+    }
+
+    /// Whether an attempt may have been applied.
+    pub fn maybe_applied(&self) -> bool {
+        self.maybe_applied.load(Ordering::Relaxed)
+    }
+
+    /// A lookup showed that nothing was applied.
+    pub fn settled(&self) {
+        self.maybe_applied.store(false, Ordering::Relaxed);
+    }
+
+    /// Records what an attempt sent at `sent` came to.
+    pub fn note<T>(&self, sent: SystemTime, result: &Result<T, ProviderError>) {
+        let Err(e) = result else { return };
+        if matches!(
+            e.class(),
+            ErrorClass::Transient {
+                maybe_applied: true
+            }
+        ) {
+            self.maybe_applied.store(true, Ordering::Relaxed);
+        }
+        // No answer at all: the request may still be running there.
+        if matches!(e, ProviderError::Transport { .. }) {
+            *self
+                .unanswered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
+        }
+    }
+
+    fn unanswered(&self) -> Option<SystemTime> {
+        *self
+            .unanswered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Shared by all workers of a run.
 pub struct RunContext {
     clients: Clients,
@@ -272,12 +332,15 @@ impl RunContext {
         }
     }
 
-    /// Waits until a request sent at `sent` that got no answer can no longer
-    /// be running at the provider (`settle` after it left), so that a
-    /// lookup of what it did sees its late landing instead of nothing
-    /// (which would send it again). Returns at once for older requests;
-    /// false when the run stops meanwhile.
-    pub async fn settle(&self, sent: std::time::SystemTime) -> bool {
+    /// Waits until the last request of `unsettled` that got no answer can
+    /// no longer be running at the provider (`settle` after it left), so
+    /// that a lookup of what it did sees its late landing instead of
+    /// nothing (which would send it again). Returns at once when there is
+    /// none or it is older; false when the run stops meanwhile.
+    pub async fn settle(&self, unsettled: &Unsettled) -> bool {
+        let Some(sent) = unsettled.unanswered() else {
+            return true;
+        };
         let since = sent.elapsed().unwrap_or_default();
         let Some(left) = self.settle.checked_sub(since) else {
             return true;
@@ -379,16 +442,13 @@ impl RunContext {
     /// unheld, with a warning.
     async fn hold_customer(&self) -> Option<CustomerLease> {
         let customer = CUSTOMER.try_with(Clone::clone).ok().flatten()?;
-        loop {
-            match self.customers.try_acquire(&customer) {
-                Ok(Some(lease)) => return Some(lease),
-                Ok(None) => tokio::time::sleep(Duration::from_millis(2)).await,
-                Err(e) => {
-                    tracing::warn!("cannot lock a customer beside the state database: {e}");
-                    return None;
-                }
-            }
-        }
+        self.customers
+            .acquire(&customer, None)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot lock a customer beside the state database: {e}");
+                None
+            })
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the run stops.

@@ -1,7 +1,5 @@
 //! `change_order`, exactly once per row.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -9,11 +7,11 @@ use serde_json::{Map, Value};
 use super::{fail, Group};
 use crate::input::{Header, Row};
 use crate::money::Amount;
-use crate::pipeline::context::{Outcome, RunContext};
+use crate::pipeline::context::{Outcome, RunContext, Unsettled};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::Endpoint;
-use crate::provider::{ErrorClass, ProviderError};
+use crate::provider::ProviderError;
 use crate::store::writer::Write;
 use crate::store::{RowState, StoredRow};
 
@@ -71,10 +69,8 @@ pub(crate) async fn change(
         // every value, it was applied; if the lookup cannot show it, nobody
         // can tell, and it is not sent again. Not before a change still
         // running at the provider could have landed.
-        if let Some(intent_at) = stored.intent_at {
-            if !ctx.settle(super::create::unix_time(intent_at)).await {
-                return;
-            }
+        if !ctx.settle(&Unsettled::resumed(stored.intent_at)).await {
+            return;
         }
         let found = ctx
             .request(Endpoint::FindOrders, &rows, || async {
@@ -110,16 +106,12 @@ pub(crate) async fn change(
     params.push(("pnm_order_identifier", pnm.as_str()));
     // An attempt whose outcome is unknown (dropped connection, timeout,
     // 5xx) may have been applied: the order is compared before a resend.
-    let maybe_applied = AtomicBool::new(false);
-    let unanswered: Mutex<Option<SystemTime>> = Mutex::new(None);
+    let unsettled = Unsettled::default();
     let outcome = ctx
         .request(Endpoint::ChangeOrder, &rows, || async {
-            if maybe_applied.load(Ordering::Relaxed) {
-                let sent = *unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(sent) = sent {
-                    if !ctx.settle(sent).await {
-                        return Err(ProviderError::Cancelled);
-                    }
+            if unsettled.maybe_applied() {
+                if !ctx.settle(&unsettled).await {
+                    return Err(ProviderError::Cancelled);
                 }
                 let _slot = ctx.permit(Endpoint::FindOrders).await?;
                 let orders = ctx
@@ -135,26 +127,13 @@ pub(crate) async fn change(
                         return Ok(Verdict::Applied);
                     }
                     cannot_tell @ Verdict::CannotTell(_) => return Ok(cannot_tell),
-                    Verdict::NotApplied => maybe_applied.store(false, Ordering::Relaxed),
+                    Verdict::NotApplied => unsettled.settled(),
                 }
             }
             let _slot = ctx.permit(Endpoint::ChangeOrder).await?;
             let sent = SystemTime::now();
             let result = ctx.pnm().change_order(&params).await;
-            if let Err(e) = &result {
-                if matches!(
-                    e.class(),
-                    ErrorClass::Transient {
-                        maybe_applied: true
-                    }
-                ) {
-                    maybe_applied.store(true, Ordering::Relaxed);
-                }
-                // No answer at all: the change may still be running there.
-                if matches!(e, ProviderError::Transport { .. }) {
-                    *unanswered.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
-                }
-            }
+            unsettled.note(sent, &result);
             result.map(|()| Verdict::Applied)
         })
         .await;

@@ -1,17 +1,15 @@
 //! `create_order`, exactly once per row.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::fail;
 use crate::input::{Header, Row};
 use crate::money::Amount;
-use crate::pipeline::context::{Outcome, RunContext};
+use crate::pipeline::context::{Outcome, RunContext, Unsettled};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
-use crate::provider::{ErrorClass, ProviderError};
+use crate::provider::ProviderError;
 use crate::store::rows::CONFLICTING_ORDER;
 use crate::store::writer::Write;
 use crate::store::{RowState, StoredRow};
@@ -34,28 +32,20 @@ pub(crate) async fn create(
     if !params.iter().any(|(k, _)| *k == "site_order_identifier") {
         params.push(("site_order_identifier", order_id));
     }
-    let maybe_exists = AtomicBool::new(stored.state == RowState::Creating);
-    // A killed run's create may still be running at the provider.
-    let unanswered = Mutex::new(
-        stored
-            .intent_at
-            .filter(|_| stored.state == RowState::Creating)
-            .map(unix_time),
-    );
-    if !maybe_exists.load(Ordering::Relaxed)
+    // A killed run's create may have been sent, and may still be running.
+    let unsettled = if stored.state == RowState::Creating {
+        Unsettled::resumed(stored.intent_at)
+    } else {
+        Unsettled::default()
+    };
+    if !unsettled.maybe_applied()
         && (ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Creating).await)
     {
         return None;
     }
     let outcome = ctx
         .request(Endpoint::CreateOrder, &[stored.row_number], || {
-            create_attempt(
-                ctx,
-                (&maybe_exists, &unanswered),
-                stored.row_number,
-                order_id,
-                &params,
-            )
+            create_attempt(ctx, &unsettled, stored.row_number, order_id, &params)
         })
         .await;
     match outcome {
@@ -83,11 +73,6 @@ pub(crate) async fn create(
         Outcome::Stopped => {}
     }
     None
-}
-
-/// A stored unix time (seconds) as a time.
-pub(crate) fn unix_time(secs: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0).unsigned_abs())
 }
 
 /// What makes `order` (found by this row's `site_order_identifier`) not
@@ -151,20 +136,15 @@ fn not_this_rows_order(order: &PnmOrder, params: &[(&str, &str)]) -> Option<Stri
 /// order, then create.
 async fn create_attempt(
     ctx: &RunContext,
-    (maybe_exists, unanswered): (&AtomicBool, &Mutex<Option<SystemTime>>),
+    unsettled: &Unsettled,
     row: u64,
     order_id: &str,
     params: &[(&str, &str)],
 ) -> Result<PnmOrder, ProviderError> {
-    if maybe_exists.load(Ordering::Relaxed) {
-        // Not before the unanswered create could have landed.
-        let sent = *unanswered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sent) = sent {
-            if !ctx.settle(sent).await {
-                return Err(ProviderError::Cancelled);
-            }
+    if unsettled.maybe_applied() {
+        // Not before an unanswered create could have landed.
+        if !ctx.settle(unsettled).await {
+            return Err(ProviderError::Cancelled);
         }
         let _slot = ctx.permit(Endpoint::FindOrders).await?;
         let found = ctx
@@ -191,26 +171,11 @@ async fn create_attempt(
             tracing::info!(row, "adopted the order an earlier attempt created");
             return Ok(order);
         }
-        maybe_exists.store(false, Ordering::Relaxed);
+        unsettled.settled();
     }
     let _slot = ctx.permit(Endpoint::CreateOrder).await?;
     let sent = SystemTime::now();
     let result = ctx.pnm().create_order(params).await;
-    if let Err(e) = &result {
-        if matches!(
-            e.class(),
-            ErrorClass::Transient {
-                maybe_applied: true
-            }
-        ) {
-            maybe_exists.store(true, Ordering::Relaxed);
-        }
-        // No answer at all: the create may still be running there.
-        if matches!(e, ProviderError::Transport { .. }) {
-            *unanswered
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sent);
-        }
-    }
+    unsettled.note(sent, &result);
     result
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::orders::{clients, GlobalArgs};
 use super::runtime;
+use super::setup::{clients, GlobalArgs};
 use crate::cli::{InboxArgs, InboxMode};
 use crate::exit::Exit;
 use crate::inbox::{Inbox, Pass};
@@ -67,7 +67,7 @@ pub fn inbox(args: InboxArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
             concurrency: usize::from(settings.concurrency.value),
             max_attempts: args.pace.max_attempts,
             retry_base: std::time::Duration::from_millis(args.pace.retry_base_ms),
-            settle: super::orders::settle(&args.pace, &settings),
+            settle: super::setup::settle(&args.pace, &settings),
             max_errors: args.pace.max_errors,
             new_run: false,
             identity: pipeline::IdentityOptions {

@@ -1,12 +1,15 @@
 //! The command-line edge: one function per command, `anyhow` errors, exit
 //! codes. `main.rs` only parses arguments and sets up logging.
 
+mod execute;
 mod inbox;
 mod inspect;
-mod orders;
+mod retry;
 #[cfg(feature = "sandbox")]
 mod sandbox;
 mod serve;
+mod setup;
+mod start;
 
 use crate::exit::Exit;
 
@@ -47,19 +50,19 @@ pub fn exit_for_error(e: &anyhow::Error) -> Exit {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let quiet = cli.quiet || cli.log_format == crate::cli::LogFormat::Json;
-    let env = orders::GlobalArgs {
+    let env = setup::GlobalArgs {
         quiet,
         config: cli.config.clone(),
     };
     match cli.command {
-        Command::Run(args) => orders::run(args, &env),
-        Command::Refresh(args) => orders::refresh(args, &env),
+        Command::Run(args) => start::run(args, &env),
+        Command::Refresh(args) => start::refresh(args, &env),
         Command::Inbox(args) => inbox::inbox(args, &env),
-        Command::Change(args) => orders::change(args, &env),
-        Command::Retry(args) => orders::retry(args, &env),
-        Command::Ce(crate::cli::CeCommand::RetryPayments(args)) => orders::ce_retry(args, &env),
+        Command::Change(args) => start::change(args, &env),
+        Command::Retry(args) => retry::retry(args, &env),
+        Command::Ce(crate::cli::CeCommand::RetryPayments(args)) => start::ce_retry(args, &env),
         Command::Config(crate::cli::ConfigCommand::Show { pace, token }) => {
-            orders::config_show(&pace, &token, &env)
+            setup::config_show(&pace, &token, &env)
         }
         Command::Validate(args) => inspect::validate(args),
         Command::Export(args) => inspect::export(args),
@@ -74,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => sandbox::sandbox(args),
         #[cfg(feature = "sandbox")]
-        Command::Demo(args) => orders::demo(args, quiet),
+        Command::Demo(args) => execute::demo(args, quiet),
         Command::Serve(args) => serve::serve(args, &env),
     }
 }

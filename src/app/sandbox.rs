@@ -5,23 +5,8 @@ use crate::exit::Exit;
 use secrecy::SecretString;
 
 use crate::cli::SandboxArgs;
-use crate::config::read_secret_file;
+use crate::config::{env, env_secret};
 use crate::sandbox;
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-/// `NAME`, else the file `NAME_FILE` names (mode 600, like the client's).
-fn secret(name: &str) -> anyhow::Result<Option<SecretString>> {
-    if let Some(value) = env(name) {
-        return Ok(Some(SecretString::from(value)));
-    }
-    match env(&format!("{name}_FILE")) {
-        Some(path) => Ok(Some(read_secret_file(std::path::Path::new(&path))?)),
-        None => Ok(None),
-    }
-}
 
 pub fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
     if !args.listen.ip().is_loopback() && !args.allow_remote {
@@ -32,13 +17,13 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<Exit> {
         );
     }
     let site = env("PNM_SITE_IDENTIFIER").unwrap_or_else(|| "S_SANDBOX".into());
-    let key = secret("PNM_SECRET_KEY")?.unwrap_or_else(|| SecretString::from("sandbox-secret"));
+    let key = env_secret("PNM_SECRET_KEY")?.unwrap_or_else(|| SecretString::from("sandbox-secret"));
     let mut config = sandbox::SandboxConfig::new(site.clone(), key);
     config.api_key_id = env("PNM_API_KEY_ID");
     if let Some(id) = env("PNM_CLIENT_ID") {
         config.client_id = id;
     }
-    if let Some(client_secret) = secret("PNM_CLIENT_SECRET")? {
+    if let Some(client_secret) = env_secret("PNM_CLIENT_SECRET")? {
         config.client_secret = client_secret;
     }
     config.token_lifetime = std::time::Duration::from_secs(args.token_lifetime.max(1));

@@ -2,11 +2,10 @@
 //! ([`crate::serve`]): its token, settings and client, then serving until
 //! Ctrl-C or SIGTERM.
 
-use std::path::Path;
 use std::time::Duration;
 
-use super::orders::GlobalArgs;
 use super::runtime;
+use super::setup::GlobalArgs;
 use crate::config::{self, TokenOptions};
 use crate::exit::Exit;
 use crate::provider::paynearme::PnmClient;
@@ -20,20 +19,11 @@ pub fn serve(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<Ex
             args.listen
         );
     }
-    let token = match (
-        std::env::var("ORDERBATCH_SERVE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-        std::env::var("ORDERBATCH_SERVE_TOKEN_FILE")
-            .ok()
-            .filter(|t| !t.is_empty()),
-    ) {
-        (Some(token), _) => secrecy::SecretString::from(token),
-        (None, Some(path)) => config::read_secret_file(Path::new(&path))?,
-        (None, None) => anyhow::bail!(
+    let Some(token) = config::env_secret("ORDERBATCH_SERVE_TOKEN")? else {
+        anyhow::bail!(
             "ORDERBATCH_SERVE_TOKEN is not set; serve refuses to start without a bearer token: \
              set it, or ORDERBATCH_SERVE_TOKEN_FILE to a file (mode 600) that holds it"
-        ),
+        );
     };
     if !crate::serve::sendable_token(secrecy::ExposeSecret::expose_secret(&token)) {
         anyhow::bail!(

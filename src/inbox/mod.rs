@@ -325,9 +325,9 @@ impl Inbox {
         }
         let run = Store::open_reader(&self.options.db)?
             .run(summary.run_id)?
-            .ok_or_else(|| StoreError::Io {
+            .ok_or_else(|| StoreError::NoRun {
                 path: self.options.db.clone(),
-                detail: format!("run {} vanished", summary.run_id),
+                run: summary.run_id,
             })?;
         done.line = match self.archive(c, &run, &fp, None, Some(&summary)) {
             Ok(to) => format!("run {}: {counts} → {}", run.id, to.display()),

@@ -224,9 +224,10 @@ async fn dispatch(
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
-    feeder
-        .await
-        .map_err(|e| PipelineError::Internal(format!("feeder failed: {e}")))?
+    feeder.await.map_err(|source| PipelineError::Internal {
+        what: "feeder",
+        source,
+    })?
 }
 
 /// `ce retry-payments`: while a deferred row's window opens within

@@ -127,12 +127,92 @@ pub enum PipelineError {
     Input(#[from] InputError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
     #[error(transparent)]
     InputChanged(#[from] crate::input::fingerprint::InputChanged),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A task of the run's own panicked or was cancelled.
+    #[error("internal error: the {what} stopped")]
+    Internal {
+        what: &'static str,
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Why a run cannot start, or be retried, as asked: nothing was sent, and
+/// the message says what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum Conflict {
+    #[error(
+        "{matched} of the {checked} rows of {input} without a site_order_identifier have the \
+         same content as rows of earlier runs of {db} ({runs}), ignoring whitespace, phone \
+         punctuation, e-mail case and amount formatting: it looks like a copy of an earlier file \
+         (edited, grown, reordered or with other line endings). Creating them again would \
+         duplicate those orders. Run again with --same-orders to adopt the earlier orders for the \
+         matching rows (the others are created), or --new-orders to create every row anew. \
+         Nothing was sent",
+        runs = by_run_text(.by_run)
+    )]
+    CopyOfEarlierFile {
+        matched: u64,
+        checked: usize,
+        input: PathBuf,
+        db: PathBuf,
+        /// Matching rows per earlier run: (run id, rows).
+        by_run: Vec<(i64, u64)>,
+    },
+    #[error(
+        "{db} holds unfinished run {run} of {input} (fingerprint {fingerprint}), and this \
+         input's content differs (fingerprint {found}). Finish that run with the original file, \
+         or use another --db; starting over beside it could create orders twice"
+    )]
+    UnfinishedOtherRun {
+        db: PathBuf,
+        run: i64,
+        input: String,
+        fingerprint: String,
+        found: String,
+    },
+    #[error("state database {db} does not exist")]
+    NoDatabase { db: PathBuf },
+    #[error("{db} holds no such run")]
+    NoSuchRun { db: PathBuf },
+    #[error(
+        "run {run} needs its input file {input} (fingerprint {fingerprint}), which cannot be read"
+    )]
+    InputUnreadable {
+        run: i64,
+        input: PathBuf,
+        fingerprint: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{input} has changed since run {run} read it: expected fingerprint {fingerprint}, found \
+         {found}. Restore the original file to retry this run"
+    )]
+    InputDiffers {
+        run: i64,
+        input: PathBuf,
+        fingerprint: String,
+        found: String,
+    },
+    #[error(
+        "run {run} in {db} has options this version cannot read; run its command again instead \
+         of retry"
+    )]
+    UnreadableSpec {
+        run: i64,
+        db: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn by_run_text(by_run: &[(i64, u64)]) -> String {
+    by_run
+        .iter()
+        .map(|(run, n)| format!("{n} of run {run}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A run that could not go on, and whether it had sent requests by then
@@ -350,5 +430,8 @@ pub(super) async fn blocking<T: Send + 'static>(
 ) -> Result<T, PipelineError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| PipelineError::Internal(e.to_string()))?
+        .map_err(|source| PipelineError::Internal {
+            what: "database task",
+            source,
+        })?
 }

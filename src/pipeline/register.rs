@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::mode::Mode;
-use super::{derived_order_id, PipelineError};
+use super::{derived_order_id, Conflict, PipelineError};
 use crate::input::rejects::{RejectsFile, RejectsWriter};
 use crate::input::{ColumnOptions, InputError, OrderReader};
 use crate::input::{Header, Row};
@@ -103,22 +103,14 @@ pub(super) fn refuse_copy_of_earlier_file(
     if matched == 0 {
         return Ok(());
     }
-    let runs: Vec<String> = by_run
-        .iter()
-        .map(|(run, n)| format!("{n} of run {run}"))
-        .collect();
-    Err(PipelineError::Conflict(format!(
-        "{matched} of the {} rows of {} without a site_order_identifier have the same content as \
-         rows of earlier runs of {} ({}), ignoring whitespace, phone punctuation, e-mail case and \
-         amount formatting: it looks like a copy of an earlier file (edited, grown, reordered or \
-         with other line endings). Creating them again would duplicate those orders. Run again \
-         with --same-orders to adopt the earlier orders for the matching rows (the others are \
-         created), or --new-orders to create every row anew. Nothing was sent",
-        digests.len(),
-        input.display(),
-        store.path().display(),
-        runs.join(", "),
-    )))
+    Err(Conflict::CopyOfEarlierFile {
+        matched,
+        checked: digests.len(),
+        input: input.to_path_buf(),
+        db: store.path().to_path_buf(),
+        by_run,
+    }
+    .into())
 }
 
 /// Records every input row: valid rows as `pending`, invalid ones as
@@ -250,15 +242,14 @@ pub(super) fn refuse_if_unfinished_other(
         }
         let counts = store.state_counts(run.id)?;
         if counts.iter().any(|(s, n)| !s.is_final() && *n > 0) {
-            return Err(PipelineError::Conflict(format!(
-                "{} holds unfinished run {} of {} (fingerprint {}), and this input's content differs \
-                 (fingerprint {fp}). Finish that run with the original file, or use another --db; \
-                 starting over beside it could create orders twice",
-                store.path().display(),
-                run.id,
-                run.input_path,
-                run.fingerprint
-            )));
+            return Err(Conflict::UnfinishedOtherRun {
+                db: store.path().to_path_buf(),
+                run: run.id,
+                input: run.input_path,
+                fingerprint: run.fingerprint,
+                found: fp.to_string(),
+            }
+            .into());
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{PipelineError, RunSpec};
+use super::{Conflict, PipelineError, RunSpec};
 use crate::input::fingerprint::fingerprint;
 use crate::store::Store;
 
@@ -28,42 +28,34 @@ pub fn prepare_retry(
     error_code: Option<&str>,
 ) -> Result<RetryPlan, PipelineError> {
     if !db.exists() {
-        return Err(PipelineError::Conflict(format!(
-            "state database {} does not exist",
-            db.display()
-        )));
+        return Err(Conflict::NoDatabase { db: db.into() }.into());
     }
     let store = Store::open(db)?;
     let run = match run_id {
         Some(id) => store.run(id)?,
         None => store.runs()?.pop(),
     }
-    .ok_or_else(|| PipelineError::Conflict(format!("{} holds no such run", db.display())))?;
+    .ok_or_else(|| Conflict::NoSuchRun { db: db.into() })?;
     let input = PathBuf::from(&run.input_path);
-    let found = fingerprint(&input).map_err(|e| {
-        PipelineError::Conflict(format!(
-            "run {} needs its input file {} (fingerprint {}), which cannot be read: {e}",
-            run.id,
-            input.display(),
-            run.fingerprint
-        ))
+    let found = fingerprint(&input).map_err(|source| Conflict::InputUnreadable {
+        run: run.id,
+        input: input.clone(),
+        fingerprint: run.fingerprint.clone(),
+        source,
     })?;
     if found != run.fingerprint {
-        return Err(PipelineError::Conflict(format!(
-            "{} has changed since run {} read it: expected fingerprint {}, found {found}. \
-             Restore the original file to retry this run",
-            input.display(),
-            run.id,
-            run.fingerprint
-        )));
+        return Err(Conflict::InputDiffers {
+            run: run.id,
+            input,
+            fingerprint: run.fingerprint,
+            found,
+        }
+        .into());
     }
-    let spec = RunSpec::from_stored(&run.options).map_err(|e| {
-        PipelineError::Conflict(format!(
-            "run {} in {} has options this version cannot read ({e}); \
-             run its command again instead of retry",
-            run.id,
-            db.display()
-        ))
+    let spec = RunSpec::from_stored(&run.options).map_err(|source| Conflict::UnreadableSpec {
+        run: run.id,
+        db: db.into(),
+        source,
     })?;
     Ok(RetryPlan {
         run_id: run.id,

@@ -50,10 +50,26 @@ pub enum StoreError {
         found: usize,
         known: usize,
     },
-    #[error("state database {path}: migration failed: {detail}")]
-    Migration { path: PathBuf, detail: String },
-    #[error("state database {path}: {detail}")]
-    Io { path: PathBuf, detail: String },
+    #[error("state database {path}: migration failed")]
+    Migration {
+        path: PathBuf,
+        source: rusqlite_migration::Error,
+    },
+    #[error("state database {path}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no such state database {path} (give the --db of a run)")]
+    Missing { path: PathBuf },
+    #[error("state database {path} holds no run {run}")]
+    NoRun { path: PathBuf, run: i64 },
+    #[error("state database {path}: unreadable {what}")]
+    Unreadable {
+        path: PathBuf,
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("{path} is not an orderbatch state database ({why}); it was left as it is. Give the --db of an orderbatch run, or a new file name", path = path.display())]
     NotOurs { path: PathBuf, why: String },
 }
@@ -67,17 +83,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        crate::files::create_private(path).map_err(|e| StoreError::Io {
+        crate::files::create_private(path).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
-            detail: e.to_string(),
+            source,
         })?;
         let mut store = Self::connect(path)?;
         store.schema_found()?;
         MIGRATIONS
             .to_latest(&mut store.conn)
-            .map_err(|e| StoreError::Migration {
+            .map_err(|source| StoreError::Migration {
                 path: path.to_path_buf(),
-                detail: e.to_string(),
+                source,
             })?;
         let id: i32 = store
             .conn
@@ -98,9 +114,8 @@ impl Store {
         // Empty: a run has just locked it (the lock creates the file) and
         // not yet opened it; migrating it here would race that run.
         if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            return Err(StoreError::Io {
+            return Err(StoreError::Missing {
                 path: path.to_path_buf(),
-                detail: "no such state database (give the --db of a run)".into(),
             });
         }
         let store = Self::connect(path)?;

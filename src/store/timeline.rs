@@ -43,10 +43,12 @@ impl Store {
         let mut buckets = Vec::new();
         for json in rows {
             let json = json.map_err(|e| self.err(e))?;
-            let bucket: Bucket = serde_json::from_str(&json).map_err(|e| StoreError::Io {
-                path: self.path().to_path_buf(),
-                detail: format!("unreadable timeline bucket: {e}"),
-            })?;
+            let bucket: Bucket =
+                serde_json::from_str(&json).map_err(|source| StoreError::Unreadable {
+                    path: self.path().to_path_buf(),
+                    what: "timeline bucket",
+                    source,
+                })?;
             buckets.push(bucket);
         }
         Ok(buckets)

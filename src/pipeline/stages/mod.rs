@@ -94,29 +94,31 @@ pub async fn internal_error(
          (please report this), the run goes on",
         rows.first().copied().unwrap_or_default()
     );
-    let error = ProviderError::Api {
-        endpoint: "orderbatch",
-        status: 0,
-        code: "internal_error".into(),
-        description: format!("orderbatch failed while working on this row: {what}"),
-    };
+    let message = format!("orderbatch failed while working on this row: {what}");
     for &row in rows {
-        fail(ctx, row, &error, progress).await;
+        record_failure(ctx, row, "internal_error".into(), message.clone(), progress).await;
     }
 }
 
+/// The row failed with `error` from the provider.
 pub(super) async fn fail(
     ctx: &RunContext,
     row: u64,
     error: &ProviderError,
     progress: &StageProgress,
 ) {
+    record_failure(ctx, row, error.code(), error.to_string(), progress).await;
+}
+
+/// The row failed with `code` (its `error_code`) and `message`.
+async fn record_failure(
+    ctx: &RunContext,
+    row: u64,
+    code: String,
+    message: String,
+    progress: &StageProgress,
+) {
     ctx.row_failed();
-    ctx.write(Write::Failed {
-        row,
-        code: error.code(),
-        message: error.to_string(),
-    })
-    .await;
+    ctx.write(Write::Failed { row, code, message }).await;
     progress.inc(1);
 }

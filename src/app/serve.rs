@@ -46,6 +46,7 @@ pub fn serve(args: crate::cli::ServeArgs, env: &GlobalArgs) -> anyhow::Result<Ex
         max_attempts: args.pace.max_attempts,
         retry_base: Duration::from_millis(args.pace.retry_base_ms),
         max_wait: args.max_wait,
+        settle: super::setup::settle(&args.pace, &settings),
         client,
         limits: crate::serve::ConnectionLimits {
             idle_timeout: args.idle_timeout,

@@ -15,7 +15,7 @@ use super::RunOptions;
 use crate::lock::{CustomerLease, CustomerLocks};
 use crate::provider::commerce_engine::{CeClient, PaymentMethod};
 use crate::provider::paynearme::PnmClient;
-use crate::provider::{ErrorClass, ProviderError};
+use crate::provider::{ErrorClass, ProviderError, TransportKind};
 use crate::store::writer::{RequestCounts, Write, Writer};
 use crate::timeline::{Class, Hold, Recorder};
 
@@ -196,8 +196,9 @@ impl Unsettled {
         ) {
             self.maybe_applied.store(true, Ordering::Relaxed);
         }
-        // No answer at all: the request may still be running there.
-        if matches!(e, ProviderError::Transport { .. }) {
+        // No answer at all: the request may still be running there (a
+        // connection that failed sent nothing).
+        if matches!(e, ProviderError::Transport { kind, .. } if *kind != TransportKind::Connect) {
             *self
                 .unanswered
                 .lock()

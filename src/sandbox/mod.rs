@@ -117,6 +117,9 @@ pub(crate) struct Shared {
     /// before anything else, failures included (`POST /__sandbox/faults
     /// {"delay_ms": N}`; a provider that is slow or hangs).
     pub delay_ms: Mutex<u64>,
+    /// How many more requests `delay_ms` holds (`{"delay_next": N}`; none:
+    /// every request).
+    pub delay_left: Mutex<Option<u64>>,
     /// `rate_limit` now (`POST /__sandbox/faults {"rate_limit": N}`, 0: none).
     pub rate_limit: Mutex<Option<u32>>,
 }
@@ -136,7 +139,15 @@ impl Shared {
         customer.is_some() && self.poison.lock().unwrap().as_deref() == customer
     }
 
+    /// How long this request waits before anything else (`delay_ms`, for
+    /// the next `delay_next` requests when that is set).
     pub fn delay(&self) -> std::time::Duration {
+        let mut left = self.delay_left.lock().unwrap();
+        match left.as_mut() {
+            Some(0) => return std::time::Duration::ZERO,
+            Some(n) => *n -= 1,
+            None => {}
+        }
         std::time::Duration::from_millis(*self.delay_ms.lock().unwrap())
     }
 
@@ -151,7 +162,7 @@ impl Shared {
 }
 
 /// `POST /__sandbox/faults {"fail_rate": 0..1, "drop_rate": 0..1, "only":
-/// "endpoint", "poison": "customer", "delay_ms": N, "url_expiry":
+/// "endpoint", "poison": "customer", "delay_ms": N, "delay_next": N, "url_expiry":
 /// "omit"|"garbled"|"rfc3339", "rate_limit": N}` (any of them): changes the faults of a
 /// running sandbox; `only` limits them to one endpoint (`""` lifts the
 /// limit); `poison` fails every request about one customer (`""`: none).
@@ -179,6 +190,8 @@ async fn faults_handler(
     }
     if let Some(delay) = delay {
         *shared.delay_ms.lock().unwrap() = delay;
+        *shared.delay_left.lock().unwrap() =
+            body.get("delay_next").and_then(serde_json::Value::as_u64);
     }
     let rate_limit = body.get("rate_limit").and_then(serde_json::Value::as_u64);
     if let Some(limit) = rate_limit {
@@ -270,6 +283,7 @@ pub async fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<S
         faults_only: Mutex::new(None),
         poison: Mutex::new(config.poison_customer.clone()),
         delay_ms: Mutex::new(0),
+        delay_left: Mutex::new(None),
         rate_limit: Mutex::new(config.rate_limit),
         config,
         pnm: Mutex::new(PnmState::new(hostile_values)),

@@ -282,8 +282,11 @@ async fn answer(
         .requests
         .entry(endpoint.clone())
         .or_default() += 1;
-    if shared.faults_apply(&endpoint) && !shared.delay().is_zero() {
-        tokio::time::sleep(shared.delay()).await;
+    if shared.faults_apply(&endpoint) {
+        let delay = shared.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
     let rate_limit = *shared.rate_limit.lock().unwrap();
     if let Some(wait) = rate_limit.and_then(|l| over_rate(&shared, l)) {

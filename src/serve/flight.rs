@@ -80,6 +80,8 @@ pub(super) struct Shared {
     pub(super) max_attempts: u32,
     pub(super) retry_base: Duration,
     pub(super) max_wait: Duration,
+    /// See [`super::LinksConfig::settle`].
+    pub(super) settle: Duration,
     /// One provider call per customer at a time, in this process and across
     /// the processes sharing the database (a run or `refresh` beside): a
     /// lock file per customer (per order when the customer is not known),
@@ -298,8 +300,13 @@ impl Shared {
         F: std::future::Future<Output = Result<T, ProviderError>>,
     {
         let mut attempt = 0u32;
+        // When the last attempt that got no answer left: it may still be
+        // running at the provider, and what it issues would supersede what
+        // a retry sent before it lands.
+        let mut unanswered: Option<Instant> = None;
         loop {
             attempt += 1;
+            let sent = Instant::now();
             let result = {
                 let _slot = self.slots.acquire().await;
                 if let Some(limiter) = &self.limiter {
@@ -311,16 +318,30 @@ impl Shared {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
             };
+            if matches!(&e, ProviderError::Transport { kind, .. } if *kind != TransportKind::Connect)
+            {
+                unanswered = Some(sent);
+            }
             let backoff = self
                 .retry_base
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(Duration::from_secs(30));
+            let settled = unanswered.map_or(Duration::ZERO, |at| {
+                (at + self.settle).saturating_duration_since(Instant::now())
+            });
             let wait = match e.class() {
                 ErrorClass::Transient { .. } => backoff,
                 ErrorClass::RateLimited(wait) => wait.unwrap_or(backoff),
                 ErrorClass::Permanent | ErrorClass::Auth => return Err(e),
-            };
+            }
+            .max(settled);
             if attempt >= self.max_attempts || Instant::now() + wait >= deadline {
+                // The caller holds the customer's lock: keep it until the
+                // unanswered call can no longer land, so that no other
+                // call (here or in a run) issues something it would
+                // supersede. Callers waiting for this flight get their 503
+                // at their own deadline meanwhile.
+                tokio::time::sleep(settled).await;
                 return Err(e);
             }
             tracing::debug!(

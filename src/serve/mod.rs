@@ -47,7 +47,7 @@ use subtle::ConstantTimeEq;
 use crate::lock::{CustomerLease, CustomerLocks};
 use crate::pipeline::RunSpec;
 use crate::provider::paynearme::{PnmClient, PnmOrder};
-use crate::provider::{ErrorClass, ProviderError};
+use crate::provider::{ErrorClass, ProviderError, TransportKind};
 use crate::store::served::ServedOrder;
 use crate::store::{Store, StoreError};
 
@@ -80,6 +80,10 @@ pub struct LinksConfig {
     pub retry_base: Duration,
     /// The longest a caller waits for an answer before a 503.
     pub max_wait: Duration,
+    /// How long a call that got no answer may still be running at the
+    /// provider: nothing that would supersede what it issues is sent for
+    /// that order's customer until then.
+    pub settle: Duration,
     pub client: PnmClient,
     /// How connections are kept.
     pub limits: ConnectionLimits,
@@ -133,6 +137,7 @@ impl Links {
             max_attempts: config.max_attempts.max(1),
             retry_base: config.retry_base,
             max_wait: config.max_wait,
+            settle: config.settle,
             customers: CustomerLocks::of(&config.db),
             flights: Mutex::new(HashMap::new()),
             short: Mutex::new(HashMap::new()),

@@ -1245,3 +1245,43 @@ fn a_create_or_change_still_running_after_the_timeout_is_found_not_sent_again() 
         assert_eq!(sandbox.order(id)["changes"], 1, "{id} changed twice");
     }
 }
+
+#[test]
+fn a_token_call_that_timed_out_and_lands_late_is_not_superseded_by_its_retry() {
+    // The first get_smart_token gets no answer within --timeout, but the
+    // provider still issues that token after the client gave up. A retry
+    // sent at once would be issued first and then superseded by the late
+    // one: the export would hold a token the provider no longer honours.
+    let sandbox = Sandbox::start();
+    sandbox.set_faults(r#"{"only":"get_smart_token","delay_ms":2500,"delay_next":1}"#);
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(1, 1, true));
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &[
+            "run",
+            "o.csv",
+            "--db",
+            "s.db",
+            "--timeout",
+            "1",
+            "--retry-base-ms",
+            "1",
+            "--export",
+            "e.csv",
+        ],
+    );
+    // The provider may still be working on an unanswered call this long.
+    cmd.env("ORDERBATCH_SETTLE_MS", "3500");
+    let out = run(cmd);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(
+        sandbox.requests("get_smart_token"),
+        2,
+        "the timed-out call and one retry"
+    );
+    // Until the late call has certainly landed (it was sent 2.5 s before
+    // its answer, at the run's start).
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+}

@@ -1076,3 +1076,46 @@ fn serve_beside_a_refresh_of_the_same_db_never_overlaps_a_customer() {
         "the refresh ended before serve was asked anything"
     );
 }
+
+#[test]
+fn a_smart_link_call_that_timed_out_and_lands_late_is_not_superseded_by_its_retry() {
+    // serve's first get_smart_token gets no answer within --timeout, but
+    // the provider issues that token after serve gave up. The token served
+    // must be the one the provider holds once the late call has landed.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    setup(&sandbox, &dir, 1, 1);
+    let before = sandbox.requests("get_smart_token");
+    sandbox.set_faults(r#"{"only":"get_smart_token","delay_ms":2500,"delay_next":1}"#);
+    let mut cmd = dir.cmd(
+        &sandbox,
+        &[
+            "serve",
+            "--db",
+            "s.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--timeout",
+            "1",
+            "--retry-base-ms",
+            "1",
+            "--max-wait",
+            "20s",
+        ],
+    );
+    cmd.env("ORDERBATCH_SETTLE_MS", "3500");
+    let server = Server::spawn(cmd);
+    let (status, body) = server.get("/v1/orders/ORD-1/smart-link", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sandbox.requests("get_smart_token") - before,
+        2,
+        "the timed-out call and one retry"
+    );
+    // Until the late call has certainly landed.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(
+        sandbox.order("ORD-1")["secure_smart_token"],
+        body["secure_smart_token"]
+    );
+}

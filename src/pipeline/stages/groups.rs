@@ -3,7 +3,7 @@
 
 use super::{fail, Group, PAGE_LIMIT};
 use crate::input::{Header, Row};
-use crate::pipeline::context::{Outcome, RunContext};
+use crate::pipeline::context::{Outcome, RunContext, Unsettled};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::params::ep;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
@@ -68,8 +68,27 @@ impl GroupStage {
     }
 
     /// Calls the stage's endpoint with `params` plus the run's options for
-    /// it (`force`, smart-token options).
+    /// it (`force`, smart-token options). Each call issues what it answers
+    /// (a token, with `force` a URL) and supersedes what was issued before:
+    /// after an attempt of the same call (`unsettled`) got no answer, it
+    /// waits until that one can no longer land after this one, so the
+    /// value recorded is the one the provider holds last.
     pub(super) async fn call(
+        self,
+        ctx: &RunContext,
+        params: &[(&str, &str)],
+        unsettled: &Unsettled,
+    ) -> Result<Vec<PnmOrder>, ProviderError> {
+        if !ctx.settle(unsettled).await {
+            return Err(ProviderError::Cancelled);
+        }
+        let sent = std::time::SystemTime::now();
+        let result = self.send(ctx, params).await;
+        unsettled.note(sent, &result);
+        result
+    }
+
+    async fn send(
         self,
         ctx: &RunContext,
         params: &[(&str, &str)],
@@ -186,9 +205,10 @@ async fn per_order(
             continue;
         }
         let params = [(key, id.as_str())];
+        let unsettled = Unsettled::default();
         let outcome = ctx
             .request(stage.endpoint(), &[row.row_number], || {
-                stage.call(ctx, &params)
+                stage.call(ctx, &params, &unsettled)
             })
             .await;
         if let Outcome::Done(orders) = &outcome {
@@ -238,8 +258,11 @@ pub(crate) async fn refresh(
                 ("offset", offset_text.as_str()),
             ];
             let rows = row_numbers(&remaining);
+            let unsettled = Unsettled::default();
             match ctx
-                .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+                .request(stage.endpoint(), &rows, || {
+                    stage.call(ctx, &params, &unsettled)
+                })
                 .await
             {
                 Outcome::Done(page) => {
@@ -298,8 +321,11 @@ pub(crate) async fn token(ctx: &RunContext, group: Group, progress: &StageProgre
     if remaining.len() > 1 && group.exclusive {
         let params = [("site_customer_identifier", group.customer.as_str())];
         let rows = row_numbers(&remaining);
+        let unsettled = Unsettled::default();
         match ctx
-            .request(stage.endpoint(), &rows, || stage.call(ctx, &params))
+            .request(stage.endpoint(), &rows, || {
+                stage.call(ctx, &params, &unsettled)
+            })
             .await
         {
             Outcome::Done(orders) => {
@@ -334,9 +360,10 @@ pub(crate) async fn token_row(
     };
     let mut params = vec![(key, id.as_str())];
     params.extend(row.params_for(header, ep::TOKEN_ROW));
+    let unsettled = Unsettled::default();
     let outcome = ctx
         .request(stage.endpoint(), &[stored.row_number], || {
-            stage.call(ctx, &params)
+            stage.call(ctx, &params, &unsettled)
         })
         .await;
     record_one(ctx, stage, stored.clone(), outcome, progress).await;

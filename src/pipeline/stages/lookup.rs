@@ -2,7 +2,7 @@
 
 use super::groups::{order_selector, refresh, GroupStage};
 use super::{fail, Group, PAGE_LIMIT};
-use crate::pipeline::context::{Outcome, RunContext};
+use crate::pipeline::context::{Outcome, RunContext, Unsettled};
 use crate::pipeline::progress::StageProgress;
 use crate::provider::paynearme::{Endpoint, PnmOrder};
 use crate::store::writer::{OrderFacts, Write};
@@ -111,9 +111,10 @@ async fn customer_orders(
             ("limit", limit.as_str()),
             ("offset", offset.as_str()),
         ];
+        let unsettled = Unsettled::default();
         match ctx
             .request(Endpoint::RefreshEmbeddedJsUrls, &rows, || {
-                GroupStage::Refresh.call(ctx, &params)
+                GroupStage::Refresh.call(ctx, &params, &unsettled)
             })
             .await
         {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::dispatch::{Shared, Unit};
+use super::dispatch::{RunEnv, Unit};
 use super::progress::StageProgress;
 use super::stages::{self, create::create, groups, Group};
 use super::{blocking, Mode, Stage};
@@ -84,24 +84,24 @@ impl Bars {
 }
 
 /// Takes one customer's rows through its command's chain.
-pub(super) async fn customer(ctx: &RunContext, shared: &Shared, unit: Unit) {
+pub(super) async fn customer(ctx: &RunContext, env: &RunEnv, unit: Unit) {
     if let Some(row) = stages::failpoint_row() {
         assert!(
             !unit.rows.iter().any(|(r, _)| r.row_number == row),
             "failpoint panic-at-row:{row}"
         );
     }
-    match shared.mode {
-        Mode::Run => run(ctx, shared, unit).await,
-        Mode::Refresh { .. } => refresh(ctx, shared, unit).await,
+    match env.mode {
+        Mode::Run => run(ctx, env, unit).await,
+        Mode::Refresh { .. } => refresh(ctx, env, unit).await,
         Mode::Change => {
             for (stored, input) in unit.rows {
                 if ctx.shutdown.is_stopping() {
                     return;
                 }
                 if let Some(input) = input {
-                    let bar = shared.bars.get(Stage::Change);
-                    stages::change(ctx, &shared.header, &input, &stored, bar).await;
+                    let bar = env.bars.get(Stage::Change);
+                    stages::change(ctx, &env.header, &input, &stored, bar).await;
                 }
             }
         }
@@ -111,8 +111,8 @@ pub(super) async fn customer(ctx: &RunContext, shared: &Shared, unit: Unit) {
                     return;
                 }
                 if let Some(input) = input {
-                    let bar = shared.bars.get(Stage::CeRetry);
-                    stages::ce_retry(ctx, &shared.header, &input, &stored, bar).await;
+                    let bar = env.bars.get(Stage::CeRetry);
+                    stages::ce_retry(ctx, &env.header, &input, &stored, bar).await;
                 }
             }
         }
@@ -121,8 +121,8 @@ pub(super) async fn customer(ctx: &RunContext, shared: &Shared, unit: Unit) {
 
 /// `run`: the customer's creates one after another, then its URLs (pages of
 /// five), then its tokens.
-async fn run(ctx: &RunContext, shared: &Shared, unit: Unit) {
-    let bars = &shared.bars;
+async fn run(ctx: &RunContext, env: &RunEnv, unit: Unit) {
+    let bars = &env.bars;
     let mut created = Vec::new();
     let mut ready = Vec::new();
     let mut inputs = HashMap::new();
@@ -138,7 +138,7 @@ async fn run(ctx: &RunContext, shared: &Shared, unit: Unit) {
                 let Some(input) = input else { continue };
                 let bar = bars.get(Stage::Create);
                 if let Some((pnm_order, pnm_customer)) =
-                    create(ctx, &shared.header, &input, &stored, bar).await
+                    create(ctx, &env.header, &input, &stored, bar).await
                 {
                     let mut row = stored;
                     row.pnm_order_identifier = Some(pnm_order);
@@ -168,7 +168,7 @@ async fn run(ctx: &RunContext, shared: &Shared, unit: Unit) {
         ready.extend(refreshed.rows);
     }
     if !ctx.shutdown.is_stopping() {
-        tokens(ctx, shared, customer, ready, exclusive, &inputs).await;
+        tokens(ctx, env, customer, ready, exclusive, &inputs).await;
     }
 }
 
@@ -176,8 +176,8 @@ async fn run(ctx: &RunContext, shared: &Shared, unit: Unit) {
 /// rows naming orders are refreshed (batched when they are several), then
 /// the tokens of every row now ready — read back from the store, since
 /// expanded rows were made by the writer.
-async fn refresh(ctx: &RunContext, shared: &Shared, unit: Unit) {
-    let Mode::Refresh { tokens: wanted, .. } = shared.mode else {
+async fn refresh(ctx: &RunContext, env: &RunEnv, unit: Unit) {
+    let Mode::Refresh { tokens: wanted, .. } = env.mode else {
         return;
     };
     let mut inputs = HashMap::new();
@@ -201,12 +201,12 @@ async fn refresh(ctx: &RunContext, shared: &Shared, unit: Unit) {
             rows: pending,
             exclusive: false,
         };
-        stages::lookup(ctx, group, shared.bars.get(Stage::Lookup)).await;
+        stages::lookup(ctx, group, env.bars.get(Stage::Lookup)).await;
         if ctx.shutdown.is_stopping() || !wanted {
             return;
         }
         ctx.flush().await;
-        let (reader, run_id, site) = (shared.reader.clone(), shared.run_id, customer.clone());
+        let (reader, run_id, site) = (env.reader.clone(), env.run_id, customer.clone());
         let read = blocking(move || {
             let store = reader
                 .lock()
@@ -232,7 +232,7 @@ async fn refresh(ctx: &RunContext, shared: &Shared, unit: Unit) {
         }
     }
     if wanted && !ctx.shutdown.is_stopping() {
-        tokens(ctx, shared, customer, ready, exclusive, &inputs).await;
+        tokens(ctx, env, customer, ready, exclusive, &inputs).await;
     }
 }
 
@@ -241,7 +241,7 @@ async fn refresh(ctx: &RunContext, shared: &Shared, unit: Unit) {
 /// else one call per order.
 async fn tokens(
     ctx: &RunContext,
-    shared: &Shared,
+    env: &RunEnv,
     customer: String,
     ready: Vec<StoredRow>,
     exclusive: bool,
@@ -250,14 +250,14 @@ async fn tokens(
     if ready.is_empty() {
         return;
     }
-    let bar = shared.bars.get(Stage::Token);
-    if shared.header.has_token_columns() {
+    let bar = env.bars.get(Stage::Token);
+    if env.header.has_token_columns() {
         for row in ready {
             if ctx.shutdown.is_stopping() {
                 return;
             }
             if let Some(input) = inputs.get(&row.input_row) {
-                groups::token_row(ctx, &shared.header, input, &row, bar).await;
+                groups::token_row(ctx, &env.header, input, &row, bar).await;
             }
         }
         return;

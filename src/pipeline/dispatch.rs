@@ -12,7 +12,7 @@
 //! the store has never seen and no customer are looked up first, one at a
 //! time ([`resolve`]), so that they too go by customer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,13 +45,55 @@ pub(super) struct Unit {
 /// blocking thread).
 pub(super) type SharedReader = Arc<Mutex<Store>>;
 
-/// What every chain of a run shares besides the [`RunContext`].
-pub(super) struct Shared {
-    pub header: Arc<Header>,
-    pub bars: Bars,
-    pub reader: SharedReader,
+/// What a run has once it is registered, besides the [`RunContext`] its
+/// requests go through: built once by [`super::run`], read by the
+/// feeder, the dispatcher and every customer's chain.
+pub(super) struct RunEnv {
     pub run_id: i64,
     pub mode: Mode,
+    /// The state database (the feeder and `resolve` open their own reader).
+    pub db: PathBuf,
+    pub input: PathBuf,
+    pub columns: ColumnOptions,
+    pub header: Arc<Header>,
+    /// What the input was when the run started: checked before a row's
+    /// fields are sent.
+    pub snapshot: Snapshot,
+    /// `--concurrency` (customers in flight are a multiple of it).
+    pub concurrency: usize,
+    pub bars: Bars,
+    pub reader: SharedReader,
+}
+
+impl RunEnv {
+    /// Opens the chains' reader and starts the progress bars.
+    pub(super) async fn start(
+        options: &RunOptions,
+        run_id: i64,
+        header: Arc<Header>,
+        snapshot: Snapshot,
+    ) -> Result<RunEnv, PipelineError> {
+        let db = options.db.clone();
+        let (reader, counts) = blocking(move || {
+            let store = Store::open_reader(&db)?;
+            let counts = store.state_counts(run_id)?;
+            Ok((store, counts))
+        })
+        .await?;
+        let mode = options.spec.mode;
+        Ok(RunEnv {
+            run_id,
+            mode,
+            db: options.db.clone(),
+            input: options.input.clone(),
+            columns: options.spec.columns.clone(),
+            header,
+            snapshot,
+            concurrency: options.concurrency,
+            bars: Bars::start(mode, &counts, options.quiet),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
 }
 
 /// Never a request with values the run did not start with: checks the
@@ -86,35 +128,18 @@ fn unfinished(mode: Mode) -> Vec<RowState> {
 /// then (Commerce Engine) the rows whose retry window opens within
 /// `--max-wait`.
 pub(super) async fn run_all(
-    options: &RunOptions,
-    run_id: i64,
+    env: Arc<RunEnv>,
     ctx: &Arc<RunContext>,
-    header: &Arc<Header>,
-    snapshot: &Snapshot,
 ) -> Result<Vec<StageTiming>, PipelineError> {
-    let mode = options.spec.mode;
-    let db = options.db.clone();
-    let (reader, counts) = blocking(move || {
-        let store = Store::open_reader(&db)?;
-        let counts = store.state_counts(run_id)?;
-        Ok((store, counts))
-    })
-    .await?;
-    let shared = Arc::new(Shared {
-        header: header.clone(),
-        bars: Bars::start(mode, &counts, options.quiet),
-        reader: Arc::new(Mutex::new(reader)),
-        run_id,
-        mode,
-    });
+    let mode = env.mode;
     if mode.stages().contains(&Stage::Resolve) {
-        resolve(options, run_id, ctx, &shared).await?;
+        resolve(ctx, &env).await?;
     }
     if !ctx.shutdown.is_stopping() {
-        dispatch(options, ctx, &shared, snapshot, false).await?;
+        dispatch(ctx, &env, false).await?;
     }
     if let Mode::CeRetry { max_wait_secs } = mode {
-        wait_for_deferred(options, ctx, &shared, snapshot, max_wait_secs).await?;
+        wait_for_deferred(ctx, &env, max_wait_secs).await?;
     }
     if let Mode::Refresh { tokens: false, .. } = mode {
         if !ctx.shutdown.is_stopping() {
@@ -126,20 +151,15 @@ pub(super) async fn run_all(
         }
     }
     ctx.flush().await;
-    Ok(shared.bars.finish())
+    Ok(env.bars.finish())
 }
 
 /// Looks up, one at a time, the customer of each row that names an order
 /// the store has never seen and no customer: two lookups at once could be
 /// for one customer.
-async fn resolve(
-    options: &RunOptions,
-    run_id: i64,
-    ctx: &Arc<RunContext>,
-    shared: &Arc<Shared>,
-) -> Result<(), PipelineError> {
+async fn resolve(ctx: &Arc<RunContext>, env: &Arc<RunEnv>) -> Result<(), PipelineError> {
     let (tx, mut rx) = mpsc::channel::<StoredRow>(64);
-    let (db, stopping) = (options.db.clone(), ctx.shutdown.clone());
+    let (db, run_id, stopping) = (env.db.clone(), env.run_id, ctx.shutdown.clone());
     let feeder = blocking(move || {
         let store = Store::open_reader(&db)?;
         store.for_each_row(run_id, &[RowState::Pending], true, |row| {
@@ -154,7 +174,7 @@ async fn resolve(
         })?;
         Ok(())
     });
-    let progress = shared.bars.get(Stage::Resolve);
+    let progress = env.bars.get(Stage::Resolve);
     let work = async {
         while let Some(row) = rx.recv().await {
             if ctx.shutdown.is_stopping() {
@@ -177,25 +197,17 @@ async fn resolve(
 /// One pass over the run's unfinished rows, customer by customer (with
 /// `only_due`, deferred rows only once their time has come).
 async fn dispatch(
-    options: &RunOptions,
     ctx: &Arc<RunContext>,
-    shared: &Arc<Shared>,
-    snapshot: &Snapshot,
+    env: &Arc<RunEnv>,
     only_due: bool,
 ) -> Result<(), PipelineError> {
     // Customers in flight: enough that slow or failing ones never starve
     // the request slots, few enough that memory stays flat.
-    let in_flight = (options.concurrency * 4).max(64);
+    let in_flight = (env.concurrency * 4).max(64);
     let (units, mut incoming) = mpsc::channel::<Unit>(in_flight);
     let feeder = {
         let feed = Feed {
-            db: options.db.clone(),
-            run_id: shared.run_id,
-            mode: shared.mode,
-            input: options.input.clone(),
-            columns: options.spec.columns.clone(),
-            snapshot: snapshot.clone(),
-            per_row_tokens: shared.header.has_token_columns(),
+            env: env.clone(),
             only_due,
             stopping: ctx.shutdown.clone(),
         };
@@ -206,17 +218,17 @@ async fn dispatch(
     let mut running = JoinSet::new();
     while let Some(unit) = incoming.recv().await {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
-        let (ctx, shared) = (ctx.clone(), shared.clone());
+        let (ctx, env) = (ctx.clone(), env.clone());
         running.spawn(async move {
             let rows: Vec<u64> = unit.rows.iter().map(|(r, _)| r.row_number).collect();
             let customer = unit.customer.clone();
-            let work = CUSTOMER.scope(customer, chain::customer(&ctx, &shared, unit));
+            let work = CUSTOMER.scope(customer, chain::customer(&ctx, &env, unit));
             let work = std::panic::AssertUnwindSafe(work);
             let caught = futures_util::FutureExt::catch_unwind(work)
                 .await
                 .map_err(|panic| stages::panic_message(&*panic));
             if let Err(what) = caught {
-                stages::internal_error(&ctx, &rows, what, shared.bars.first()).await;
+                stages::internal_error(&ctx, &rows, what, env.bars.first()).await;
             }
             drop(slot);
         });
@@ -233,17 +245,15 @@ async fn dispatch(
 /// `ce retry-payments`: while a deferred row's window opens within
 /// `max_wait_secs` of now, sleeps until it does and takes the rows due.
 async fn wait_for_deferred(
-    options: &RunOptions,
     ctx: &Arc<RunContext>,
-    shared: &Arc<Shared>,
-    snapshot: &Snapshot,
+    env: &Arc<RunEnv>,
     max_wait_secs: u64,
 ) -> Result<(), PipelineError> {
     let deadline = chrono::Utc::now().timestamp() + max_wait_secs as i64;
     loop {
         ctx.flush().await;
-        let reader = shared.reader.clone();
-        let run_id = shared.run_id;
+        let reader = env.reader.clone();
+        let run_id = env.run_id;
         let next = blocking(move || {
             let store = reader
                 .lock()
@@ -260,19 +270,13 @@ async fn wait_for_deferred(
             _ = tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)) => {}
             _ = ctx.shutdown.stopped() => return Ok(()),
         }
-        dispatch(options, ctx, shared, snapshot, true).await?;
+        dispatch(ctx, env, true).await?;
     }
 }
 
 /// What the feeder reads, and from where.
 struct Feed {
-    db: std::path::PathBuf,
-    run_id: i64,
-    mode: Mode,
-    input: std::path::PathBuf,
-    columns: ColumnOptions,
-    snapshot: Snapshot,
-    per_row_tokens: bool,
+    env: Arc<RunEnv>,
     only_due: bool,
     stopping: Shutdown,
 }
@@ -280,8 +284,8 @@ struct Feed {
 impl Feed {
     /// Whether the chain sends the row's input fields.
     fn needs_input(&self, row: &StoredRow) -> bool {
-        self.per_row_tokens
-            || match self.mode {
+        self.env.header.has_token_columns()
+            || match self.env.mode {
                 Mode::Run => matches!(row.state, RowState::Pending | RowState::Creating),
                 Mode::Refresh { .. } => false,
                 Mode::Change | Mode::CeRetry { .. } => true,
@@ -291,9 +295,11 @@ impl Feed {
     /// Reads the run's unfinished rows by customer (chunked), re-reads the
     /// input fields of rows that send them, and sends each customer whole.
     fn run(self, units: mpsc::Sender<Unit>) -> Result<(), PipelineError> {
-        let store = Store::open_reader(&self.db)?;
-        let mut reader =
-            OrderReader::open_for_seeking(&self.input, self.mode.schema(&self.columns))?;
+        let store = Store::open_reader(&self.env.db)?;
+        let mut reader = OrderReader::open_for_seeking(
+            &self.env.input,
+            self.env.mode.schema(&self.env.columns),
+        )?;
         let mut failure: Option<PipelineError> = None;
         let mut current: Option<(Option<String>, Unit)> = None;
         let started = Instant::now();
@@ -307,13 +313,13 @@ impl Feed {
             let exclusive = resumed_at_token
                 && unit.customer.as_deref().is_some_and(|c| {
                     store
-                        .customer_wide_token_allowed(self.run_id, c)
+                        .customer_wide_token_allowed(self.env.run_id, c)
                         .unwrap_or(false)
                 });
             units.blocking_send(Unit { exclusive, ..unit }).is_ok() && !self.stopping.is_stopping()
         };
         let mut going = true;
-        store.for_each_row(self.run_id, &unfinished(self.mode), true, |row| {
+        store.for_each_row(self.env.run_id, &unfinished(self.env.mode), true, |row| {
             // Woken for deferred rows: only those whose time has come.
             if self.only_due
                 && row.state == RowState::Deferred
@@ -322,7 +328,7 @@ impl Feed {
                 return true;
             }
             let input = if self.needs_input(&row) {
-                if let Err(changed) = input_unchanged(&self.snapshot, &self.stopping) {
+                if let Err(changed) = input_unchanged(&self.env.snapshot, &self.stopping) {
                     failure = Some(changed);
                     return false;
                 }

@@ -378,7 +378,8 @@ async fn run_inner(
         sent,
         pace,
     ));
-    let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
+    let env = dispatch::RunEnv::start(options, run_id, header, snapshot.clone()).await?;
+    let stage_result = dispatch::run_all(Arc::new(env), &ctx).await;
     drop(ctx);
     // Every row is read (and checked) before it is sent; an edit after the
     // last row was read changed nothing that was sent, but is said.
@@ -391,13 +392,14 @@ async fn run_inner(
         }
     }
     let writer_stats = writer.finish().map_err(PipelineError::Store)?;
+    // The writer is done: the rest is written on one connection.
+    let store = Store::open_reader(&options.db)?;
     if let Mode::Refresh { .. } = mode {
         // Rows naming one order carry the values issued last for it.
-        Store::open_reader(&options.db)?.share_latest_values(run_id)?;
+        store.share_latest_values(run_id)?;
     }
     let timings = registered.into_iter().chain(stage_result?).collect();
 
-    let store = Store::open_reader(&options.db)?;
     let states = store.state_counts(run_id)?;
     let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
     let deferred_until = store.next_deferred(run_id)?;

@@ -451,6 +451,17 @@ fn insert_one(
     Ok(())
 }
 
+/// [`Store::error_summary`]'s query: `?1` the run, `?2` how many codes.
+pub(super) const ERROR_SUMMARY: &str = "SELECT code, SUM(n), MIN(example) FROM (
+         SELECT last_error_code AS code, COUNT(*) AS n, MIN(last_error) AS example
+         FROM rows WHERE run_id = ?1 AND state = 'failed' AND last_error_code IS NOT NULL
+         GROUP BY last_error_code
+         UNION ALL
+         SELECT last_error_code, COUNT(*), MIN(last_error)
+         FROM rows WHERE run_id = ?1 AND state = 'rejected' AND last_error_code IS NOT NULL
+         GROUP BY last_error_code)
+     GROUP BY code ORDER BY SUM(n) DESC, code LIMIT ?2";
+
 impl Store {
     /// Records input rows in one transaction. Rows already recorded (an
     /// interrupted registration) are left as they are; a row repeating an
@@ -770,6 +781,8 @@ impl Store {
         let tx = self.conn.unchecked_transaction().map_err(err)?;
         let (mut moves, mut requeued) = (Moves::default(), 0);
         {
+            // `state = 'failed'` spelt out: the index of rows in error
+            // (migration 08) finds them.
             let mut stmt = tx
                 .prepare(
                     "UPDATE rows SET attempts = 0, state = CASE
@@ -805,36 +818,23 @@ impl Store {
     }
 
     /// The most common error codes of failed and rejected rows: code,
-    /// count, and one example message, most frequent first.
+    /// count, and one example message, most frequent first. Reads only rows
+    /// in those states (the indexes of migration 08, which a query uses
+    /// when it names one state).
     pub fn error_summary(
         &self,
         run_id: i64,
         limit: usize,
     ) -> Result<Vec<(String, u64, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT last_error_code, COUNT(*), MIN(last_error) FROM rows
-                 WHERE run_id = ?1 AND state IN (?2, ?3) AND last_error_code IS NOT NULL
-                 GROUP BY last_error_code ORDER BY COUNT(*) DESC, last_error_code LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare(ERROR_SUMMARY).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![
-                    run_id,
-                    RowState::Failed.as_str(),
-                    RowState::Rejected.as_str(),
-                    limit as i64
-                ],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    ))
-                },
-            )
+            .query_map(params![run_id, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                ))
+            })
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e));
         rows

@@ -7,6 +7,7 @@
 //! `synchronous=NORMAL` in batched transactions by one writer thread (see
 //! [`writer`]): one lost to a power cut is reconciled from its intent.
 
+mod counts;
 pub mod rows;
 pub mod runs;
 pub mod served;
@@ -250,6 +251,34 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, schema_version());
+    }
+
+    #[test]
+    fn a_database_of_schema_7_gets_its_row_counts_from_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut conn = Connection::open(&path).unwrap();
+        MIGRATIONS.to_version(&mut conn, 7).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, command, input_path, fingerprint, options, started_at)
+             VALUES (1, 'run', 'a.csv', 'f1', '{}', 'x'), (2, 'refresh', 'b.csv', 'f2', '{}', 'x');
+             INSERT INTO rows (run_id, row_number, line, state) VALUES
+                 (1, 1, 2, 'done'), (1, 2, 3, 'done'), (1, 3, 4, 'failed'), (1, 4, 5, 'pending'),
+                 (2, 1, 2, 'urls_refreshed'), (2, 2, 3, 'rejected');",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        counts::assert_exact(&store);
+        assert_eq!(
+            store.state_counts(1).unwrap(),
+            [
+                (RowState::Pending, 1),
+                (RowState::Done, 2),
+                (RowState::Failed, 1)
+            ]
+        );
+        assert_eq!(store.row_count().unwrap(), 6);
     }
 
     #[test]

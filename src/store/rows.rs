@@ -2,6 +2,7 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
+use super::counts::{read_state, Moves};
 use super::{Store, StoreError};
 
 /// Where a row is. `creating` is written before the create request leaves,
@@ -60,6 +61,11 @@ impl RowState {
             RowState::Rejected => "rejected",
             RowState::Unknown => "unknown",
         }
+    }
+
+    /// The state's position in [`RowState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -185,16 +191,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
         site_order_identifier: r.get(4)?,
         pnm_order_identifier: r.get(5)?,
         pnm_customer_identifier: r.get(6)?,
-        state: {
-            let text: String = r.get(7)?;
-            RowState::parse(&text).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    7,
-                    rusqlite::types::Type::Text,
-                    format!("unknown row state `{text}`").into(),
-                )
-            })?
-        },
+        state: read_state(r, 7)?,
         attempts: r.get(8)?,
         last_error_code: r.get(9)?,
         last_error: r.get(10)?,
@@ -327,7 +324,14 @@ fn known_customer(
     Ok(None)
 }
 
-fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Result<()> {
+/// Records `row` (unless an earlier registration did) and counts it in
+/// `moves`.
+fn insert_one(
+    tx: &Transaction<'_>,
+    run_id: i64,
+    row: &NewRow,
+    moves: &mut Moves,
+) -> rusqlite::Result<()> {
     let mut rejection = row.rejection.clone();
     let adopted_id = match &row.identity {
         Some(Identity {
@@ -421,7 +425,7 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
     let identity = row.identity.as_ref();
     // A row already there was recorded by an earlier, interrupted
     // registration: it stays as it is.
-    tx.prepare_cached(
+    let added = tx.prepare_cached(
         "INSERT INTO rows (run_id, row_number, line, site_customer_identifier, site_order_identifier,
              pnm_order_identifier, pnm_customer_identifier, state, last_error_code, last_error,
              order_amount, content, input_offset)
@@ -443,8 +447,20 @@ fn insert_one(tx: &Transaction<'_>, run_id: i64, row: &NewRow) -> rusqlite::Resu
         identity.and_then(|i| i.content.as_deref()),
         row.input_offset,
     ])?;
+    moves.add(state, added as i64);
     Ok(())
 }
+
+/// [`Store::error_summary`]'s query: `?1` the run, `?2` how many codes.
+pub(super) const ERROR_SUMMARY: &str = "SELECT code, SUM(n), MIN(example) FROM (
+         SELECT last_error_code AS code, COUNT(*) AS n, MIN(last_error) AS example
+         FROM rows WHERE run_id = ?1 AND state = 'failed' AND last_error_code IS NOT NULL
+         GROUP BY last_error_code
+         UNION ALL
+         SELECT last_error_code, COUNT(*), MIN(last_error)
+         FROM rows WHERE run_id = ?1 AND state = 'rejected' AND last_error_code IS NOT NULL
+         GROUP BY last_error_code)
+     GROUP BY code ORDER BY SUM(n) DESC, code LIMIT ?2";
 
 impl Store {
     /// Records input rows in one transaction. Rows already recorded (an
@@ -457,9 +473,11 @@ impl Store {
             source,
         };
         let tx = self.conn.transaction().map_err(err)?;
+        let mut moves = Moves::default();
         for row in rows {
-            insert_one(&tx, run_id, row).map_err(err)?;
+            insert_one(&tx, run_id, row, &mut moves).map_err(err)?;
         }
+        moves.write(&tx, run_id).map_err(err)?;
         tx.commit().map_err(err)
     }
 
@@ -759,62 +777,64 @@ impl Store {
         error_code: Option<&str>,
         to: &Requeue,
     ) -> Result<u64, StoreError> {
-        self.conn
-            .execute(
-                "UPDATE rows SET attempts = 0, state = CASE
-                     WHEN ?7 IS NOT NULL AND EXISTS (SELECT 1 FROM attempts a
-                         WHERE a.run_id = rows.run_id AND a.row_number = rows.row_number
-                           AND a.endpoint = ?7) THEN ?8
-                     WHEN pnm_order_identifier IS NULL THEN ?3
-                     WHEN embedded_js_url IS NULL THEN ?4
-                     ELSE ?5 END
-                 WHERE run_id = ?1 AND state = ?6 AND (?2 IS NULL OR last_error_code = ?2)",
-                params![
+        let err = |e| self.err(e);
+        let tx = self.conn.unchecked_transaction().map_err(err)?;
+        let (mut moves, mut requeued) = (Moves::default(), 0);
+        {
+            // `state = 'failed'` spelt out: the index of rows in error
+            // (migration 08) finds them.
+            let mut stmt = tx
+                .prepare(
+                    "UPDATE rows SET attempts = 0, state = CASE
+                         WHEN ?6 IS NOT NULL AND EXISTS (SELECT 1 FROM attempts a
+                             WHERE a.run_id = rows.run_id AND a.row_number = rows.row_number
+                               AND a.endpoint = ?6) THEN ?7
+                         WHEN pnm_order_identifier IS NULL THEN ?3
+                         WHEN embedded_js_url IS NULL THEN ?4
+                         ELSE ?5 END
+                     WHERE run_id = ?1 AND state = 'failed' AND (?2 IS NULL OR last_error_code = ?2)
+                     RETURNING state",
+                )
+                .map_err(err)?;
+            let mut to_states = stmt
+                .query(params![
                     run_id,
                     error_code,
                     to.no_order.as_str(),
                     to.order.as_str(),
                     to.urls.as_str(),
-                    RowState::Failed.as_str(),
                     to.attempted.map(|(endpoint, _)| endpoint),
                     to.attempted.map(|(_, state)| state.as_str()),
-                ],
-            )
-            .map(|n| n as u64)
-            .map_err(|e| self.err(e))
+                ])
+                .map_err(err)?;
+            while let Some(r) = to_states.next().map_err(err)? {
+                moves.moved(RowState::Failed, read_state(r, 0).map_err(err)?, 1);
+                requeued += 1;
+            }
+        }
+        moves.write(&tx, run_id).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(requeued)
     }
 
     /// The most common error codes of failed and rejected rows: code,
-    /// count, and one example message, most frequent first.
+    /// count, and one example message, most frequent first. Reads only rows
+    /// in those states (the indexes of migration 08, which a query uses
+    /// when it names one state).
     pub fn error_summary(
         &self,
         run_id: i64,
         limit: usize,
     ) -> Result<Vec<(String, u64, String)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT last_error_code, COUNT(*), MIN(last_error) FROM rows
-                 WHERE run_id = ?1 AND state IN (?2, ?3) AND last_error_code IS NOT NULL
-                 GROUP BY last_error_code ORDER BY COUNT(*) DESC, last_error_code LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare(ERROR_SUMMARY).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(
-                params![
-                    run_id,
-                    RowState::Failed.as_str(),
-                    RowState::Rejected.as_str(),
-                    limit as i64
-                ],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    ))
-                },
-            )
+            .query_map(params![run_id, limit as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                ))
+            })
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e));
         rows
@@ -822,6 +842,14 @@ impl Store {
 
     /// The earliest time (unix seconds) a deferred row of the run may go.
     pub fn next_deferred(&self, run_id: i64) -> Result<Option<i64>, StoreError> {
+        // Most runs have none: no need to read every row to find out.
+        let deferred = self
+            .state_counts(run_id)?
+            .iter()
+            .any(|(s, n)| *s == RowState::Deferred && *n > 0);
+        if !deferred {
+            return Ok(None);
+        }
         self.conn
             .query_row(
                 "SELECT MIN(next_attempt_at) FROM rows WHERE run_id = ?1 AND state = ?2",
@@ -829,24 +857,6 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
-    }
-
-    /// Row counts per state for the run.
-    pub fn state_counts(&self, run_id: i64) -> Result<Vec<(RowState, u64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT state, COUNT(*) FROM rows WHERE run_id = ?1 GROUP BY state")
-            .map_err(|e| self.err(e))?;
-        let pairs: Vec<(String, u64)> = stmt
-            .query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))?;
-        let mut counts: Vec<(RowState, u64)> = pairs
-            .into_iter()
-            .filter_map(|(s, n)| RowState::parse(&s).map(|s| (s, n)))
-            .collect();
-        counts.sort_by_key(|(s, _)| RowState::ALL.iter().position(|x| x == s));
-        Ok(counts)
     }
 }
 
@@ -908,5 +918,79 @@ mod tests {
         let (code, _, example) = &store.error_summary(run, 5).unwrap()[0];
         assert_eq!(code, DUPLICATE_ORDER_ID);
         assert!(example.contains("already used by row 1"), "{example}");
+    }
+
+    #[test]
+    fn registration_and_requeue_keep_the_row_counts() {
+        use crate::store::counts::assert_exact;
+        use crate::store::writer::{Write, Writer};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let run = store.create_run("run", "in.csv", "fp", "{}").unwrap();
+        // Interrupted after two rows, then registered again from the top:
+        // a repeat is rejected, rows already there are not counted twice.
+        store
+            .insert_rows(run, &[new_row(1, "A"), new_row(2, "B")])
+            .unwrap();
+        assert_exact(&store);
+        let all: Vec<NewRow> = ["A", "B", "A", "C", "D", "E"]
+            .iter()
+            .enumerate()
+            .map(|(i, o)| new_row(i as u64 + 1, o))
+            .collect();
+        store.insert_rows(run, &all).unwrap();
+        assert_exact(&store);
+        assert_eq!(
+            store.state_counts(run).unwrap(),
+            [(RowState::Pending, 5), (RowState::Rejected, 1)]
+        );
+
+        // Rows 1, 2 and 4 fail (row 4 with an attempt at create_order, row
+        // 2 holding its order), then go back by what they hold.
+        let writer = Writer::start(Store::open(&path).unwrap(), run);
+        let tx = writer.sender();
+        let send = |w| tx.blocking_send(w).unwrap();
+        send(Write::Created {
+            row: 2,
+            pnm_order: "P2".into(),
+            pnm_customer: None,
+        });
+        send(Write::Attempt {
+            row: 4,
+            endpoint: "create_order",
+            code: "timeout".into(),
+            message: "m".into(),
+            latency_ms: 1,
+        });
+        for row in [1, 2, 4] {
+            send(Write::Failed {
+                row,
+                code: "internal_error".into(),
+                message: "m".into(),
+            });
+        }
+        drop(tx);
+        writer.finish().unwrap();
+        assert_exact(&store);
+        let to = Requeue {
+            no_order: RowState::Pending,
+            order: RowState::Created,
+            urls: RowState::UrlsRefreshed,
+            attempted: Some(("create_order", RowState::Creating)),
+        };
+        assert_eq!(store.requeue_failed(run, Some("other"), &to).unwrap(), 0);
+        assert_eq!(store.requeue_failed(run, None, &to).unwrap(), 3);
+        assert_exact(&store);
+        assert_eq!(
+            store.state_counts(run).unwrap(),
+            [
+                (RowState::Pending, 3),
+                (RowState::Creating, 1),
+                (RowState::Created, 1),
+                (RowState::Rejected, 1)
+            ]
+        );
     }
 }

@@ -203,13 +203,6 @@ impl Store {
         self.conn.execute_batch("VACUUM").map_err(|e| self.err(e))
     }
 
-    /// Rows of all runs.
-    pub fn row_count(&self) -> Result<u64, StoreError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM rows", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
-    }
-
     /// Requests sent per endpoint for the run.
     pub fn request_counts(&self, run_id: i64) -> Result<Vec<(String, u64)>, StoreError> {
         let mut stmt = self

@@ -2,7 +2,7 @@
 
 use rusqlite::params;
 
-use super::{Store, StoreError};
+use super::{RowState, Store, StoreError};
 use crate::timeline::{Bucket, Changed};
 
 /// Stores buckets that changed (replacing an invocation's buckets when they
@@ -65,56 +65,65 @@ pub struct ErrorRows {
     pub first: Vec<u64>,
 }
 
+/// The final states of rows in error.
+pub(super) const ERROR_STATES: [RowState; 3] =
+    [RowState::Failed, RowState::Rejected, RowState::Unknown];
+
+/// Rows of run `?1` in `state` by error code: code, count. (A state's name
+/// is a fixed word, spelt out for the index to be used.)
+pub(super) fn error_counts(state: RowState) -> String {
+    format!(
+        "SELECT last_error_code, COUNT(*) FROM rows
+         WHERE run_id = ?1 AND state = '{}' AND last_error_code IS NOT NULL
+         GROUP BY last_error_code",
+        state.as_str()
+    )
+}
+
+/// The first `?3` rows of run `?1` in `state` with error code `?2`.
+pub(super) fn error_firsts(state: RowState) -> String {
+    format!(
+        "SELECT row_number FROM rows
+         WHERE run_id = ?1 AND state = '{}' AND last_error_code = ?2
+         ORDER BY row_number LIMIT ?3",
+        state.as_str()
+    )
+}
+
 impl Store {
     /// Failed, rejected and unknown rows of `run_id` by error code, most
-    /// first, each with its first `first` row numbers.
+    /// first, each with its first `first` row numbers. Reads only rows in
+    /// those states (the indexes of migration 08, which a query uses when it
+    /// names one state), and of each code only its first rows.
     pub fn error_rows(&self, run_id: i64, first: usize) -> Result<Vec<ErrorRows>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT last_error_code, state, row_number
-                 FROM (SELECT last_error_code, state, row_number,
-                              ROW_NUMBER() OVER (PARTITION BY last_error_code, state
-                                                 ORDER BY row_number) AS k
-                       FROM rows
-                       WHERE run_id = ?1 AND state IN ('failed', 'rejected', 'unknown')
-                         AND last_error_code IS NOT NULL)
-                 WHERE k <= ?2
-                 ORDER BY last_error_code, state, row_number",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut counts = self
-            .conn
-            .prepare(
-                "SELECT last_error_code, state, COUNT(*) FROM rows
-                 WHERE run_id = ?1 AND state IN ('failed', 'rejected', 'unknown')
-                   AND last_error_code IS NOT NULL
-                 GROUP BY last_error_code, state",
-            )
-            .map_err(|e| self.err(e))?;
-        let mut out: Vec<ErrorRows> = counts
-            .query_map(params![run_id], |r| {
-                Ok(ErrorRows {
-                    code: r.get(0)?,
-                    state: r.get(1)?,
-                    count: r.get(2)?,
-                    first: Vec::new(),
-                })
-            })
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))?;
-        let firsts: Vec<(String, String, u64)> = stmt
-            .query_map(params![run_id, first as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))?;
-        for (code, state, row) in firsts {
-            if let Some(e) = out.iter_mut().find(|e| e.code == code && e.state == state) {
-                e.first.push(row);
+        let err = |e| self.err(e);
+        let mut out = Vec::new();
+        for state in ERROR_STATES {
+            let mut counts = self.conn.prepare(&error_counts(state)).map_err(err)?;
+            let mut firsts = self.conn.prepare(&error_firsts(state)).map_err(err)?;
+            let codes: Vec<(String, u64)> = counts
+                .query_map(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(Iterator::collect)
+                .map_err(err)?;
+            for (code, count) in codes {
+                let first = firsts
+                    .query_map(params![run_id, code, first as i64], |r| r.get(0))
+                    .and_then(Iterator::collect)
+                    .map_err(err)?;
+                out.push(ErrorRows {
+                    code,
+                    state: state.as_str().to_string(),
+                    count,
+                    first,
+                });
             }
         }
-        out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.code.cmp(&b.code))
+                .then_with(|| a.state.cmp(&b.state))
+        });
         Ok(out)
     }
 }

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use rusqlite::params;
 use tokio::sync::{mpsc, oneshot};
 
+use super::counts::{state_of, Moves};
 use super::rows::RowState;
 use super::runs::now;
 use super::{Store, StoreError};
@@ -247,6 +248,31 @@ impl Write {
     /// Whether a worker waits for this operation's commit.
     fn awaited(&self) -> bool {
         matches!(self, Write::Intent { .. } | Write::Flush { .. })
+    }
+
+    /// The row whose state this operation sets, and the state (rows an
+    /// expansion adds and `MoveAll`'s are counted where they are written).
+    fn sets_state(&self) -> Option<(u64, RowState)> {
+        Some(match self {
+            Write::Intent { row, state, .. } => (*row, *state),
+            Write::Created { row, .. } => (*row, RowState::Created),
+            Write::Urls { row, .. } => (*row, RowState::UrlsRefreshed),
+            Write::Expand { parent, orders } if orders.is_empty() => (*parent, RowState::Failed),
+            Write::Expand { parent, .. } => (*parent, RowState::UrlsRefreshed),
+            Write::Changed { row, .. } | Write::Retried { row, .. } | Write::Token { row, .. } => {
+                (*row, RowState::Done)
+            }
+            Write::Deferred { row, .. } => (*row, RowState::Deferred),
+            Write::Skipped { row, .. } => (*row, RowState::Skipped),
+            Write::Unknown { row, .. } => (*row, RowState::Unknown),
+            Write::Failed { row, .. } => (*row, RowState::Failed),
+            Write::Resolved { .. }
+            | Write::MoveAll { .. }
+            | Write::Attempt { .. }
+            | Write::Customer { .. }
+            | Write::Flush { .. }
+            | Write::Tick => return None,
+        })
     }
 }
 
@@ -501,7 +527,8 @@ fn learn_order(tx: &rusqlite::Transaction<'_>, run_id: i64, row: u64) -> rusqlit
     Ok(())
 }
 
-/// The parent row takes the first order; every other becomes a new row.
+/// The parent row takes the first order; every other becomes a new row
+/// (counted in `moves`; the parent's own move is counted by `apply`).
 fn expand(
     tx: &rusqlite::Transaction<'_>,
     run_id: i64,
@@ -509,6 +536,7 @@ fn expand(
     orders: &[OrderFacts],
     next_row: &mut u64,
     seq: &mut i64,
+    moves: &mut Moves,
 ) -> rusqlite::Result<()> {
     let Some((first, rest)) = orders.split_first() else {
         tx.execute(
@@ -521,7 +549,7 @@ fn expand(
     };
     set_urls(tx, run_id, parent, first, seq)?;
     for (i, order) in rest.iter().enumerate() {
-        tx.execute(
+        let added = tx.execute(
             "INSERT INTO rows (run_id, row_number, input_row, line, site_customer_identifier,
                  state, attempts, input_offset)
              SELECT run_id, ?3, row_number, line, site_customer_identifier, ?4, 0, input_offset
@@ -534,6 +562,8 @@ fn expand(
             ],
         )?;
         set_urls(tx, run_id, *next_row + i as u64, order, seq)?;
+        // Added pending, and at once given its URL.
+        moves.add(RowState::UrlsRefreshed, added as i64);
     }
     Ok(())
 }
@@ -554,6 +584,7 @@ fn apply(
     };
     let count = batch.len();
     let mut acks = Vec::new();
+    let mut moves = Moves::default();
     let tx = store.conn.transaction().map_err(sql_err)?;
     {
         let mut set_state = tx
@@ -565,6 +596,12 @@ fn apply(
         for op in batch.drain(..) {
             if let Some((label, n)) = Stages::of(&op) {
                 stages.add(label, n);
+            }
+            // The state the row leaves, for the run's row counts.
+            if let Some((row, to)) = op.sets_state() {
+                if let Some(from) = state_of(&tx, run_id, row).map_err(sql_err)? {
+                    moves.moved(from, to, 1);
+                }
             }
             match op {
                 Write::Intent { row, state, ack } => {
@@ -597,7 +634,8 @@ fn apply(
                     set_urls(&tx, run_id, row, &order, seq).map_err(sql_err)?;
                 }
                 Write::Expand { parent, orders } => {
-                    expand(&tx, run_id, parent, &orders, next_row, seq).map_err(sql_err)?;
+                    expand(&tx, run_id, parent, &orders, next_row, seq, &mut moves)
+                        .map_err(sql_err)?;
                     *next_row += orders.len().saturating_sub(1) as u64;
                 }
                 Write::Resolved {
@@ -673,6 +711,7 @@ fn apply(
                     )
                     .map_err(sql_err)?;
                     stages.add(to.as_str(), moved as u64);
+                    moves.moved(from, to, moved as i64);
                 }
                 Write::Token { row, token, link } => {
                     exec(
@@ -747,6 +786,7 @@ fn apply(
             }
         }
     }
+    moves.write(&tx, run_id).map_err(sql_err)?;
     also(&tx).map_err(sql_err)?;
     tx.commit().map_err(sql_err)?;
     Ok((acks, count))
@@ -758,6 +798,7 @@ mod tests {
     //! acknowledgements, and which transactions were synced.
 
     use super::*;
+    use crate::store::counts::assert_exact;
     use crate::store::rows::NewRow;
     use crate::store::StoredRow;
 
@@ -825,6 +866,60 @@ mod tests {
     fn each_write_leaves_its_row_in_the_state_it_names() {
         let text = |s: &str| s.to_string();
         let cases: Vec<(Vec<Write>, u64, RowState)> = vec![
+            (
+                vec![Write::Intent {
+                    row: 1,
+                    state: RowState::Creating,
+                    ack: oneshot::channel().0,
+                }],
+                1,
+                RowState::Creating,
+            ),
+            (
+                vec![Write::Expand {
+                    parent: 2,
+                    orders: Vec::new(),
+                }],
+                2,
+                RowState::Failed,
+            ),
+            // One row through every stage (likely in one transaction),
+            // another moved twice.
+            (
+                vec![
+                    Write::Intent {
+                        row: 1,
+                        state: RowState::Creating,
+                        ack: oneshot::channel().0,
+                    },
+                    Write::Created {
+                        row: 1,
+                        pnm_order: text("P1"),
+                        pnm_customer: None,
+                    },
+                    Write::Urls {
+                        row: 1,
+                        order: order(1),
+                    },
+                    Write::Token {
+                        row: 1,
+                        token: text("t"),
+                        link: None,
+                    },
+                    Write::Failed {
+                        row: 2,
+                        code: text("x"),
+                        message: text("y"),
+                    },
+                    Write::Unknown {
+                        row: 2,
+                        code: text("x"),
+                        message: text("y"),
+                    },
+                ],
+                1,
+                RowState::Done,
+            ),
             (
                 vec![Write::Created {
                     row: 1,
@@ -946,17 +1041,25 @@ mod tests {
         ];
         for (writes, row, expected) in cases {
             let what = format!("{writes:?}");
-            let (_, rows, _) = apply_all(writes);
+            let (_, rows, dir) = apply_all(writes);
             assert_eq!(state(&rows, row), expected, "{what}");
+            // And the run's row counts moved with it.
+            assert_exact(&Store::open_reader(&dir.path().join("s.db")).unwrap());
         }
     }
 
     #[test]
     fn an_expansion_makes_a_row_per_further_order_of_the_same_input_row() {
-        let (_, rows, _) = apply_all(vec![Write::Expand {
+        let (_, rows, dir) = apply_all(vec![Write::Expand {
             parent: 2,
             orders: vec![order(7), order(8), order(9)],
         }]);
+        let store = Store::open_reader(&dir.path().join("s.db")).unwrap();
+        assert_exact(&store);
+        assert_eq!(
+            store.state_counts(1).unwrap(),
+            [(RowState::Pending, 2), (RowState::UrlsRefreshed, 3)]
+        );
         let from_two: Vec<&StoredRow> = rows.iter().filter(|r| r.input_row == 2).collect();
         assert_eq!(from_two.len(), 3, "{rows:?}");
         assert!(from_two.iter().all(|r| r.state == RowState::UrlsRefreshed));

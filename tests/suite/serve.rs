@@ -1119,3 +1119,88 @@ fn a_smart_link_call_that_timed_out_and_lands_late_is_not_superseded_by_its_retr
         body["secure_smart_token"]
     );
 }
+
+/// `(run, state, rows)` by counting the rows of `db`, and as `row_states`
+/// keeps them (migration 08) and `status --json` prints them.
+fn row_counts(dir: &Dir, sandbox: &Sandbox, db: &str) -> [Vec<(i64, String, i64)>; 3] {
+    let conn = rusqlite::Connection::open(dir.path(db)).unwrap();
+    let read = |sql: &str| -> Vec<(i64, String, i64)> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let counted = read("SELECT run_id, state, COUNT(*) FROM rows GROUP BY 1, 2 ORDER BY 1, 2");
+    let kept = read("SELECT run_id, state, count FROM row_states WHERE count != 0 ORDER BY 1, 2");
+    let out = run(dir.cmd(sandbox, &["status", "--db", db, "--json"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut printed = Vec::new();
+    for r in status["runs"].as_array().unwrap() {
+        for (state, n) in r["states"].as_object().unwrap() {
+            printed.push((
+                r["run_id"].as_i64().unwrap(),
+                state.clone(),
+                n.as_i64().unwrap(),
+            ));
+        }
+    }
+    printed.sort();
+    [counted, kept, printed]
+}
+
+/// What `status` and the report say of a run's rows (kept per state as the
+/// rows change, migration 08) is what counting the rows says, after every
+/// command that writes rows: a run with failures and rejects, its retry, a
+/// refresh that expands customers into their orders, a change, and serve
+/// regenerating URLs and tokens.
+#[test]
+fn row_counts_stay_exact_through_a_faulty_run_retry_refresh_change_and_serve() {
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    let mut orders = orders_csv(24, 4, true);
+    orders.push_str("C-1,abc,USD,exact,true,Bad,ORD-90\nC-2,12.00,USD,exact,true,Again,ORD-3\n");
+    dir.write("o.csv", orders);
+    dir.write("r.csv", "site_customer_identifier\nC-0\nC-1\n");
+    dir.write(
+        "c.csv",
+        "site_order_identifier,order_amount\nORD-1,91.00\nORD-2,92.00\n",
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let mut step = |args: &[&str], fail_rate: f64| {
+        sandbox.set_fail_rate(fail_rate);
+        let mut args = args.to_vec();
+        args.extend(["--max-attempts", "1", "--retry-base-ms", "10"]);
+        args.extend(["--rate", "unlimited"]);
+        let out = run(dir.cmd(&sandbox, &args));
+        let [counted, kept, printed] = row_counts(&dir, &sandbox, "s.db");
+        assert_eq!(kept, counted, "after {args:?}: {}", text(&out));
+        assert_eq!(printed, counted, "after {args:?}");
+        seen.extend(counted.into_iter().map(|(_, state, _)| state));
+    };
+    step(&["run", "o.csv", "--db", "s.db"], 0.3);
+    step(&["retry", "--db", "s.db"], 0.0);
+    step(&["refresh", "r.csv", "--db", "s.db", "--force"], 0.3);
+    step(&["retry", "--db", "s.db"], 0.0);
+    step(&["change", "c.csv", "--db", "s.db"], 0.0);
+    for state in ["done", "failed", "rejected"] {
+        assert!(seen.contains(state), "no {state} row: {seen:?}");
+    }
+
+    // serve writes the URLs and tokens it regenerates into the rows.
+    sandbox.set_fail_rate(0.0);
+    let server = Server::start(&dir, &sandbox, "s.db", "31m");
+    for i in [4, 5, 6] {
+        let (status, body) =
+            server.get(&format!("/v1/orders/ORD-{i}/embedded-js-url"), Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = server.get(&format!("/v1/orders/ORD-{i}/smart-link"), Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+    }
+    drop(server);
+    let [counted, kept, printed] = row_counts(&dir, &sandbox, "s.db");
+    assert_eq!(kept, counted, "after serve");
+    assert_eq!(printed, counted, "after serve");
+}

@@ -169,8 +169,9 @@ impl Unsettled {
     pub fn resumed(intent_at: Option<i64>) -> Unsettled {
         Unsettled {
             maybe_applied: AtomicBool::new(true),
+            // Recorded in whole seconds: it may have left up to one later.
             unanswered: std::sync::Mutex::new(intent_at.map(|secs| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs())
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0).unsigned_abs() + 1)
             })),
         }
     }

@@ -1,6 +1,7 @@
 //! Exactly once and byte for byte, in every command and across runs.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -623,7 +624,7 @@ fn edited_mid_run_stops_the_run(edit: impl FnOnce(&std::path::Path, &str)) {
             "2",
         ],
     ));
-    wait_until(std::time::Duration::from_secs(30), || {
+    wait_until(Duration::from_secs(30), || {
         sandbox.requests("create_order") >= 20
     });
     // Same size, other amounts: only the hash tells.
@@ -1282,6 +1283,56 @@ fn a_token_call_that_timed_out_and_lands_late_is_not_superseded_by_its_retry() {
     );
     // Until the late call has certainly landed (it was sent 2.5 s before
     // its answer, at the run's start).
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+}
+
+#[test]
+fn a_create_resent_by_a_resumed_run_is_waited_for_by_the_next_resume() {
+    // Run 1 is killed while its create is at the provider, which then
+    // fails it: nothing was created. Run 2 finds nothing and sends the
+    // create again; it is killed while that one is still running there.
+    // Run 3 must wait from when run 2's create left (not run 1's), or it
+    // finds nothing and creates the order a second time.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(1, 1, true));
+    let cmd = || {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
+        );
+        // The provider takes up to 3 s.
+        cmd.env("ORDERBATCH_SETTLE_MS", "4000");
+        cmd
+    };
+    sandbox.set_faults(r#"{"only":"create_order","fail_rate":1.0,"delay_ms":3000}"#);
+    let mut first = spawn(cmd());
+    wait_until(Duration::from_secs(20), || {
+        sandbox.requests("create_order") == 1
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Until the provider has failed it (the fault is read after the delay).
+    std::thread::sleep(Duration::from_millis(3500));
+    sandbox.set_faults(r#"{"fail_rate":0.0,"delay_ms":3000,"delay_next":1}"#);
+    let mut second = spawn(cmd());
+    let waited = std::time::Instant::now();
+    while sandbox.requests("create_order") < 2 {
+        if waited.elapsed() > Duration::from_secs(30) {
+            second.kill().unwrap();
+            panic!("{}", text(&second.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let out = run(cmd());
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    // Until run 2's create has certainly landed.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(sandbox.orders().len(), 1, "the order was created twice");
+    assert_eq!(sandbox.counter("duplicates"), 0);
     assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
 }

@@ -99,8 +99,10 @@ pub(crate) async fn change(
             Outcome::Failed(error) => return fail(ctx, stored.row_number, &error, progress).await,
             Outcome::Stopped => return,
         }
-    } else if ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Changing).await
-    {
+    }
+    // Also when a killed run's change was not applied: the time recorded is
+    // when this one leaves, which a later resume waits from.
+    if ctx.shutdown.is_stopping() || !ctx.intent(stored.row_number, RowState::Changing).await {
         return;
     }
     params.push(("pnm_order_identifier", pnm.as_str()));
@@ -128,6 +130,10 @@ pub(crate) async fn change(
                     }
                     cannot_tell @ Verdict::CannotTell(_) => return Ok(cannot_tell),
                     Verdict::NotApplied => unsettled.settled(),
+                }
+                // Sent again: a resume after a kill waits from now.
+                if !ctx.intent(stored.row_number, RowState::Changing).await {
+                    return Err(ProviderError::Cancelled);
                 }
             }
             let _slot = ctx.permit(Endpoint::ChangeOrder).await?;

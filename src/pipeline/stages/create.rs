@@ -172,6 +172,11 @@ async fn create_attempt(
             return Ok(order);
         }
         unsettled.settled();
+        // Sent again: a resume after a kill waits from now, not from when
+        // the first attempt left.
+        if !ctx.intent(row, RowState::Creating).await {
+            return Err(ProviderError::Cancelled);
+        }
     }
     let _slot = ctx.permit(Endpoint::CreateOrder).await?;
     let sent = SystemTime::now();

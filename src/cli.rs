@@ -655,11 +655,14 @@ pub struct PaceArgs {
     /// First retry delay in milliseconds (doubles each retry, with jitter).
     #[arg(long, default_value_t = 500, hide = true)]
     pub retry_base_ms: u64,
-    /// How long (ms) a create or change that got no answer may still be
-    /// running at the provider: its order is looked up only after that, so
-    /// a late landing is found instead of sent again [default: --timeout,
-    /// at least 5000].
-    #[arg(long, env = "ORDERBATCH_SETTLE_MS", hide = true)]
+    /// How long (ms) a request that got no answer (a timeout, a dropped
+    /// connection, a killed run) may still be running at the provider. A
+    /// create or change is looked up only after that, so a late landing is
+    /// found instead of sent twice; a token or forced URL is not asked for
+    /// again before it, so the one recorded is the provider's last. Raise it
+    /// if the provider can take longer than this to finish a request
+    /// [default: twice --timeout, at least 10000].
+    #[arg(long, env = "ORDERBATCH_SETTLE_MS")]
     pub settle_ms: Option<u64>,
 }
 

@@ -67,10 +67,10 @@ pub(super) fn check_outputs(
 }
 
 /// How long an unanswered request may still be running at the provider:
-/// `--settle-ms`, else the answer timeout, at least 5 s.
+/// `--settle-ms`, else twice the answer timeout, at least 10 s.
 pub(super) fn settle(pace: &PaceArgs, settings: &Settings) -> Duration {
     pace.settle_ms.map_or_else(
-        || Duration::from_secs(settings.timeout.value.max(5)),
+        || Duration::from_secs(settings.timeout.value.saturating_mul(2).max(10)),
         Duration::from_millis,
     )
 }

@@ -233,6 +233,9 @@ pub struct RunContext {
     max_attempts: u32,
     retry_base: Duration,
     settle: Duration,
+    /// When nothing an earlier invocation of this run sent can still land
+    /// (see [`RunContext::after_earlier_invocations`]).
+    earlier_settled: Option<SystemTime>,
     max_errors: Option<u64>,
     failed_rows: AtomicU64,
     /// Transient failures since the last success, across all workers.
@@ -287,6 +290,7 @@ impl RunContext {
             max_attempts: options.max_attempts,
             retry_base: options.retry_base,
             settle: options.settle,
+            earlier_settled: None,
             max_errors: options.max_errors,
             failed_rows: AtomicU64::new(0),
             failing_in_a_row: AtomicU64::new(0),
@@ -347,6 +351,37 @@ impl RunContext {
         let Some(left) = self.settle.checked_sub(since) else {
             return true;
         };
+        tokio::select! {
+            () = tokio::time::sleep(left) => true,
+            () = self.shutdown.stopped() => false,
+        }
+    }
+
+    /// A resumed run: an earlier invocation was last seen sending at
+    /// `last_seen` (its timeline's end), and a request it sent then may
+    /// still be running at the provider.
+    pub fn resumed_after(mut self, last_seen: SystemTime) -> Self {
+        // The timeline is stored about once a second: a request may have
+        // left up to a second after the end it shows.
+        self.earlier_settled = Some(last_seen + Duration::from_secs(1) + self.settle);
+        self
+    }
+
+    /// Waits until nothing an earlier (killed or stopped) invocation of
+    /// this run sent can still land — before a call whose answer would be
+    /// replaced by such a late one (a token, a forced URL). At once for a
+    /// new run or one resumed long after; false when the run stops.
+    pub async fn after_earlier_invocations(&self) -> bool {
+        let Some(at) = self.earlier_settled else {
+            return true;
+        };
+        let Ok(left) = at.duration_since(SystemTime::now()) else {
+            return true;
+        };
+        tracing::info!(
+            "waiting {:.1}s until requests an earlier invocation of this run may have left              running at the provider can no longer land (--settle-ms)",
+            left.as_secs_f64()
+        );
         tokio::select! {
             () = tokio::time::sleep(left) => true,
             () = self.shutdown.stopped() => false,

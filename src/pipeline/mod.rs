@@ -322,6 +322,14 @@ async fn run_inner(
             (store.create_run(command, &path, &fp, &options_json)?, false)
         }
     };
+    // Before this invocation is recorded and its writer adds to the
+    // timeline.
+    let last_seen_ms = if resumed {
+        store.last_seen_ms(run_id)?
+    } else {
+        None
+    };
+    store.record_invocation(run_id)?;
     if resumed {
         tracing::info!(
             run_id,
@@ -369,7 +377,7 @@ async fn run_inner(
         .await?;
     }
     let writer = Writer::start(store, run_id);
-    let ctx = Arc::new(RunContext::new(
+    let mut ctx = RunContext::new(
         clients,
         options,
         &writer,
@@ -377,7 +385,13 @@ async fn run_inner(
         run_id,
         sent,
         pace,
-    ));
+    );
+    if let Some(ms) = last_seen_ms {
+        ctx = ctx.resumed_after(
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs()),
+        );
+    }
+    let ctx = Arc::new(ctx);
     let env = dispatch::RunEnv::start(options, run_id, header, snapshot.clone()).await?;
     let stage_result = dispatch::run_all(Arc::new(env), &ctx).await;
     drop(ctx);

@@ -30,6 +30,36 @@ pub(crate) fn write(
 }
 
 impl Store {
+    /// When (unix ms) an earlier invocation of `run_id` was last seen: the
+    /// later of its start and the end of the run's newest timeline bucket.
+    /// No request of it left much after that (the timeline is stored about
+    /// once a second while a run sends).
+    pub fn last_seen_ms(&self, run_id: i64) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT invoked_ms FROM runs WHERE id = ?1), 0),
+                            COALESCE((SELECT MAX(start_ms + width_ms) FROM timeline
+                                      WHERE run_id = ?1), 0))",
+                params![run_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|ms| (ms > 0).then_some(ms))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that an invocation of `run_id` starts now, before it sends
+    /// anything.
+    pub fn record_invocation(&self, run_id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET invoked_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+                 WHERE id = ?1",
+                params![run_id],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// The timeline of `run_id`, oldest bucket first (empty for runs of an
     /// older version).
     pub fn timeline(&self, run_id: i64) -> Result<Vec<Bucket>, StoreError> {

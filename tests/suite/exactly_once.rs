@@ -1221,7 +1221,7 @@ fn a_create_or_change_still_running_after_the_timeout_is_found_not_sent_again() 
         ],
     );
     // The default: an unanswered request may run at the provider for
-    // --timeout, at least 5 s.
+    // twice --timeout, at least 10 s.
     cmd.env_remove("ORDERBATCH_SETTLE_MS");
     let out = run(cmd);
     assert_eq!(code(&out), 0, "{}", text(&out));
@@ -1334,5 +1334,37 @@ fn a_create_resent_by_a_resumed_run_is_waited_for_by_the_next_resume() {
     std::thread::sleep(Duration::from_millis(3000));
     assert_eq!(sandbox.orders().len(), 1, "the order was created twice");
     assert_eq!(sandbox.counter("duplicates"), 0);
+    assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
+}
+
+#[test]
+fn a_token_call_in_flight_when_the_run_is_killed_is_not_superseded_by_the_resumed_run() {
+    // The run is killed while its get_smart_token is at the provider, which
+    // issues that token 3 s after it left. The resumed run must not ask for
+    // a token before then: the late one would replace the one it exports.
+    let sandbox = Sandbox::start();
+    let dir = Dir::new();
+    dir.write("o.csv", orders_csv(1, 1, true));
+    let cmd = || {
+        let mut cmd = dir.cmd(
+            &sandbox,
+            &["run", "o.csv", "--db", "s.db", "--export", "e.csv"],
+        );
+        // The provider takes up to 3 s.
+        cmd.env("ORDERBATCH_SETTLE_MS", "4000");
+        cmd
+    };
+    sandbox.set_faults(r#"{"only":"get_smart_token","delay_ms":3000,"delay_next":1}"#);
+    let mut first = spawn(cmd());
+    wait_until(Duration::from_secs(20), || {
+        sandbox.requests("get_smart_token") == 1
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = run(cmd());
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.requests("get_smart_token"), 2);
+    // Until the first call has certainly landed.
+    std::thread::sleep(Duration::from_millis(3000));
     assert_export_is_the_sandbox(&sandbox, &dir.path("e.csv"));
 }

@@ -327,7 +327,7 @@ fn completions_version_and_help_with_examples() {
         );
     }
     let version = run(dir.bare_cmd(&["--version"]));
-    assert!(String::from_utf8_lossy(&version.stdout).contains("state schema 8"));
+    assert!(String::from_utf8_lossy(&version.stdout).contains("state schema 9"));
     for sub in [
         "run",
         "retry",

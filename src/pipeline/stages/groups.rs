@@ -79,7 +79,7 @@ impl GroupStage {
         params: &[(&str, &str)],
         unsettled: &Unsettled,
     ) -> Result<Vec<PnmOrder>, ProviderError> {
-        if !ctx.settle(unsettled).await {
+        if !ctx.after_earlier_invocations().await || !ctx.settle(unsettled).await {
             return Err(ProviderError::Cancelled);
         }
         let sent = std::time::SystemTime::now();

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 mod chain;
+mod claims;
 mod context;
 mod dispatch;
 pub mod mode;
@@ -26,7 +27,7 @@ use crate::exit::Exit;
 use crate::input::check::check_quotes;
 use crate::input::fingerprint::{scan, Snapshot, Stamp};
 use crate::input::reader::Schema;
-use crate::input::{ColumnOptions, InputError, OrderReader};
+use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::report::StageTiming;
 use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
@@ -169,32 +170,85 @@ pub async fn run(
     clients: Clients,
     shutdown: Shutdown,
 ) -> Result<RunSummary, RunError> {
-    run_paced(options, clients, shutdown, &Pace::new(options.rate)).await
+    let pace = Pace::new(options.rate);
+    let prepared = prepare(options, &[]).await?;
+    prepared
+        .execute(
+            clients,
+            shutdown,
+            &pace,
+            Sequence {
+                fed: None,
+                compact: true,
+            },
+        )
+        .await
 }
 
-/// [`run`] within a rate budget shared with other runs of this process.
-pub async fn run_paced(
-    options: &RunOptions,
-    clients: Clients,
-    shutdown: Shutdown,
-    pace: &Pace,
-) -> Result<RunSummary, RunError> {
-    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    run_inner(options, clients, shutdown, pace, sent.clone())
+/// A run's input checked and registered, nothing sent yet: the first half
+/// of a run, which `orderbatch inbox` does for its next file while the
+/// last one's requests go on ([`Prepared::execute`] is the second).
+pub struct Prepared {
+    options: RunOptions,
+    run_id: i64,
+    resumed: bool,
+    header: Arc<Header>,
+    snapshot: Snapshot,
+    store: Store,
+    registered: Option<StageTiming>,
+    /// How long this half took.
+    took: Duration,
+}
+
+/// How a run fits in a sequence of runs sharing a [`Pace`] (`inbox`).
+#[derive(Debug, Default)]
+pub struct Sequence {
+    /// Told `true` once every customer of the run has been handed out (the
+    /// next run may start); dropped when the run ends.
+    pub fed: Option<tokio::sync::watch::Sender<bool>>,
+    /// Compact the database after a large run (not while another run of
+    /// the process writes: see [`compact`]).
+    pub compact: bool,
+}
+
+/// Checks and registers `options.input` (or finds its run to resume),
+/// sending nothing. `beside`: unfinished runs of this process that a new
+/// run may start beside (the files of an inbox pass still in flight).
+pub async fn prepare(options: &RunOptions, beside: &[i64]) -> Result<Prepared, RunError> {
+    prepare_inner(options, beside)
         .await
         .map_err(|error| RunError {
             error,
-            requests_sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+            requests_sent: false,
         })
 }
 
-async fn run_inner(
-    options: &RunOptions,
-    clients: Clients,
-    shutdown: Shutdown,
-    pace: &Pace,
-    sent: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<RunSummary, PipelineError> {
+impl Prepared {
+    /// The run this is.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Takes every unfinished row through its command's chain, within
+    /// `pace` (shared with other runs of this process, for `inbox`).
+    pub async fn execute(
+        self,
+        clients: Clients,
+        shutdown: Shutdown,
+        pace: &Pace,
+        sequence: Sequence,
+    ) -> Result<RunSummary, RunError> {
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.execute_inner(clients, shutdown, pace, sequence, sent.clone())
+            .await
+            .map_err(|error| RunError {
+                error,
+                requests_sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+            })
+    }
+}
+
+async fn prepare_inner(options: &RunOptions, beside: &[i64]) -> Result<Prepared, PipelineError> {
     let started = Instant::now();
     let mode = options.spec.mode;
     let command = mode.command();
@@ -221,26 +275,41 @@ async fn run_inner(
     })
     .await?;
 
-    let store = Store::open(&options.db)?;
-    let previous = store.find_run(command, &fp)?;
-    let resume = match previous {
-        Some(run) if options.new_run && run.finished_at.is_some() => None,
-        other => other,
-    };
-    let (run_id, resumed) = match resume {
-        Some(run) => (run.id, true),
-        None => {
-            refuse_if_unfinished_other(&store, command, &fp)?;
-            if mode == Mode::Run && options.identity.same_orders.is_none() {
-                refuse_copy_of_earlier_file(&store, &options.input, mode, &options.spec.columns)?;
-            }
-            let options_json = options.spec.to_stored();
-            let path = std::fs::canonicalize(&options.input)
-                .unwrap_or_else(|_| options.input.clone())
-                .display()
-                .to_string();
-            (store.create_run(command, &path, &fp, &options_json)?, false)
-        }
+    // On a blocking thread: a new run reads the whole input for copies of
+    // earlier files, and `inbox` prepares its next file while the last one
+    // sends.
+    let (store, run_id, resumed) = {
+        let (options, fp, beside) = (options.clone(), fp.clone(), beside.to_vec());
+        blocking(move || {
+            let store = Store::open(&options.db)?;
+            let previous = store.find_run(command, &fp)?;
+            let resume = match previous {
+                Some(run) if options.new_run && run.finished_at.is_some() => None,
+                other => other,
+            };
+            let (run_id, resumed) = match resume {
+                Some(run) => (run.id, true),
+                None => {
+                    refuse_if_unfinished_other(&store, command, &fp, &beside)?;
+                    if mode == Mode::Run && options.identity.same_orders.is_none() {
+                        refuse_copy_of_earlier_file(
+                            &store,
+                            &options.input,
+                            mode,
+                            &options.spec.columns,
+                        )?;
+                    }
+                    let options_json = options.spec.to_stored();
+                    let path = std::fs::canonicalize(&options.input)
+                        .unwrap_or_else(|_| options.input.clone())
+                        .display()
+                        .to_string();
+                    (store.create_run(command, &path, &fp, &options_json)?, false)
+                }
+            };
+            Ok((store, run_id, resumed))
+        })
+        .await?
     };
     if resumed {
         tracing::info!(
@@ -288,61 +357,109 @@ async fn run_inner(
         })
         .await?;
     }
-    let writer = Writer::start(store, run_id);
-    let ctx = Arc::new(RunContext::new(
-        clients,
-        options,
-        &writer,
-        shutdown.clone(),
+    Ok(Prepared {
+        options: options.clone(),
         run_id,
-        sent,
-        pace,
-    ));
-    let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
-    drop(ctx);
-    // Every row is read (and checked) before it is sent; an edit after the
-    // last row was read changed nothing that was sent, but is said.
-    if stage_result.is_ok() && !shutdown.is_stopping() {
-        if let Err(changed) = snapshot.check() {
-            tracing::warn!(
-                "{changed}. Every row of this run had been read before the change and was sent \
-                 with the values the run started with"
-            );
-        }
-    }
-    let writer_stats = writer.finish().map_err(PipelineError::Store)?;
-    if let Mode::Refresh { .. } = mode {
-        // Rows naming one order carry the values issued last for it.
-        Store::open_reader(&options.db)?.share_latest_values(run_id)?;
-    }
-    let timings = registered.into_iter().chain(stage_result?).collect();
-
-    let store = Store::open_reader(&options.db)?;
-    let states = store.state_counts(run_id)?;
-    let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
-    let deferred_until = store.next_deferred(run_id)?;
-    if !unfinished {
-        store.set_finished(run_id, true)?;
-        // Rows grow stage by stage and leave pages part-empty: compact when
-        // this run is most of the database (a backfill, a first run), so a
-        // database of many nightly runs is not rewritten every night.
-        let this_run: u64 = states.iter().map(|(_, n)| n).sum();
-        if this_run >= VACUUM_AFTER_ROWS && this_run * 2 >= store.row_count()? {
-            store.vacuum()?;
-        }
-    }
-    Ok(RunSummary {
-        run_id,
-        total: states.iter().map(|(_, n)| n).sum(),
         resumed,
-        requests: store.request_counts(run_id)?,
-        states,
-        elapsed: started.elapsed(),
-        stop: shutdown.state(),
-        writer: writer_stats,
-        stages: timings,
-        deferred_until,
+        header,
+        snapshot,
+        store,
+        registered,
+        took: started.elapsed(),
     })
+}
+
+impl Prepared {
+    async fn execute_inner(
+        self,
+        clients: Clients,
+        shutdown: Shutdown,
+        pace: &Pace,
+        sequence: Sequence,
+        sent: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<RunSummary, PipelineError> {
+        let started = Instant::now();
+        let Prepared {
+            options,
+            run_id,
+            resumed,
+            header,
+            snapshot,
+            store,
+            registered,
+            took,
+        } = self;
+        let options = &options;
+        let mode = options.spec.mode;
+        let writer = Writer::start(store, run_id);
+        let ctx = Arc::new(
+            RunContext::new(
+                clients,
+                options,
+                &writer,
+                shutdown.clone(),
+                run_id,
+                sent,
+                pace,
+            )
+            .telling(sequence.fed),
+        );
+        let stage_result = dispatch::run_all(options, run_id, &ctx, &header, &snapshot).await;
+        drop(ctx);
+        // Every row is read (and checked) before it is sent; an edit after the
+        // last row was read changed nothing that was sent, but is said.
+        if stage_result.is_ok() && !shutdown.is_stopping() {
+            if let Err(changed) = snapshot.check() {
+                tracing::warn!(
+                    "{changed}. Every row of this run had been read before the change and was sent \
+                     with the values the run started with"
+                );
+            }
+        }
+        let writer_stats = writer.finish().map_err(PipelineError::Store)?;
+        if let Mode::Refresh { .. } = mode {
+            // Rows naming one order carry the values issued last for it.
+            Store::open_reader(&options.db)?.share_latest_values(run_id)?;
+        }
+        let timings = registered.into_iter().chain(stage_result?).collect();
+
+        let store = Store::open_reader(&options.db)?;
+        let states = store.state_counts(run_id)?;
+        let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
+        let deferred_until = store.next_deferred(run_id)?;
+        if !unfinished {
+            store.set_finished(run_id, true)?;
+            if sequence.compact {
+                let this_run: u64 = states.iter().map(|(_, n)| n).sum();
+                compact(&store, this_run)?;
+            }
+        }
+        Ok(RunSummary {
+            run_id,
+            total: states.iter().map(|(_, n)| n).sum(),
+            resumed,
+            requests: store.request_counts(run_id)?,
+            states,
+            elapsed: took + started.elapsed(),
+            stop: shutdown.state(),
+            writer: writer_stats,
+            stages: timings,
+            deferred_until,
+        })
+    }
+}
+
+/// Rows grow stage by stage and leave pages part-empty: compacts the
+/// database when `rows` just finished (a run, or an inbox pass) are most of
+/// it (a backfill, a first run), so a database of many nightly runs is not
+/// rewritten every night. Not while a run writes: VACUUM holds the database
+/// for as long as it takes.
+pub fn compact(store: &Store, rows: u64) -> Result<bool, StoreError> {
+    if rows >= VACUUM_AFTER_ROWS && rows * 2 >= store.row_count()? {
+        store.vacuum()?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 pub(super) async fn blocking<T: Send + 'static>(

@@ -39,15 +39,25 @@ pub fn prepare_retry(
         None => store.runs()?.pop(),
     }
     .ok_or_else(|| PipelineError::Conflict(format!("{} holds no such run", db.display())))?;
-    let input = PathBuf::from(&run.input_path);
-    let found = fingerprint(&input).map_err(|e| {
-        PipelineError::Conflict(format!(
-            "run {} needs its input file {} (fingerprint {}), which cannot be read: {e}",
-            run.id,
-            input.display(),
-            run.fingerprint
-        ))
-    })?;
+    let recorded = PathBuf::from(&run.input_path);
+    let (input, found) = match fingerprint(&recorded) {
+        Ok(found) => (recorded, found),
+        Err(e) => match archived_input(&recorded, run.id, &run.fingerprint) {
+            Some(archived) => (archived, run.fingerprint.clone()),
+            None => {
+                return Err(PipelineError::Conflict(format!(
+                    "run {} needs its input file {} (fingerprint {}), which cannot be read: {e}; \
+                     not in {} either (where `orderbatch inbox` archives by default). Put the \
+                     file back at {} (a copy will do: its fingerprint is checked), then retry",
+                    run.id,
+                    recorded.display(),
+                    run.fingerprint,
+                    archive_pattern(&recorded, run.id),
+                    recorded.display(),
+                )))
+            }
+        },
+    };
     if found != run.fingerprint {
         return Err(PipelineError::Conflict(format!(
             "{} has changed since run {} read it: expected fingerprint {}, found {found}. \
@@ -71,6 +81,45 @@ pub fn prepare_retry(
         spec,
         error_code: error_code.map(str::to_string),
     })
+}
+
+/// The names `orderbatch inbox` archives the input `recorded` of run
+/// `run_id` under, in its default done folder (`<dir>/done/YYYY-MM-DD/`).
+fn archived_names(recorded: &Path, run_id: i64) -> Option<(PathBuf, [String; 2])> {
+    let name = recorded.file_name()?.to_str()?;
+    let done = recorded.parent()?.join("done");
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    Some((
+        done,
+        [name.to_string(), format!("{stem}.run-{run_id}{ext}")],
+    ))
+}
+
+fn archive_pattern(recorded: &Path, run_id: i64) -> String {
+    match archived_names(recorded, run_id) {
+        Some((done, [name, other])) => format!("{}/*/{{{name},{other}}}", done.display()),
+        None => "the inbox's done folder".to_string(),
+    }
+}
+
+/// A run whose input an inbox archived before it recorded where (an
+/// older version, or a pass cut short): the file of that content in the
+/// default done folder, newest day first.
+fn archived_input(recorded: &Path, run_id: i64, fp: &str) -> Option<PathBuf> {
+    let (done, names) = archived_names(recorded, run_id)?;
+    let mut days: Vec<PathBuf> = std::fs::read_dir(done)
+        .ok()?
+        .flatten()
+        .map(|d| d.path())
+        .collect();
+    days.sort();
+    days.iter()
+        .rev()
+        .flat_map(|day| names.iter().map(move |n| day.join(n)))
+        .find(|path| fingerprint(path).is_ok_and(|found| found == fp))
 }
 
 impl RetryPlan {

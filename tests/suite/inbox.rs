@@ -370,3 +370,217 @@ fn watch_takes_a_file_dropped_while_it_runs_and_stops_on_sigterm() {
     let again = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
     assert_eq!(code(&again), 0, "{}", text(&again));
 }
+
+/// Sets a file's modification time `secs` seconds back.
+fn age(path: &Path, secs: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// Whether the database holds a run whose registration began (rows
+/// recorded) and never ended.
+fn half_registered(db: &Path) -> bool {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return false;
+    };
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM runs u WHERE u.registered = 0
+                        AND EXISTS (SELECT 1 FROM rows r WHERE r.run_id = u.id))",
+        [],
+        |r| r.get::<_, bool>(0),
+    )
+    .unwrap_or(false)
+}
+
+/// A pass killed while it registers a file leaves a run that sent
+/// nothing: the next pass resumes it (no order twice) or, when a corrected
+/// upload replaced the file, runs the new file instead of refusing it
+/// beside the old run; the file after it is taken either way.
+#[test]
+fn a_pass_killed_while_a_file_registers_blocks_nothing_and_duplicates_nothing() {
+    let sandbox = Sandbox::start();
+    for replaced in [false, true] {
+        let dir = new_inbox();
+        let tag = if replaced { "HRR" } else { "HRK" };
+        // Five orders, then rows the registration rejects (nothing sent
+        // for them): a registration long enough to be killed in.
+        let mut a = orders(&format!("{tag}A"), 5);
+        for i in 0..60_000 {
+            a.push_str(&format!(
+                "{tag}A-X{i},not-an-amount,USD,exact,true,{tag}A-X{i}\n"
+            ));
+        }
+        dir.write("in/a.csv", &a);
+        age(&dir.path("in/a.csv"), 60);
+        dir.write("in/b.csv", orders(&format!("{tag}B"), 4));
+        let db = dir.path("state.db");
+        let mut child = spawn(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+        wait_until(Duration::from_secs(120), || half_registered(&db));
+        signal(&child, 9);
+        let _ = child.wait().unwrap();
+        assert!(half_registered(&db), "the kill missed the registration");
+        assert!(orders_by_id(&sandbox, tag).is_empty());
+        if replaced {
+            // The uploader sends a corrected file under the same name.
+            dir.write("in/a.csv", orders(&format!("{tag}A"), 6));
+            age(&dir.path("in/a.csv"), 60);
+        }
+        let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+        // The rejected rows leave the first file at exit 1.
+        assert_eq!(code(&out), if replaced { 0 } else { 1 }, "{}", text(&out));
+        let a_orders = orders_by_id(&sandbox, &format!("{tag}A-"));
+        assert_eq!(
+            a_orders.len(),
+            if replaced { 6 } else { 5 },
+            "{}",
+            text(&out)
+        );
+        assert!(a_orders.values().all(|&n| n == 1), "{a_orders:?}");
+        let b_orders = orders_by_id(&sandbox, &format!("{tag}B-"));
+        assert_eq!(b_orders.len(), 4, "{}", text(&out));
+        assert!(b_orders.values().all(|&n| n == 1), "{b_orders:?}");
+        for name in ["a.csv", "b.csv"] {
+            assert_eq!(archived(&dir.path("in/done"), name).len(), 1, "{name}");
+            assert!(!dir.path(&format!("in/{name}")).exists());
+        }
+        if replaced {
+            assert!(
+                stderr(&out).contains("forgot unfinished run 1"),
+                "{}",
+                text(&out)
+            );
+        }
+        assert!(!half_registered(&db));
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `orderbatch retry` after the inbox archived a file reads the input where
+/// the archive put it; for a run whose archive path was not recorded (an
+/// older version), it looks in the default done folder; a file in neither
+/// place is reported with where it looked and what to do.
+#[test]
+fn retry_after_the_inbox_archived_a_file_finds_it_in_the_archive() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/r.csv", orders("RT", 3));
+    sandbox.set_faults_only("get_smart_token");
+    sandbox.set_fail_rate(1.0);
+    let args = inbox_args(&["--ready", "stable:0", "--max-attempts", "1"]);
+    let out = run(dir.cmd(&sandbox, &args));
+    // Every token failed: rows left, the file archived all the same.
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let moved = archived(&dir.path("in/done"), "r.csv");
+    assert_eq!(moved.len(), 1, "{}", text(&out));
+    assert!(!dir.path("in/r.csv").exists());
+    let tokens = sandbox.requests("get_smart_token");
+
+    sandbox.set_fail_rate(0.0);
+    let out = run(dir.cmd(&sandbox, &["retry", "--db", "state.db", "-q"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("3 failed rows back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(sandbox.requests("get_smart_token"), tokens + 3);
+    let by_id = orders_by_id(&sandbox, "RT-");
+    assert_eq!(by_id.len(), 3);
+    assert!(by_id.values().all(|&n| n == 1), "{by_id:?}");
+    let conn = rusqlite::Connection::open(dir.path("state.db")).unwrap();
+    let recorded: String = conn
+        .query_row("SELECT input_path FROM runs WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        Path::new(&recorded),
+        std::fs::canonicalize(&moved[0]).unwrap()
+    );
+
+    // An archive path not recorded: found in the default done folder.
+    let old = std::fs::canonicalize(dir.path("in")).unwrap().join("r.csv");
+    conn.execute(
+        "UPDATE runs SET input_path = ?1 WHERE id = 1",
+        [old.display().to_string()],
+    )
+    .unwrap();
+    let out = run(dir.cmd(&sandbox, &["retry", "--db", "state.db", "-q"]));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("0 failed rows back"),
+        "{}",
+        text(&out)
+    );
+
+    // Nowhere to be found: where it looked, and what to do.
+    std::fs::rename(&moved[0], dir.path("elsewhere.csv")).unwrap();
+    let out = run(dir.cmd(&sandbox, &["retry", "--db", "state.db", "-q"]));
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("done/*/{r.csv,r.run-1.csv}") && said.contains("Put the file back at"),
+        "{said}"
+    );
+    assert_eq!(sandbox.requests("get_smart_token"), tokens + 3);
+}
+
+/// A marker left in the folder after its file was archived (a pass cut
+/// short between the two) is removed by the next pass, its copy being in
+/// the archive; a newer marker (a new upload's) is left alone.
+#[test]
+fn an_orphan_marker_is_removed_by_the_next_pass() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/m.csv", orders("OM", 2));
+    dir.write("in/m.csv.done", "");
+    let args = inbox_args(&["--ready", "marker:.done"]);
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(archived(&dir.path("in/done"), "m.csv.done").len(), 1);
+    let requests = sandbox.total_requests();
+
+    // What a pass killed after the move and before the marker's removal
+    // leaves: the marker, from before the archive's copy of it.
+    dir.write("in/m.csv.done", "");
+    age(&dir.path("in/m.csv.done"), 60);
+    let dry = run(dir.cmd(&sandbox, &[&args[..], &["--dry-run"]].concat()));
+    assert_eq!(code(&dry), 0, "{}", text(&dry));
+    assert!(
+        stdout(&dry).contains("m.csv.done: remove: the marker of a file already archived"),
+        "{}",
+        text(&dry)
+    );
+    assert!(dir.path("in/m.csv.done").exists());
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        stdout(&out).contains("m.csv.done: removed: the marker of a file already archived"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path("in/m.csv.done").exists());
+    assert_eq!(archived(&dir.path("in/done"), "m.csv.done").len(), 1);
+    assert_eq!(sandbox.total_requests(), requests);
+
+    // A marker newer than the archive's copy belongs to a new upload.
+    std::thread::sleep(Duration::from_millis(20));
+    dir.write("in/m.csv.done", "");
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(dir.path("in/m.csv.done").exists(), "{}", text(&out));
+    // Its file arrives: taken, with the marker.
+    dir.write("in/m.csv", orders("OM2", 2));
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "OM2-").len(), 2);
+    assert!(!dir.path("in/m.csv.done").exists());
+    assert!(!dir.path("in/m.csv").exists());
+}

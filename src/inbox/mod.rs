@@ -809,6 +809,9 @@ impl Inbox {
             })?;
         let (base, _) = split_name(name);
         let out = |suffix: &str| dir.join(format!("{base}{suffix}"));
+        // What an earlier archive of this file, cut short, left half
+        // written (it is written again below).
+        archive::remove_leftovers(&dir, &[name, base]);
         match note {
             Some(note) => write_file(&out(".note.txt"), note.as_bytes())?,
             None => {
@@ -896,6 +899,7 @@ impl Inbox {
                 })
                 .unwrap_or(other.as_str())
                 .to_string();
+            archive::remove_leftovers(&dir, &[&name]);
             write_file(
                 &dir.join(format!("{name}.error.txt")),
                 format!("{why}\n").as_bytes(),

@@ -259,15 +259,20 @@ fn an_archive_target_in_the_way_is_reported_and_retried_without_running_again() 
 }
 
 /// Kills a pass over 5 files with SIGKILL at random points — a request
-/// count (mid-run), or the moment an export appears (mid-archive) — then
-/// runs passes until one ends with 0.
+/// count (mid-run, often while the next file registers or starts beside
+/// the last one's tail), the moment an export appears (mid-archive), or a
+/// time after the start (registration, the first requests) — three times
+/// per trial, then runs passes until one ends with 0. 20 trials: no order
+/// twice, none lost, every file archived once with its export, nothing
+/// left in the folder.
 #[test]
 fn sigkill_at_random_points_of_a_pass_loses_and_duplicates_nothing() {
     let sandbox = Sandbox::start();
     sandbox.set_delay_ms(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20261203);
-    let mut kills = 0;
-    for trial in 0..8 {
+    let (mut kills, mut duplicates, mut lost, mut archives) = (0, 0, 0, 0);
+    const TRIALS: usize = 20;
+    for trial in 0..TRIALS {
         let dir = new_inbox();
         for f in 0..5 {
             dir.write(&format!("in/f{f}.csv"), orders(&format!("K{trial}F{f}"), 8));
@@ -275,25 +280,36 @@ fn sigkill_at_random_points_of_a_pass_loses_and_duplicates_nothing() {
         let args = inbox_args(&["--ready", "stable:0", "--concurrency", "4"]);
         for _ in 0..3 {
             let before = sandbox.total_requests();
-            let by_requests = trial % 2 == 0;
-            let (at_requests, at_exports) =
-                (rng.random_range(0..130u64), rng.random_range(1..=5usize));
+            let (at_requests, at_exports, at_ms) = (
+                rng.random_range(0..130u64),
+                rng.random_range(1..=5usize),
+                rng.random_range(0..400u64),
+            );
+            let started = std::time::Instant::now();
             let mut child = spawn(dir.cmd(&sandbox, &args));
             let mut finished = false;
             wait_until(Duration::from_secs(60), || {
                 finished = child.try_wait().unwrap().is_some();
                 finished
-                    || if by_requests {
-                        sandbox.total_requests() - before >= at_requests
-                    } else {
-                        exports(&dir.path("in/done")) >= at_exports
+                    || match trial % 3 {
+                        0 => sandbox.total_requests() - before >= at_requests,
+                        1 => exports(&dir.path("in/done")) >= at_exports,
+                        _ => started.elapsed() >= Duration::from_millis(at_ms),
                     }
             });
             if !finished {
                 signal(&child, 9);
-                kills += 1;
             }
-            let _ = child.wait_with_output().unwrap();
+            let out = child.wait_with_output().unwrap();
+            if !finished {
+                use std::os::unix::process::ExitStatusExt;
+                // Killed, unless it had just ended by itself.
+                if out.status.signal() == Some(9) {
+                    kills += 1;
+                } else {
+                    assert_eq!(code(&out), 0, "trial {trial}: {}", text(&out));
+                }
+            }
         }
         let mut last = None;
         for _ in 0..3 {
@@ -310,27 +326,66 @@ fn sigkill_at_random_points_of_a_pass_loses_and_duplicates_nothing() {
             }
         }
         let last = last.unwrap();
-        assert_eq!(code(&last), 0, "{}", text(&last));
+        assert_eq!(code(&last), 0, "trial {trial}: {}", text(&last));
         for f in 0..5 {
             let by_id = orders_by_id(&sandbox, &format!("K{trial}F{f}-"));
-            assert_eq!(by_id.len(), 8, "trial {trial} file {f}: lost orders");
-            assert!(
-                by_id.values().all(|&n| n == 1),
-                "trial {trial}: duplicates {by_id:?}"
-            );
+            lost += 8 - by_id.len();
+            duplicates += by_id.values().map(|&n| n - 1).sum::<usize>();
             let name = format!("f{f}.csv");
+            let moved = archived(&dir.path("in/done"), &name);
+            assert_eq!(moved.len(), 1, "trial {trial}: {name}");
+            archives += moved.len();
             assert_eq!(
-                archived(&dir.path("in/done"), &name).len(),
-                1,
-                "trial {trial}: {name}"
+                std::fs::read_to_string(&moved[0]).unwrap(),
+                orders(&format!("K{trial}F{f}"), 8)
             );
             assert!(!dir.path(&format!("in/{name}")).exists());
             let export = archived(&dir.path("in/done"), &format!("f{f}.export.csv"));
             assert_eq!(crate::util::read_export(&export[0]).len(), 8);
         }
+        // The folder holds nothing but the archive (no marker, no temporary
+        // file of a move cut short); the archive, the files and their
+        // outputs only.
+        let left: Vec<_> = std::fs::read_dir(dir.path("in"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "done" && n != "failed")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "trial {trial}: left in the folder: {left:?}"
+        );
+        assert!(
+            crate::util::files_under(&dir.path("in/failed")).is_empty(),
+            "trial {trial}: a file refused"
+        );
+        for f in crate::util::files_under(&dir.path("in/done")) {
+            let n = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                [
+                    ".csv",
+                    ".export.csv",
+                    ".rejects.csv",
+                    ".report.md",
+                    ".report.json"
+                ]
+                .iter()
+                .any(|s| n.ends_with(s))
+                    && !n.starts_with('.'),
+                "trial {trial}: {n} in the archive"
+            );
+        }
     }
+    println!(
+        "{TRIALS} trials, {kills} passes killed: {duplicates} duplicates, {lost} lost, \
+         {archives} of {} files archived once",
+        TRIALS * 5
+    );
+    assert_eq!((duplicates, lost), (0, 0));
+    assert_eq!(archives, TRIALS * 5);
     assert!(
-        kills >= 8,
+        kills >= TRIALS * 2,
         "only {kills} passes were killed before they ended"
     );
 }

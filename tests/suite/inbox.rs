@@ -639,3 +639,59 @@ fn an_orphan_marker_is_removed_by_the_next_pass() {
     assert!(!dir.path("in/m.csv.done").exists());
     assert!(!dir.path("in/m.csv").exists());
 }
+
+/// Two files sharing a customer, and an order of that customer: the second
+/// file starts while the first one's last customer (that one, with a long
+/// chain) still sends, and its chain for the customer waits for the first
+/// file's: the shared order is created once and both files carry it.
+#[test]
+fn a_customer_in_two_files_goes_through_the_first_files_chain_first() {
+    let sandbox = Sandbox::start();
+    sandbox.set_delay_ms(15);
+    let dir = new_inbox();
+    let header = "site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_order_identifier\n";
+    let mut first = String::from(header);
+    for i in 1..=10 {
+        first.push_str(&format!("SC-A{i:02},{i}.00,USD,exact,true,SC-A-{i}\n"));
+    }
+    // The last customer read, with the longest chain, the shared order
+    // last in it (created last).
+    for i in (2..=12).chain([1]) {
+        first.push_str(&format!("SC-ZZ,{}.00,USD,exact,true,SC-ZZ-{i}\n", 20 + i));
+    }
+    let mut second = String::from(header);
+    for i in 1..=3 {
+        second.push_str(&format!("SC-B{i:02},{i}.00,USD,exact,true,SC-B-{i}\n"));
+    }
+    // The same order as the first file's (same customer, same amount),
+    // and new ones of the same customer.
+    second.push_str("SC-ZZ,21.00,USD,exact,true,SC-ZZ-1\n");
+    for i in 13..=15 {
+        second.push_str(&format!("SC-ZZ,{}.00,USD,exact,true,SC-ZZ-{i}\n", 20 + i));
+    }
+    dir.write("in/first.csv", &first);
+    age(&dir.path("in/first.csv"), 60);
+    dir.write("in/second.csv", &second);
+    let out = run(dir.cmd(
+        &sandbox,
+        &inbox_args(&["--ready", "stable:0", "--concurrency", "4"]),
+    ));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let by_id = orders_by_id(&sandbox, "SC-");
+    assert_eq!(by_id.len(), 10 + 15 + 3, "{by_id:?}");
+    assert!(by_id.values().all(|&n| n == 1), "{by_id:?}");
+    assert_eq!(sandbox.counter("duplicates"), 0);
+    assert_eq!(sandbox.counter("overlaps"), 0);
+    let shared = |name: &str| {
+        let export = archived(&dir.path("in/done"), name);
+        assert_eq!(export.len(), 1, "{name}");
+        crate::util::read_export(&export[0])
+            .into_iter()
+            .find(|r| r["site_order_identifier"] == "SC-ZZ-1")
+            .map(|r| r["pnm_order_identifier"].clone())
+            .unwrap()
+    };
+    let a = shared("first.export.csv");
+    assert!(!a.is_empty());
+    assert_eq!(a, shared("second.export.csv"));
+}

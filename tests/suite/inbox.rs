@@ -695,3 +695,56 @@ fn a_customer_in_two_files_goes_through_the_first_files_chain_first() {
     assert!(!a.is_empty());
     assert_eq!(a, shared("second.export.csv"));
 }
+
+/// A file that stops (`--max-errors`) stops the files started beside it
+/// and the pass: they stay, nothing of theirs is archived half done, and
+/// the next pass finishes them with every order once.
+#[test]
+fn a_file_that_stops_stops_the_files_after_it() {
+    let sandbox = Sandbox::start();
+    sandbox.set_delay_ms(5);
+    let dir = new_inbox();
+    dir.write("in/a.csv", orders("ME-A", 6));
+    age(&dir.path("in/a.csv"), 120);
+    dir.write("in/b.csv", orders("ME-B", 30));
+    age(&dir.path("in/b.csv"), 60);
+    dir.write("in/c.csv", orders("ME-C", 4));
+    sandbox.set_poison("ME-A-C1");
+    let args = inbox_args(&[
+        "--ready",
+        "stable:0",
+        "--max-attempts",
+        "1",
+        "--max-errors",
+        "1",
+        "--concurrency",
+        "2",
+    ]);
+    let out = run(dir.cmd(&sandbox, &args));
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let said = stdout(&out);
+    assert!(said.contains("a.csv: run 1: stopped"), "{said}");
+    assert!(dir.path("in/a.csv").exists());
+    // b.csv was started beside a.csv's last customers: stopped with it,
+    // unless it had finished by then.
+    let b_done = !archived(&dir.path("in/done"), "b.csv").is_empty();
+    assert!(
+        b_done || (said.contains("b.csv: run 2: stopped") && dir.path("in/b.csv").exists()),
+        "{said}"
+    );
+    assert!(dir.path("in/c.csv").exists(), "{said}");
+    assert!(archived(&dir.path("in/done"), "c.csv").is_empty());
+
+    sandbox.set_poison("");
+    let out = run(dir.cmd(&sandbox, &args));
+    // The poisoned row failed for good: a.csv ends with a row left.
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    for (tag, rows) in [("ME-A-", 5), ("ME-B-", 30), ("ME-C-", 4)] {
+        let by_id = orders_by_id(&sandbox, tag);
+        assert_eq!(by_id.len(), rows, "{tag} {}", text(&out));
+        assert!(by_id.values().all(|&n| n == 1), "{by_id:?}");
+    }
+    for name in ["a.csv", "b.csv", "c.csv"] {
+        assert_eq!(archived(&dir.path("in/done"), name).len(), 1, "{name}");
+    }
+}

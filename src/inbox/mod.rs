@@ -541,6 +541,7 @@ impl Inbox {
                 prepared.execute(clients, own, &pace, sequence).await
             })
         };
+        tracing::debug!(run_id, file = %c.name, "file started");
         started.runs.push(run_id);
         started.last = Some(Last {
             name: c.name.clone(),

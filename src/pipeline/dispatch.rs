@@ -394,6 +394,7 @@ impl Feed {
             send(unit);
         }
         tracing::debug!(
+            run_id = self.run_id,
             seconds = started.elapsed().as_secs_f64(),
             "every customer handed to the workers"
         );

@@ -163,28 +163,20 @@ struct Running {
 struct Started {
     /// Their runs (a new run may start beside them).
     runs: Vec<i64>,
-    /// The newest.
-    last: Option<Last>,
-}
-
-/// The run started last.
-struct Last {
-    name: String,
-    /// Its own stop signal.
-    shutdown: Shutdown,
-    /// `true` once every customer of it has been handed out (the next
-    /// file may start); closed when its run is over.
-    fed: watch::Receiver<bool>,
+    /// Their files' names and own stop signals.
+    stops: Vec<(String, Shutdown)>,
+    /// Of the run started last: `true` once every customer of it has been
+    /// handed out (the next file may start); closed when its run is over.
+    last_fed: Option<watch::Receiver<bool>>,
 }
 
 impl Started {
-    /// Whether the run started last stopped on its own (not by the inbox's
-    /// signal): `--max-errors`, the provider down, the credentials; an
-    /// earlier one's stop reaches it through its own.
+    /// Whether a run of the pass stopped on its own (not by the inbox's
+    /// signal): `--max-errors`, the provider down, the credentials.
     fn stopped(&self) -> bool {
-        self.last
-            .as_ref()
-            .is_some_and(|l| matches!(l.shutdown.state(), Stop::Aborted(_)))
+        self.stops
+            .iter()
+            .any(|(_, s)| matches!(s.state(), Stop::Aborted(_)))
     }
 }
 
@@ -487,45 +479,43 @@ impl Inbox {
             }
         };
         // Starts once every customer of the file before it is handed out.
-        if let Some(last) = &mut started.last {
+        if let Some(fed) = &mut started.last_fed {
             tokio::select! {
-                _ = last.fed.wait_for(|fed| *fed) => {}
+                _ = fed.wait_for(|fed| *fed) => {}
                 () = shutdown.stopped() => {}
             }
         }
         if shutdown.is_stopping() || started.stopped() {
             return Ok(None);
         }
-        // Its own stop signal, following the inbox's, and the file's before
-        // it when that one stops on its own (the next files would meet the
+        // Its own stop signal, following the inbox's, and the files' before
+        // it when one stops on its own (the next files would meet the
         // same): an abort of this run (--max-errors) is this file's and the
         // later ones', not the earlier ones'.
         let own = Shutdown::new();
         let follow = {
             let (inbox, own) = (shutdown.clone(), own.clone());
-            let before = started
-                .last
-                .as_ref()
-                .map(|l| (l.name.clone(), l.shutdown.clone()));
+            let before = started.stops.clone();
             tokio::spawn(async move {
-                let aborted = async {
-                    match &before {
-                        Some((_, before)) => {
-                            before.stopped().await;
-                            match before.state() {
-                                Stop::Aborted(why) => why,
-                                _ => std::future::pending().await,
-                            }
+                let aborted = before.iter().map(|(name, stop)| {
+                    Box::pin(async move {
+                        stop.stopped().await;
+                        match stop.state() {
+                            Stop::Aborted(why) => format!("{name}, before it, stopped: {why}"),
+                            _ => std::future::pending().await,
                         }
-                        None => std::future::pending().await,
+                    })
+                });
+                let aborted = async {
+                    if before.is_empty() {
+                        std::future::pending().await
+                    } else {
+                        futures_util::future::select_all(aborted).await.0
                     }
                 };
                 tokio::select! {
                     () = inbox.stopped() => own.stop(inbox.state()),
-                    why = aborted => {
-                        let name = before.map(|(n, _)| n).unwrap_or_default();
-                        own.stop(Stop::Aborted(format!("{name}, before it, stopped: {why}")));
-                    }
+                    why = aborted => own.stop(Stop::Aborted(why)),
                 }
             })
         };
@@ -543,11 +533,8 @@ impl Inbox {
         };
         tracing::debug!(run_id, file = %c.name, "file started");
         started.runs.push(run_id);
-        started.last = Some(Last {
-            name: c.name.clone(),
-            shutdown: own,
-            fed: fed_rx,
-        });
+        started.stops.push((c.name.clone(), own.clone()));
+        started.last_fed = Some(fed_rx);
         Ok(Some(Taken::Running(Running {
             c: c.clone(),
             fp,

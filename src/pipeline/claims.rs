@@ -60,7 +60,8 @@ impl Claims {
     }
 
     /// How many customers are claimed.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

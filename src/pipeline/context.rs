@@ -156,11 +156,6 @@ impl Pace {
             ..self
         }
     }
-
-    /// Customers whose chain is running or waiting in a run of this budget.
-    pub fn customers_in_flight(&self) -> usize {
-        self.claims.len()
-    }
 }
 
 /// The provider clients a run uses (only its provider's is set).

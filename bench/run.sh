@@ -50,12 +50,20 @@ run_secs() { grep -oE 'rows in [0-9.]+s' "$1" | grep -oE '[0-9.]+'; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-PORT=18190
+# BENCH_PORT: where the sandboxes start listening (the next free port above
+# it): two benchmarks on one machine must not share a sandbox.
+PORT=${BENCH_PORT:-18190}
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_sandbox() { # extra sandbox flags...
   PORT=$((PORT + 1))
+  while in_use $PORT; do PORT=$((PORT + 1)); done
   "$B" sandbox --listen 127.0.0.1:$PORT "$@" > "$WORK/sandbox.log" 2>&1 &
   SANDBOX=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/__sandbox/counters" >/dev/null && break; sleep 0.05; done
+  if ! kill -0 "$SANDBOX" 2>/dev/null; then
+    echo "the sandbox did not start on 127.0.0.1:$PORT: $(cat "$WORK/sandbox.log")" >&2
+    exit 1
+  fi
   export PNM_BASE_URL=http://127.0.0.1:$PORT
 }
 stop_sandbox() { kill "$SANDBOX" 2>/dev/null || true; wait "$SANDBOX" 2>/dev/null || true; }

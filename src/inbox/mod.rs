@@ -372,7 +372,11 @@ impl Inbox {
                         })
                     });
                     follow.abort();
-                    blocking(move || inbox.ran(&c, &fp, result)).await
+                    tracing::debug!(file = %c.name, "file's run over");
+                    let name = c.name.clone();
+                    let outcome = blocking(move || inbox.ran(&c, &fp, result)).await;
+                    tracing::debug!(file = %name, "file archived");
+                    outcome
                 }
             };
             match outcome {
@@ -459,8 +463,12 @@ impl Inbox {
         }
         // Registered while the files before it send (their runs are this
         // process's own: a new run may start beside them).
+        tracing::debug!(file = %c.name, "file registering");
         let prepared = match pipeline::prepare(&options, &started.runs).await {
-            Ok(prepared) => prepared,
+            Ok(prepared) => {
+                tracing::debug!(run_id = prepared.run_id(), file = %c.name, "file registered");
+                prepared
+            }
             Err(RunError {
                 error: PipelineError::Input(e),
                 ..

@@ -229,6 +229,7 @@ async fn dispatch(
     }
     // Every customer is handed out: a run waiting for this one may start.
     if !only_due {
+        tracing::debug!(run_id = shared.run_id, "every customer handed out");
         ctx.fed();
     }
     while running.join_next().await.is_some() {}

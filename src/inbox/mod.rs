@@ -295,10 +295,12 @@ impl Inbox {
                     let _ = taken.send(t);
                 }
                 Ok(None) => {
-                    pass.waiting.push((
-                        c.name.clone(),
-                        "not started: a file before it stopped".to_string(),
-                    ));
+                    let why = if shutdown.is_stopping() {
+                        "the inbox is stopping"
+                    } else {
+                        "not started: a file before it stopped"
+                    };
+                    pass.waiting.push((c.name.clone(), why.to_string()));
                     break;
                 }
                 Err(e) => {
@@ -407,7 +409,8 @@ impl Inbox {
 
     /// Takes one ready file: what to do with it, its run registered and
     /// started when it has one to run. `None` when it was not started
-    /// because a file before it stopped.
+    /// because a file before it stopped or the inbox is stopping (its run
+    /// registered, nothing sent: the next pass resumes it).
     async fn take(
         self: &Arc<Self>,
         c: &Candidate,

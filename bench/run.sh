@@ -10,6 +10,9 @@ WORK=${BENCH_DIR:-/tmp/orderbatch-bench}
 mkdir -p "$WORK"
 # BENCH_BIN=path: use that binary (e.g. a debug build) and skip the release build
 # (only for sections that do not use gen_orders: inbox).
+# inbox: INBOX_RATE (default 100) sets --rate and rows per file; INBOX_TRACE=1
+# runs the pass again with every request logged, and prints each file's
+# first and last request and the largest gaps between requests.
 if [ -z "${BENCH_BIN:-}" ]; then
   cargo build --release --quiet --bin orderbatch --example gen_orders
 fi
@@ -47,12 +50,20 @@ run_secs() { grep -oE 'rows in [0-9.]+s' "$1" | grep -oE '[0-9.]+'; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-PORT=18190
+# BENCH_PORT: where the sandboxes start listening (the next free port above
+# it): two benchmarks on one machine must not share a sandbox.
+PORT=${BENCH_PORT:-18190}
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_sandbox() { # extra sandbox flags...
   PORT=$((PORT + 1))
+  while in_use $PORT; do PORT=$((PORT + 1)); done
   "$B" sandbox --listen 127.0.0.1:$PORT "$@" > "$WORK/sandbox.log" 2>&1 &
   SANDBOX=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/__sandbox/counters" >/dev/null && break; sleep 0.05; done
+  if ! kill -0 "$SANDBOX" 2>/dev/null; then
+    echo "the sandbox did not start on 127.0.0.1:$PORT: $(cat "$WORK/sandbox.log")" >&2
+    exit 1
+  fi
   export PNM_BASE_URL=http://127.0.0.1:$PORT
 }
 stop_sandbox() { kill "$SANDBOX" 2>/dev/null || true; wait "$SANDBOX" 2>/dev/null || true; }
@@ -316,7 +327,7 @@ LUA
 inbox)
   R=${INBOX_RATE:-100}
   echo "== inbox: 10 files of $R rows (3 requests each) back to back at --rate $R against a sandbox with --rate-limit $R:"
-  echo "   the rate kept across the file boundaries (one limiter; a file registers while the last one's tail drains)"
+  echo "   the rate kept across the file boundaries (one budget; a file registers while the last one sends, and starts once its customers are all handed out)"
   rm -rf "$WORK/inbox"; mkdir -p "$WORK/inbox/in"
   python3 - "$WORK/inbox/in" "$R" <<'PY'
 import os, sys
@@ -342,5 +353,57 @@ print(f'{total} requests in {wall:.1f} s of wall time (start to exit, 10 files) 
 print(f'full seconds: {len(full)}, sustained {sum(v for _,v in full)/len(full):.1f}/s = {100*sum(v for _,v in full)/len(full)/R:.1f}% of R; '
       f'slowest second {min(v for _,v in full)} ({100*min(v for _,v in full)/R:.0f}% of R), busiest {max(v for _,v in full)}; 429s: {c[\"faults\"][\"rate_limited\"]}')"
   stop_sandbox
+  if [ -n "${INBOX_TRACE:-}" ]; then
+    # The same pass again with every request logged (debug): each file's
+    # first and last request, and the largest gaps between requests.
+    rm -rf "$WORK/inbox"; mkdir -p "$WORK/inbox/in"
+    python3 - "$WORK/inbox/in" "$R" <<'PY'
+import os, sys
+d, rows = sys.argv[1], int(sys.argv[2])
+for f in range(10):
+    with open(os.path.join(d, f"f{f:02}.csv"), "w") as out:
+        out.write("site_customer_identifier,order_amount,order_currency,order_type,order_is_standing,site_order_identifier\n")
+        for i in range(rows):
+            out.write(f"F{f}-C{i},{10 + i % 90}.00,USD,exact,true,F{f}-{i}\n")
+PY
+    start_sandbox --rate-limit "$R"
+    RUST_LOG=orderbatch=debug "$B" --log-format json inbox "$WORK/inbox/in" --db "$WORK/inbox/state.db" --ready stable:0 --rate "$R" --concurrency 16 -q > /dev/null 2> "$WORK/inbox.trace" || true
+    stop_sandbox
+    python3 - "$WORK/inbox.trace" "$R" <<'PY'
+import json, sys, datetime
+R = int(sys.argv[2])
+ts = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+starts, runs, files, events = [], {}, {}, []
+for line in open(sys.argv[1]):
+    try:
+        e = json.loads(line)
+    except ValueError:
+        continue
+    t, m, run = ts(e["timestamp"]), e.get("message", ""), e.get("run_id")
+    if m == "request done":
+        # When the answer was in (its latency_ms counts the wait for the
+        # rate too): the sandbox answers within a millisecond or two.
+        starts.append(t)
+        r = runs.setdefault(run, {"first": t, "last": t})
+        r["first"], r["last"] = min(r["first"], t), max(r["last"], t)
+    elif m == "every customer handed out":
+        runs.setdefault(run, {"first": t, "last": t})["fed"] = t
+    elif m == "file started":
+        files[run] = (e.get("file"), t)
+    if m.startswith("file ") and e.get("file"):
+        events.append((t, f"{e['file']} {m[5:]}"))
+starts.sort()
+t0 = starts[0]
+print(f"trace: {len(starts)} answers in {starts[-1] - t0:.2f} s = {100 * (len(starts) - 1) / (starts[-1] - t0) / R:.1f}% of R between the first and the last")
+for run in sorted(runs, key=lambda r: runs[r]["first"]):
+    r, (name, began) = runs[run], files.get(run, ("?", 0))
+    print(f"  run {run} {name}: started {began - t0:7.3f} s, first answer {r['first'] - t0:7.3f}, customers all handed out {r.get('fed', 0) - t0:7.3f}, last answer {r['last'] - t0:7.3f}")
+gaps = sorted(((b - a, a - t0) for a, b in zip(starts, starts[1:])), reverse=True)[:5]
+print(f"  mean spacing {1000 * (starts[-1] - t0) / (len(starts) - 1):.2f} ms; largest gaps between answers, with what the inbox did within 200 ms before them:")
+for g, a in gaps:
+    near = [f"{w} at {t - t0:.3f}" for t, w in events if a - 0.2 <= t - t0 <= a + g]
+    print(f"    {1000 * g:.0f} ms at {a:.3f} s: " + ("; ".join(near) or "-"))
+PY
+  fi
   ;;
 esac; done

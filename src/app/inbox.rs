@@ -114,7 +114,9 @@ pub fn inbox(args: InboxArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let outcome = runtime()?.block_on(async {
         let shutdown = Shutdown::new();
         pipeline::handle_signals(shutdown.clone());
-        let pace = Pace::new(inbox.options.rate);
+        // One budget for every file: the rate, the request slots, the 429
+        // gate and the customers in flight.
+        let pace = Pace::new(inbox.options.rate).with_concurrency(inbox.options.concurrency);
         let mut worst = Exit::Done;
         loop {
             let pass = inbox.pass(&clients, &pace, &shutdown).await?;
@@ -150,6 +152,9 @@ pub fn inbox(args: InboxArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
 }
 
 fn print_pass(inbox: &Inbox, pass: &Pass) {
+    for (name, what) in &pass.tidied {
+        println!("{name}: {what}");
+    }
     for f in &pass.files {
         println!("{}: {} (exit {})", f.name, f.line, f.code.status());
     }

@@ -113,6 +113,32 @@ fn copy_across(from: &Path, to: &Path) -> io::Result<()> {
     sync_parent(from)
 }
 
+/// Removes from `dir` the temporary files of writes and moves cut short
+/// (`.<name>.<pid>-<n>.tmp` of a replaced file, `.<name>.<pid>.moving` of
+/// a copy across filesystems) whose name starts with one of `prefixes`
+/// followed by a dot: what a killed archive of the same file left.
+pub fn remove_leftovers(dir: &Path, prefixes: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix('.') else {
+            continue;
+        };
+        let temporary = rest.ends_with(".tmp") || rest.ends_with(".moving");
+        if temporary
+            && prefixes
+                .iter()
+                .any(|p| rest.strip_prefix(p).is_some_and(|r| r.starts_with('.')))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Whether two files hold the same bytes.
 pub fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
     if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
@@ -164,6 +190,24 @@ mod tests {
         copy_across(&a, &c).unwrap();
         assert!(!a.exists());
         assert_eq!(std::fs::read_to_string(&c).unwrap(), "y");
+        // What a killed write or copy left is removed; nothing else is.
+        for n in [
+            ".o.report.md.7-0.tmp",
+            ".o.csv.7.moving",
+            ".other.csv.7.moving",
+            "o.csv",
+        ] {
+            std::fs::write(dir.path().join(n), "").unwrap();
+        }
+        remove_leftovers(dir.path(), &["o.csv", "o"]);
+        for (n, kept) in [
+            (".o.report.md.7-0.tmp", false),
+            (".o.csv.7.moving", false),
+            (".other.csv.7.moving", true),
+            ("o.csv", true),
+        ] {
+            assert_eq!(dir.path().join(n).exists(), kept, "{n}");
+        }
         assert_eq!(split_name("orders.csv"), ("orders", ".csv"));
         assert_eq!(split_name(".x"), (".x", ""));
     }

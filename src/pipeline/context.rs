@@ -10,6 +10,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 
 use super::backoff::{Attempts, Gate, Next};
+use super::claims::{Claim, Claims};
 use super::shutdown::{Shutdown, Stop};
 use super::RunOptions;
 use crate::lock::{CustomerLease, CustomerLocks};
@@ -122,13 +123,20 @@ pub fn quota(rate: NonZeroU32) -> Quota {
     Quota::per_second(steady).allow_burst(NonZeroU32::new(burst).expect("at least 2"))
 }
 
-/// The rate budget: one limiter that consecutive runs of one process may
-/// share (`orderbatch inbox` runs file after file within one budget, so the
-/// next file's first request goes as soon as the rate allows, not after a
-/// fresh limiter's start).
+/// The budget runs of one process may share: the rate limiter, the 429
+/// gate, the customers claimed and (when set) the request slots.
+/// `orderbatch inbox` runs its files within one budget, the next file
+/// starting while the last one's tail drains: the next file's first request
+/// goes as soon as the rate allows, never more than `--concurrency`
+/// requests are in flight across both, a 429 holds both, and a customer in
+/// both goes through one file's chain, then the other's.
 #[derive(Debug, Clone, Default)]
 pub struct Pace {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// Shared request slots; `None`: each run has its own `--concurrency`.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    gate: Arc<Gate>,
+    claims: Arc<Claims>,
 }
 
 impl Pace {
@@ -136,6 +144,16 @@ impl Pace {
     pub fn new(rate: Option<NonZeroU32>) -> Pace {
         Pace {
             limiter: rate.map(|r| Arc::new(RateLimiter::direct(quota(r)))),
+            ..Pace::default()
+        }
+    }
+
+    /// With `concurrency` request slots shared by every run of the budget.
+    #[must_use]
+    pub fn with_concurrency(self, concurrency: usize) -> Pace {
+        Pace {
+            slots: Some(Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)))),
+            ..self
         }
     }
 }
@@ -223,9 +241,14 @@ pub struct RunContext {
     pub options: CallOptions,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     /// `--concurrency` request slots, each held only while a request is
-    /// in flight.
-    slots: tokio::sync::Semaphore,
-    gate: Gate,
+    /// in flight (the budget's, when it shares them).
+    slots: Arc<tokio::sync::Semaphore>,
+    gate: Arc<Gate>,
+    /// Customers claimed by the runs of the budget.
+    claims: Arc<Claims>,
+    /// Told when every customer of the run has been handed out (the
+    /// caller may start the next run); dropped with the context.
+    fed: Option<tokio::sync::watch::Sender<bool>>,
     writes: mpsc::Sender<Write>,
     requests: Arc<RequestCounts>,
     timeline: Arc<Recorder>,
@@ -281,8 +304,12 @@ impl RunContext {
                 urls,
             },
             limiter,
-            slots: tokio::sync::Semaphore::new(options.concurrency.max(1)),
-            gate: Gate::default(),
+            slots: pace.slots.clone().unwrap_or_else(|| {
+                Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)))
+            }),
+            gate: pace.gate.clone(),
+            claims: pace.claims.clone(),
+            fed: None,
             writes: writer.sender(),
             requests: writer.request_counts(),
             timeline,
@@ -299,6 +326,26 @@ impl RunContext {
             customers: CustomerLocks::of(&options.db),
             sent,
         }
+    }
+
+    /// Tells `fed` when every customer of the run has been handed out.
+    #[must_use]
+    pub fn telling(self, fed: Option<tokio::sync::watch::Sender<bool>>) -> Self {
+        RunContext { fed, ..self }
+    }
+
+    /// Every customer of the run has been handed out: a run waiting to
+    /// start after this one may.
+    pub fn fed(&self) {
+        if let Some(fed) = &self.fed {
+            fed.send_replace(true);
+        }
+    }
+
+    /// Takes `customer`'s turn among the runs of the budget (see
+    /// [`Claims`]); at once, in the order customers are handed out.
+    pub fn claim(&self, customer: &str) -> Claim {
+        self.claims.claim(customer)
     }
 
     /// The PayNearMe client (runs of PayNearMe commands always have one).

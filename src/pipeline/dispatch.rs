@@ -219,27 +219,60 @@ async fn dispatch(
     while let Some(unit) = incoming.recv().await {
         let slot = slots.clone().acquire_owned().await.expect("never closed");
         let (ctx, env) = (ctx.clone(), env.clone());
+        // The customer's turn among the runs sharing the budget, taken
+        // now (in order), waited for in its task.
+        let claim = unit_key(&unit).map(|key| ctx.claim(&key));
         running.spawn(async move {
             let rows: Vec<u64> = unit.rows.iter().map(|(r, _)| r.row_number).collect();
-            let customer = unit.customer.clone();
-            let work = CUSTOMER.scope(customer, chain::customer(&ctx, &env, unit));
-            let work = std::panic::AssertUnwindSafe(work);
-            let caught = futures_util::FutureExt::catch_unwind(work)
-                .await
-                .map_err(|panic| stages::panic_message(&*panic));
-            if let Err(what) = caught {
-                stages::internal_error(&ctx, &rows, what, env.bars.first()).await;
+            let mut claim = claim;
+            if let Some(claim) = &mut claim {
+                tokio::select! {
+                    () = claim.ready() => {}
+                    // Its rows stay as they are, for the next invocation.
+                    () = ctx.shutdown.stopped() => return,
+                }
             }
+            run_unit(&ctx, &env, unit, rows).await;
+            drop(claim);
             drop(slot);
         });
         // Reap finished customers as we go.
         while running.try_join_next().is_some() {}
+    }
+    // Every customer is handed out: a run waiting for this one may start.
+    if !only_due {
+        tracing::debug!(run_id = env.run_id, "every customer handed out");
+        ctx.fed();
     }
     while running.join_next().await.is_some() {}
     feeder.await.map_err(|source| PipelineError::Internal {
         what: "feeder",
         source,
     })?
+}
+
+/// A customer's key among the runs of a budget: its site identifier, else
+/// its PayNearMe one; rows of neither go alone and claim nothing.
+fn unit_key(unit: &Unit) -> Option<String> {
+    unit.customer.clone().or_else(|| {
+        unit.rows
+            .first()
+            .and_then(|(row, _)| row.pnm_customer_identifier.as_ref())
+            .map(|c| format!("\u{0}{c}"))
+    })
+}
+
+/// One customer through its chain, a panic turned into its rows' failure.
+async fn run_unit(ctx: &Arc<RunContext>, env: &Arc<RunEnv>, unit: Unit, rows: Vec<u64>) {
+    let customer = unit.customer.clone();
+    let work = CUSTOMER.scope(customer, chain::customer(ctx, env, unit));
+    let work = std::panic::AssertUnwindSafe(work);
+    let caught = futures_util::FutureExt::catch_unwind(work)
+        .await
+        .map_err(|panic| stages::panic_message(&*panic));
+    if let Err(what) = caught {
+        stages::internal_error(ctx, &rows, what, env.bars.first()).await;
+    }
 }
 
 /// `ce retry-payments`: while a deferred row's window opens within
@@ -369,6 +402,7 @@ impl Feed {
             send(unit);
         }
         tracing::debug!(
+            run_id = self.env.run_id,
             seconds = started.elapsed().as_secs_f64(),
             "every customer handed to the workers"
         );

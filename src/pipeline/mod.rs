@@ -6,6 +6,7 @@
 
 pub mod backoff;
 mod chain;
+mod claims;
 mod context;
 mod dispatch;
 pub mod mode;
@@ -26,7 +27,7 @@ use crate::exit::Exit;
 use crate::input::check::check_quotes;
 use crate::input::fingerprint::{scan, Snapshot, Stamp};
 use crate::input::reader::Schema;
-use crate::input::{ColumnOptions, InputError, OrderReader};
+use crate::input::{ColumnOptions, Header, InputError, OrderReader};
 use crate::report::StageTiming;
 use crate::store::writer::{Writer, WriterStats};
 use crate::store::{RowState, Store, StoreError};
@@ -178,12 +179,17 @@ pub enum Conflict {
     #[error("{db} holds no such run")]
     NoSuchRun { db: PathBuf },
     #[error(
-        "run {run} needs its input file {input} (fingerprint {fingerprint}), which cannot be read"
+        "run {run} needs its input file {input} (fingerprint {fingerprint}), which cannot be \
+         read, and it is not in {archive} either (where `orderbatch inbox` archives by \
+         default). Put the file back at {input} (a copy will do: its fingerprint is checked), \
+         then retry"
     )]
     InputUnreadable {
         run: i64,
         input: PathBuf,
         fingerprint: String,
+        /// Where an inbox's archive of it was looked for.
+        archive: String,
         source: std::io::Error,
     },
     #[error(
@@ -249,32 +255,88 @@ pub async fn run(
     clients: Clients,
     shutdown: Shutdown,
 ) -> Result<RunSummary, RunError> {
-    run_paced(options, clients, shutdown, &Pace::new(options.rate)).await
+    let pace = Pace::new(options.rate);
+    let prepared = prepare(options, &[]).await?;
+    prepared
+        .execute(
+            clients,
+            shutdown,
+            &pace,
+            Sequence {
+                fed: None,
+                compact: true,
+            },
+        )
+        .await
 }
 
-/// [`run`] within a rate budget shared with other runs of this process.
-pub async fn run_paced(
-    options: &RunOptions,
-    clients: Clients,
-    shutdown: Shutdown,
-    pace: &Pace,
-) -> Result<RunSummary, RunError> {
-    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    run_inner(options, clients, shutdown, pace, sent.clone())
+/// A run's input checked and registered, nothing sent yet: the first half
+/// of a run, which `orderbatch inbox` does for its next file while the
+/// last one's requests go on ([`Prepared::execute`] is the second).
+pub struct Prepared {
+    options: RunOptions,
+    run_id: i64,
+    resumed: bool,
+    /// A resumed run: when its earlier invocation was last seen sending
+    /// (unix ms).
+    last_seen_ms: Option<i64>,
+    header: Arc<Header>,
+    snapshot: Snapshot,
+    store: Store,
+    registered: Option<StageTiming>,
+    /// How long this half took.
+    took: Duration,
+}
+
+/// How a run fits in a sequence of runs sharing a [`Pace`] (`inbox`).
+#[derive(Debug, Default)]
+pub struct Sequence {
+    /// Told `true` once every customer of the run has been handed out (the
+    /// next run may start); dropped when the run ends.
+    pub fed: Option<tokio::sync::watch::Sender<bool>>,
+    /// Compact the database after a large run (not while another run of
+    /// the process writes: see [`compact`]).
+    pub compact: bool,
+}
+
+/// Checks and registers `options.input` (or finds its run to resume),
+/// sending nothing. `beside`: unfinished runs of this process that a new
+/// run may start beside (the files of an inbox pass still in flight).
+pub async fn prepare(options: &RunOptions, beside: &[i64]) -> Result<Prepared, RunError> {
+    prepare_inner(options, beside)
         .await
         .map_err(|error| RunError {
             error,
-            requests_sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+            requests_sent: false,
         })
 }
 
-async fn run_inner(
-    options: &RunOptions,
-    clients: Clients,
-    shutdown: Shutdown,
-    pace: &Pace,
-    sent: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<RunSummary, PipelineError> {
+impl Prepared {
+    /// The run this is.
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Takes every unfinished row through its command's chain, within
+    /// `pace` (shared with other runs of this process, for `inbox`).
+    pub async fn execute(
+        self,
+        clients: Clients,
+        shutdown: Shutdown,
+        pace: &Pace,
+        sequence: Sequence,
+    ) -> Result<RunSummary, RunError> {
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.execute_inner(clients, shutdown, pace, sequence, sent.clone())
+            .await
+            .map_err(|error| RunError {
+                error,
+                requests_sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+            })
+    }
+}
+
+async fn prepare_inner(options: &RunOptions, beside: &[i64]) -> Result<Prepared, PipelineError> {
     let started = Instant::now();
     let mode = options.spec.mode;
     let command = mode.command();
@@ -301,26 +363,41 @@ async fn run_inner(
     })
     .await?;
 
-    let store = Store::open(&options.db)?;
-    let previous = store.find_run(command, &fp)?;
-    let resume = match previous {
-        Some(run) if options.new_run && run.finished_at.is_some() => None,
-        other => other,
-    };
-    let (run_id, resumed) = match resume {
-        Some(run) => (run.id, true),
-        None => {
-            refuse_if_unfinished_other(&store, command, &fp)?;
-            if mode == Mode::Run && options.identity.same_orders.is_none() {
-                refuse_copy_of_earlier_file(&store, &options.input, mode, &options.spec.columns)?;
-            }
-            let options_json = options.spec.to_stored();
-            let path = std::fs::canonicalize(&options.input)
-                .unwrap_or_else(|_| options.input.clone())
-                .display()
-                .to_string();
-            (store.create_run(command, &path, &fp, &options_json)?, false)
-        }
+    // On a blocking thread: a new run reads the whole input for copies of
+    // earlier files, and `inbox` prepares its next file while the last one
+    // sends.
+    let (store, run_id, resumed) = {
+        let (options, fp, beside) = (options.clone(), fp.clone(), beside.to_vec());
+        blocking(move || {
+            let store = Store::open(&options.db)?;
+            let previous = store.find_run(command, &fp)?;
+            let resume = match previous {
+                Some(run) if options.new_run && run.finished_at.is_some() => None,
+                other => other,
+            };
+            let (run_id, resumed) = match resume {
+                Some(run) => (run.id, true),
+                None => {
+                    refuse_if_unfinished_other(&store, command, &fp, &beside)?;
+                    if mode == Mode::Run && options.identity.same_orders.is_none() {
+                        refuse_copy_of_earlier_file(
+                            &store,
+                            &options.input,
+                            mode,
+                            &options.spec.columns,
+                        )?;
+                    }
+                    let options_json = options.spec.to_stored();
+                    let path = std::fs::canonicalize(&options.input)
+                        .unwrap_or_else(|_| options.input.clone())
+                        .display()
+                        .to_string();
+                    (store.create_run(command, &path, &fp, &options_json)?, false)
+                }
+            };
+            Ok((store, run_id, resumed))
+        })
+        .await?
     };
     // Before this invocation is recorded and its writer adds to the
     // timeline.
@@ -376,69 +453,117 @@ async fn run_inner(
         })
         .await?;
     }
-    let writer = Writer::start(store, run_id);
-    let mut ctx = RunContext::new(
-        clients,
-        options,
-        &writer,
-        shutdown.clone(),
+    Ok(Prepared {
+        options: options.clone(),
         run_id,
-        sent,
-        pace,
-    );
-    if let Some(ms) = last_seen_ms {
-        ctx = ctx.resumed_after(
-            std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs()),
-        );
-    }
-    let ctx = Arc::new(ctx);
-    let env = dispatch::RunEnv::start(options, run_id, header, snapshot.clone()).await?;
-    let stage_result = dispatch::run_all(Arc::new(env), &ctx).await;
-    drop(ctx);
-    // Every row is read (and checked) before it is sent; an edit after the
-    // last row was read changed nothing that was sent, but is said.
-    if stage_result.is_ok() && !shutdown.is_stopping() {
-        if let Err(changed) = snapshot.check() {
-            tracing::warn!(
-                "{changed}. Every row of this run had been read before the change and was sent \
-                 with the values the run started with"
+        resumed,
+        last_seen_ms,
+        header,
+        snapshot,
+        store,
+        registered,
+        took: started.elapsed(),
+    })
+}
+
+impl Prepared {
+    async fn execute_inner(
+        self,
+        clients: Clients,
+        shutdown: Shutdown,
+        pace: &Pace,
+        sequence: Sequence,
+        sent: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<RunSummary, PipelineError> {
+        let started = Instant::now();
+        let Prepared {
+            options,
+            run_id,
+            resumed,
+            last_seen_ms,
+            header,
+            snapshot,
+            store,
+            registered,
+            took,
+        } = self;
+        let options = &options;
+        let mode = options.spec.mode;
+        let writer = Writer::start(store, run_id);
+        let mut ctx = RunContext::new(
+            clients,
+            options,
+            &writer,
+            shutdown.clone(),
+            run_id,
+            sent,
+            pace,
+        )
+        .telling(sequence.fed);
+        if let Some(ms) = last_seen_ms {
+            ctx = ctx.resumed_after(
+                std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0).unsigned_abs()),
             );
         }
-    }
-    let writer_stats = writer.finish().map_err(PipelineError::Store)?;
-    // The writer is done: the rest is written on one connection.
-    let store = Store::open_reader(&options.db)?;
-    if let Mode::Refresh { .. } = mode {
-        // Rows naming one order carry the values issued last for it.
-        store.share_latest_values(run_id)?;
-    }
-    let timings = registered.into_iter().chain(stage_result?).collect();
-
-    let states = store.state_counts(run_id)?;
-    let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
-    let deferred_until = store.next_deferred(run_id)?;
-    if !unfinished {
-        store.set_finished(run_id, true)?;
-        // Rows grow stage by stage and leave pages part-empty: compact when
-        // this run is most of the database (a backfill, a first run), so a
-        // database of many nightly runs is not rewritten every night.
-        let this_run: u64 = states.iter().map(|(_, n)| n).sum();
-        if this_run >= VACUUM_AFTER_ROWS && this_run * 2 >= store.row_count()? {
-            store.vacuum()?;
+        let ctx = Arc::new(ctx);
+        let env = dispatch::RunEnv::start(options, run_id, header, snapshot.clone()).await?;
+        let stage_result = dispatch::run_all(Arc::new(env), &ctx).await;
+        drop(ctx);
+        // Every row is read (and checked) before it is sent; an edit after the
+        // last row was read changed nothing that was sent, but is said.
+        if stage_result.is_ok() && !shutdown.is_stopping() {
+            if let Err(changed) = snapshot.check() {
+                tracing::warn!(
+                    "{changed}. Every row of this run had been read before the change and was sent \
+                     with the values the run started with"
+                );
+            }
         }
+        let writer_stats = writer.finish().map_err(PipelineError::Store)?;
+        // The writer is done: the rest is written on one connection.
+        let store = Store::open_reader(&options.db)?;
+        if let Mode::Refresh { .. } = mode {
+            // Rows naming one order carry the values issued last for it.
+            store.share_latest_values(run_id)?;
+        }
+        let timings = registered.into_iter().chain(stage_result?).collect();
+
+        let states = store.state_counts(run_id)?;
+        let unfinished = states.iter().any(|(s, n)| !s.is_final() && *n > 0);
+        let deferred_until = store.next_deferred(run_id)?;
+        if !unfinished {
+            store.set_finished(run_id, true)?;
+            if sequence.compact {
+                let this_run: u64 = states.iter().map(|(_, n)| n).sum();
+                compact(&store, this_run)?;
+            }
+        }
+        Ok(RunSummary {
+            run_id,
+            total: states.iter().map(|(_, n)| n).sum(),
+            resumed,
+            requests: store.request_counts(run_id)?,
+            states,
+            elapsed: took + started.elapsed(),
+            stop: shutdown.state(),
+            writer: writer_stats,
+            stages: timings,
+            deferred_until,
+        })
     }
-    Ok(RunSummary {
-        run_id,
-        total: states.iter().map(|(_, n)| n).sum(),
-        resumed,
-        requests: store.request_counts(run_id)?,
-        states,
-        elapsed: started.elapsed(),
-        stop: shutdown.state(),
-        writer: writer_stats,
-        stages: timings,
-        deferred_until,
-    })
+}
+
+/// Rows grow stage by stage and leave pages part-empty: compacts the
+/// database when `rows` just finished (a run, or an inbox pass) are most of
+/// it (a backfill, a first run), so a database of many nightly runs is not
+/// rewritten every night. Not while a run writes: VACUUM holds the database
+/// for as long as it takes.
+pub fn compact(store: &Store, rows: u64) -> Result<bool, StoreError> {
+    if rows >= VACUUM_AFTER_ROWS && rows * 2 >= store.row_count()? {
+        store.vacuum()?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 pub(super) async fn blocking<T: Send + 'static>(

@@ -231,13 +231,31 @@ pub(super) fn write_rejects(
 
 /// A changed input file must not start a second run beside an unfinished one:
 /// rows without their own `site_order_identifier` would be created again.
+/// An unfinished run that sent nothing (killed while it registered, or
+/// before its first request) is forgotten instead: there is nothing to
+/// finish, and its rows would otherwise hold back every later file. Runs in
+/// `beside` (this process's own, in flight) are let be.
 pub(super) fn refuse_if_unfinished_other(
     store: &Store,
     command: &str,
     fp: &str,
+    beside: &[i64],
 ) -> Result<(), PipelineError> {
     for run in store.runs()? {
-        if run.command != command || run.fingerprint == fp || run.finished_at.is_some() {
+        if run.command != command
+            || run.fingerprint == fp
+            || run.finished_at.is_some()
+            || beside.contains(&run.id)
+        {
+            continue;
+        }
+        if store.forget_unsent_run(run.id)? {
+            tracing::warn!(
+                "forgot unfinished run {} of {} (fingerprint {}): no request had left for it",
+                run.id,
+                run.input_path,
+                run.fingerprint
+            );
             continue;
         }
         let counts = store.state_counts(run.id)?;

@@ -36,13 +36,23 @@ pub fn prepare_retry(
         None => store.runs()?.pop(),
     }
     .ok_or_else(|| Conflict::NoSuchRun { db: db.into() })?;
-    let input = PathBuf::from(&run.input_path);
-    let found = fingerprint(&input).map_err(|source| Conflict::InputUnreadable {
-        run: run.id,
-        input: input.clone(),
-        fingerprint: run.fingerprint.clone(),
-        source,
-    })?;
+    let recorded = PathBuf::from(&run.input_path);
+    let (input, found) = match fingerprint(&recorded) {
+        Ok(found) => (recorded, found),
+        Err(source) => match archived_input(&recorded, run.id, &run.fingerprint) {
+            Some(archived) => (archived, run.fingerprint.clone()),
+            None => {
+                return Err(Conflict::InputUnreadable {
+                    run: run.id,
+                    archive: archive_pattern(&recorded, run.id),
+                    input: recorded,
+                    fingerprint: run.fingerprint,
+                    source,
+                }
+                .into())
+            }
+        },
+    };
     if found != run.fingerprint {
         return Err(Conflict::InputDiffers {
             run: run.id,
@@ -63,6 +73,45 @@ pub fn prepare_retry(
         spec,
         error_code: error_code.map(str::to_string),
     })
+}
+
+/// The names `orderbatch inbox` archives the input `recorded` of run
+/// `run_id` under, in its default done folder (`<dir>/done/YYYY-MM-DD/`).
+fn archived_names(recorded: &Path, run_id: i64) -> Option<(PathBuf, [String; 2])> {
+    let name = recorded.file_name()?.to_str()?;
+    let done = recorded.parent()?.join("done");
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    };
+    Some((
+        done,
+        [name.to_string(), format!("{stem}.run-{run_id}{ext}")],
+    ))
+}
+
+fn archive_pattern(recorded: &Path, run_id: i64) -> String {
+    match archived_names(recorded, run_id) {
+        Some((done, [name, other])) => format!("{}/*/{{{name},{other}}}", done.display()),
+        None => "the inbox's done folder".to_string(),
+    }
+}
+
+/// A run whose input an inbox archived before it recorded where (an
+/// older version, or a pass cut short): the file of that content in the
+/// default done folder, newest day first.
+fn archived_input(recorded: &Path, run_id: i64, fp: &str) -> Option<PathBuf> {
+    let (done, names) = archived_names(recorded, run_id)?;
+    let mut days: Vec<PathBuf> = std::fs::read_dir(done)
+        .ok()?
+        .flatten()
+        .map(|d| d.path())
+        .collect();
+    days.sort();
+    days.iter()
+        .rev()
+        .flat_map(|day| names.iter().map(move |n| day.join(n)))
+        .find(|path| fingerprint(path).is_ok_and(|found| found == fp))
 }
 
 impl RetryPlan {

@@ -174,6 +174,60 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Forgets run `run_id` if no request can have left for it: its
+    /// registration never ended (nothing is sent before it does), or no row
+    /// ever recorded an intent and nothing was counted, attempted or put on
+    /// its timeline (a create, change or retry records its intent, synced,
+    /// before it leaves; what else a run sends creates nothing). Returns
+    /// whether it was forgotten; a run that may have sent stays.
+    pub fn forget_unsent_run(&self, run_id: i64) -> Result<bool, StoreError> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(|e| self.err(e))?;
+        let unsent: bool = tx
+            .query_row(
+                "SELECT u.registered = 0 OR (
+                     NOT EXISTS (SELECT 1 FROM rows WHERE run_id = u.id AND intent_at IS NOT NULL)
+                     AND NOT EXISTS (SELECT 1 FROM requests WHERE run_id = u.id AND count > 0)
+                     AND NOT EXISTS (SELECT 1 FROM attempts WHERE run_id = u.id)
+                     AND NOT EXISTS (SELECT 1 FROM timeline WHERE run_id = u.id))
+                 FROM runs u WHERE u.id = ?1 AND u.finished_at IS NULL",
+                params![run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or(false);
+        if !unsent {
+            return Ok(false);
+        }
+        for table in ["rows", "attempts", "requests", "timeline", "run_customers"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE run_id = ?1"),
+                params![run_id],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.execute("DELETE FROM runs WHERE id = ?1", params![run_id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Records where the run's input now is (`orderbatch inbox` moved it
+    /// into its archive): `retry` reads it there.
+    pub fn set_input_path(&self, run_id: i64, path: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET input_path = ?2 WHERE id = ?1",
+                params![run_id, path],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Marks every input row of the run as recorded.
     pub fn mark_registered(&self, run_id: i64, total_rows: u64) -> Result<(), StoreError> {
         self.conn

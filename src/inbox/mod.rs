@@ -488,7 +488,7 @@ impl Inbox {
             Err(e) => {
                 return Ok(Some(outcome(
                     Exit::Usage,
-                    format!("error: {e}; stays for the next pass"),
+                    format!("error: {}; stays for the next pass", with_causes(&e.error)),
                 )))
             }
         };
@@ -634,7 +634,7 @@ impl Inbox {
                 } else {
                     Exit::Usage
                 };
-                done.line = format!("error: {e}; stays for the next pass");
+                done.line = format!("error: {}; stays for the next pass", with_causes(&e.error));
                 return Ok(done);
             }
         };
@@ -1000,4 +1000,16 @@ fn stop_text(summary: &RunSummary) -> String {
         Stop::Running if summary.deferred_until.is_some() => "rows deferred".to_string(),
         Stop::Running => "unfinished".to_string(),
     }
+}
+
+/// An error and its causes on one line (`a: b: c`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

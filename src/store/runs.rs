@@ -203,7 +203,14 @@ impl Store {
         if !unsent {
             return Ok(false);
         }
-        for table in ["rows", "attempts", "requests", "timeline", "run_customers"] {
+        for table in [
+            "rows",
+            "row_states",
+            "attempts",
+            "requests",
+            "timeline",
+            "run_customers",
+        ] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE run_id = ?1"),
                 params![run_id],

@@ -75,9 +75,9 @@ pub(super) fn execute(
             "{}: no data rows after the header; nothing to do",
             options.input.display()
         );
-        return Ok(Exit::Done);
+    } else {
+        print_summary(&summary);
     }
-    print_summary(&summary);
     let outputs = || -> anyhow::Result<()> {
         let store = Store::open_reader(&options.db)?;
         if let Some(out) = &job.export {

@@ -283,19 +283,28 @@ impl ProviderError {
     /// sent must not carry a customer's personal data or a secret into the
     /// state database, the logs, a report or an export.
     pub fn redact(mut self, values: &[&str]) -> Self {
-        match &mut self {
-            ProviderError::Api {
-                description: text, ..
-            }
-            | ProviderError::UnexpectedBody { snippet: text, .. }
-            | ProviderError::Redirected { location: text, .. }
-            | ProviderError::Transport { detail: text, .. } => {
-                for value in values.iter().filter(|v| v.chars().count() >= 3) {
-                    if let Some(redacted) = redact_text(text, value) {
-                        *text = redacted;
-                    }
+        let forms: Vec<String> = values
+            .iter()
+            .filter(|v| v.chars().count() >= 3)
+            .flat_map(|v| forms_of(v))
+            .collect();
+        let scrub = |text: &mut String| {
+            for form in &forms {
+                if let Some(redacted) = redact_text(text, form) {
+                    *text = redacted;
                 }
             }
+        };
+        match &mut self {
+            ProviderError::Api {
+                description, code, ..
+            } => {
+                scrub(description);
+                scrub(code);
+            }
+            ProviderError::UnexpectedBody { snippet: text, .. }
+            | ProviderError::Redirected { location: text, .. }
+            | ProviderError::Transport { detail: text, .. } => scrub(text),
             ProviderError::Token(inner) => {
                 let redacted = std::mem::replace(inner.as_mut(), ProviderError::Cancelled);
                 **inner = redacted.redact(values);
@@ -304,6 +313,30 @@ impl ProviderError {
         }
         self
     }
+}
+
+/// The forms a provider may echo `value` in besides its encodings: as it
+/// is, lower- and upper-cased, HTML-escaped, and a phone number's digits
+/// alone.
+fn forms_of(value: &str) -> Vec<String> {
+    let mut forms = vec![
+        value.to_string(),
+        value.to_lowercase(),
+        value.to_uppercase(),
+        value
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;"),
+    ];
+    let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+    if digits.len() >= 7 && digits.len() < value.len() {
+        forms.push(digits);
+    }
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 /// `text` with every occurrence of `value` replaced by `[redacted]`, or
@@ -750,6 +783,22 @@ mod tests {
         }))
         .redact(&[secret]);
         assert!(error.to_string().contains("?s=[redacted]"), "{error}");
+    }
+
+    #[test]
+    fn redact_finds_values_case_folded_html_escaped_as_digits_and_in_the_code() {
+        let echoed = ProviderError::Api {
+            endpoint: "create_order",
+            status: 400,
+            code: "invalid_email:jo.pii@example.com".into(),
+            description: "JO.PII@EXAMPLE.COM, 15550101014, Zed&lt;b&gt; Pii, zed<b> pii".into(),
+        }
+        .redact(&["Jo.Pii@Example.com", "+1 555 010 1014", "Zed<b> Pii"]);
+        let text = echoed.to_string();
+        for leaked in ["pii", "PII", "5550101014", "Zed", "zed"] {
+            assert!(!text.contains(leaked), "{leaked} in {text}");
+        }
+        assert!(text.contains("invalid_email:[redacted]"), "{text}");
     }
 
     #[test]

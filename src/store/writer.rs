@@ -449,6 +449,20 @@ fn exec(
     tx.prepare_cached(sql)?.execute(params)
 }
 
+/// The most characters of an error message kept (a provider's answer may
+/// be megabytes; the report, `status` and the exports show the start).
+const MESSAGE_MAX: usize = 1000;
+/// The most characters of an error code kept.
+const CODE_MAX: usize = 100;
+
+/// `text` cut to its first `max` characters (with `…` when cut).
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
 /// Sets a row's final state with an error code and message.
 const SET_OUTCOME: &str = "UPDATE rows SET state = ?3, last_error_code = ?4, last_error = ?5
      WHERE run_id = ?1 AND row_number = ?2";
@@ -694,14 +708,20 @@ fn apply(
                     message,
                 } => {
                     exec(&tx, "UPDATE rows SET state = ?3, next_attempt_at = ?4, last_error_code = 'retry_too_early',
-                             last_error = ?5 WHERE run_id = ?1 AND row_number = ?2", params![run_id, row, RowState::Deferred.as_str(), until, message])
+                             last_error = ?5 WHERE run_id = ?1 AND row_number = ?2", params![run_id, row, RowState::Deferred.as_str(), until, bounded(&message, MESSAGE_MAX)])
                     .map_err(sql_err)?;
                 }
                 Write::Skipped { row, code, message } => {
                     exec(
                         &tx,
                         SET_OUTCOME,
-                        params![run_id, row, RowState::Skipped.as_str(), code, message],
+                        params![
+                            run_id,
+                            row,
+                            RowState::Skipped.as_str(),
+                            bounded(&code, CODE_MAX),
+                            bounded(&message, MESSAGE_MAX)
+                        ],
                     )
                     .map_err(sql_err)?;
                 }
@@ -737,7 +757,13 @@ fn apply(
                     exec(
                         &tx,
                         SET_OUTCOME,
-                        params![run_id, row, RowState::Unknown.as_str(), code, message],
+                        params![
+                            run_id,
+                            row,
+                            RowState::Unknown.as_str(),
+                            bounded(&code, CODE_MAX),
+                            bounded(&message, MESSAGE_MAX)
+                        ],
                     )
                     .map_err(sql_err)?;
                 }
@@ -745,7 +771,13 @@ fn apply(
                     exec(
                         &tx,
                         SET_OUTCOME,
-                        params![run_id, row, RowState::Failed.as_str(), code, message],
+                        params![
+                            run_id,
+                            row,
+                            RowState::Failed.as_str(),
+                            bounded(&code, CODE_MAX),
+                            bounded(&message, MESSAGE_MAX)
+                        ],
                     )
                     .map_err(sql_err)?;
                 }
@@ -760,7 +792,12 @@ fn apply(
                         &tx,
                         "UPDATE rows SET attempts = attempts + 1, last_error_code = ?3,
                              last_error = ?4 WHERE run_id = ?1 AND row_number = ?2",
-                        params![run_id, row, code, message],
+                        params![
+                            run_id,
+                            row,
+                            bounded(&code, CODE_MAX),
+                            bounded(&message, MESSAGE_MAX)
+                        ],
                     )
                     .map_err(sql_err)?;
                     exec(
@@ -769,7 +806,15 @@ fn apply(
                              error, latency_ms, at)
                          SELECT ?1, ?2, ?3, attempts, ?4, ?5, ?6, ?7 FROM rows
                              WHERE run_id = ?1 AND row_number = ?2",
-                        params![run_id, row, endpoint, code, message, latency_ms, now()],
+                        params![
+                            run_id,
+                            row,
+                            endpoint,
+                            bounded(&code, CODE_MAX),
+                            bounded(&message, MESSAGE_MAX),
+                            latency_ms,
+                            now()
+                        ],
                     )
                     .map_err(sql_err)?;
                 }
@@ -804,6 +849,15 @@ mod tests {
     //! acknowledgements, and which transactions were synced.
 
     use super::*;
+
+    #[test]
+    fn error_texts_are_kept_to_their_first_characters() {
+        let long = "é".repeat(5000);
+        let kept = bounded(&long, MESSAGE_MAX);
+        assert_eq!(kept.chars().count(), MESSAGE_MAX + 1);
+        assert!(kept.ends_with('…'));
+        assert_eq!(bounded("short", MESSAGE_MAX), "short");
+    }
     use crate::store::counts::assert_exact;
     use crate::store::rows::NewRow;
     use crate::store::StoredRow;

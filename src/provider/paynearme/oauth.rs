@@ -204,7 +204,11 @@ impl TokenSource {
         let obtained = Instant::now();
         let secret = config.client_secret.expose_secret();
         // The secret in any encoding an echoing endpoint may give it.
-        let redact = |e: ProviderError| e.redact(&[secret, &config.client_id]);
+        // An echoed Authorization header carries it in base64 of `id:secret`.
+        let basic = basic_authorization(&config.client_id, &config.client_secret);
+        let basic = basic.to_str().unwrap_or_default();
+        let basic = basic.strip_prefix("Basic ").unwrap_or(basic);
+        let redact = |e: ProviderError| e.redact(&[secret, basic]);
         let (status, bytes) = exchange(TOKEN_ENDPOINT, request.form(&form))
             .await
             .map_err(redact)?;

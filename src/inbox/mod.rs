@@ -168,6 +168,10 @@ struct Started {
     /// Of the run started last: `true` once every customer of it has been
     /// handed out (the next file may start); closed when its run is over.
     last_fed: Option<watch::Receiver<bool>>,
+    /// The contents taken so far (fingerprints): a second file of the same
+    /// content waits for the next pass, which archives it beside the run
+    /// that did it, instead of resuming that run beside itself.
+    contents: std::collections::HashSet<String>,
 }
 
 impl Started {
@@ -442,6 +446,14 @@ impl Inbox {
                 }))
             }
         };
+        if !started.contents.insert(fp.clone()) {
+            return Ok(Some(outcome(
+                Exit::Done,
+                "same content as a file taken before it in this pass: stays, and the next pass \
+                 archives it beside that file's run (not run again)"
+                    .to_string(),
+            )));
+        }
         let store = Store::open(&self.options.db)?;
         if let Some(run) = store.find_run(self.command(), &fp)? {
             if run.finished_at.is_some() {
@@ -650,6 +662,17 @@ impl Inbox {
             return Ok(done);
         }
         done.rows = summary.total;
+        // The file may have been replaced (or rewritten) under its name while
+        // it ran: what is there now was not run, and stays for the next pass
+        // as a new file.
+        if fingerprint(&c.path).ok().as_deref() != Some(fp) {
+            done.line = format!(
+                "run {}: {counts}; the file changed while it ran (another upload under its \
+                 name?): what is there now stays for the next pass as a new file",
+                summary.run_id
+            );
+            return Ok(done);
+        }
         let run = Store::open_reader(&self.options.db)?
             .run(summary.run_id)?
             .ok_or_else(|| StoreError::NoRun {

@@ -752,3 +752,61 @@ fn a_file_that_stops_stops_the_files_after_it() {
         assert_eq!(archived(&dir.path("in/done"), name).len(), 1, "{name}");
     }
 }
+
+#[test]
+fn the_same_content_twice_in_one_pass_is_run_once_and_archived_beside_that_run() {
+    let sandbox = Sandbox::start();
+    let dir = new_inbox();
+    dir.write("in/a.csv", orders("TW", 5));
+    dir.write("in/b.csv", orders("TW", 5));
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "TW-").len(), 5);
+    // One token per order: the copy did not resume the run beside itself.
+    assert_eq!(sandbox.requests("get_smart_token"), 5, "{}", text(&out));
+    assert!(dir.path("in/b.csv").exists(), "{}", text(&out));
+    let requests = sandbox.total_requests();
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(sandbox.total_requests(), requests, "{}", text(&out));
+    assert_eq!(archived(&dir.path("in/done"), "b.csv").len(), 1);
+    assert!(
+        stdout(&out).contains("same content as run 1"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_file_replaced_while_it_runs_is_not_archived_under_the_old_run() {
+    let sandbox = Sandbox::start();
+    // Each create takes a while: the replacement lands mid-run.
+    sandbox.set_faults(r#"{"only":"create_order","delay_ms":300}"#);
+    let dir = new_inbox();
+    dir.write("in/x.csv", orders("OLD", 6));
+    let child = spawn(dir.cmd(
+        &sandbox,
+        &inbox_args(&["--ready", "stable:0", "--concurrency", "1"]),
+    ));
+    wait_until(Duration::from_secs(30), || {
+        sandbox.requests("create_order") >= 1
+    });
+    let new = dir.path("in/x.csv.new");
+    std::fs::write(&new, orders("NEW", 3)).unwrap();
+    std::fs::rename(&new, dir.path("in/x.csv")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(orders_by_id(&sandbox, "OLD-").len(), 6, "{}", text(&out));
+    // What is there now was not run: it stays, and is not in the archive.
+    assert_eq!(
+        std::fs::read_to_string(dir.path("in/x.csv")).unwrap(),
+        orders("NEW", 3)
+    );
+    assert!(archived(&dir.path("in/done"), "x.csv")
+        .iter()
+        .all(|p| std::fs::read_to_string(p).unwrap() != orders("NEW", 3)));
+    sandbox.set_faults(r#"{"delay_ms":0}"#);
+    let out = run(dir.cmd(&sandbox, &inbox_args(&["--ready", "stable:0"])));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(orders_by_id(&sandbox, "NEW-").len(), 3, "{}", text(&out));
+    assert!(!dir.path("in/x.csv").exists());
+}

@@ -70,14 +70,7 @@ pub fn inbox(args: InboxArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
             settle: super::setup::settle(&args.pace, &settings),
             max_errors: args.pace.max_errors,
             new_run: false,
-            identity: pipeline::IdentityOptions {
-                check_existing: args.identity.check_existing,
-                same_orders: match (args.identity.same_orders, args.identity.new_orders) {
-                    (true, _) => Some(true),
-                    (_, true) => Some(false),
-                    _ => None,
-                },
-            },
+            identity: super::setup::identity(&args.identity),
             rejects: None,
             quiet: env.quiet,
         },

@@ -75,6 +75,19 @@ pub(super) fn settle(pace: &PaceArgs, settings: &Settings) -> Duration {
     )
 }
 
+/// How `run` (and an inbox in run mode) settles order identities against
+/// earlier runs, from `--check-existing`, `--same-orders`, `--new-orders`.
+pub(super) fn identity(args: &crate::cli::IdentityArgs) -> pipeline::IdentityOptions {
+    pipeline::IdentityOptions {
+        check_existing: args.check_existing,
+        same_orders: match (args.same_orders, args.new_orders) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+    }
+}
+
 /// The provider client the mode needs, built from its credentials.
 pub(super) fn clients(mode: Mode, settings: &Settings) -> anyhow::Result<pipeline::Clients> {
     let timeout = Duration::from_secs(settings.timeout.value);

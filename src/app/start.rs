@@ -37,14 +37,7 @@ macro_rules! inputs {
 pub fn run(args: RunArgs, env: &GlobalArgs) -> anyhow::Result<Exit> {
     let settings = env.settings(&args.pace, &args.token)?;
     let inputs = Inputs {
-        identity: pipeline::IdentityOptions {
-            check_existing: args.identity.check_existing,
-            same_orders: match (args.identity.same_orders, args.identity.new_orders) {
-                (true, _) => Some(true),
-                (_, true) => Some(false),
-                _ => None,
-            },
-        },
+        identity: super::setup::identity(&args.identity),
         ..inputs!(args)
     };
     start(Mode::Run, settings, inputs, &args.pace, env.quiet)

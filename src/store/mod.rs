@@ -152,10 +152,16 @@ impl Store {
     }
 
     fn connect(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
             path: path.to_path_buf(),
             source,
         })?;
+        // Every transaction of the store writes, and many read a row before
+        // writing it: one that began as a read cannot wait for another
+        // connection's write lock (a run's writer beside an inbox's next
+        // registration) and fails at once with "database is locked". Taken
+        // up front, the lock is waited for (busy_timeout).
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         let store = Store {
             conn,
             path: path.to_path_buf(),

@@ -181,11 +181,7 @@ impl Store {
     /// before it leaves; what else a run sends creates nothing). Returns
     /// whether it was forgotten; a run that may have sent stays.
     pub fn forget_unsent_run(&self, run_id: i64) -> Result<bool, StoreError> {
-        let tx = rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(|e| self.err(e))?;
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
         let unsent: bool = tx
             .query_row(
                 "SELECT u.registered = 0 OR (

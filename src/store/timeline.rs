@@ -50,15 +50,13 @@ impl Store {
     /// Records that an invocation of `run_id` starts now, before it sends
     /// anything.
     pub fn record_invocation(&self, run_id: i64) -> Result<(), StoreError> {
-        // Immediate: another file's writer may be writing beside it (an
-        // inbox pass), and a write that starts as a read cannot wait for it.
         self.conn
-            .execute_batch(&format!(
-                "BEGIN IMMEDIATE;
-                 UPDATE runs SET invoked_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER)
-                 WHERE id = {run_id};
-                 COMMIT;"
-            ))
+            .execute(
+                "UPDATE runs SET invoked_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+                 WHERE id = ?1",
+                params![run_id],
+            )
+            .map(drop)
             .map_err(|e| self.err(e))
     }
 

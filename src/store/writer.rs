@@ -599,13 +599,7 @@ fn apply(
     let count = batch.len();
     let mut acks = Vec::new();
     let mut moves = Moves::default();
-    // Immediate: the batch reads a row's state before it writes it, and a
-    // transaction that starts as a read cannot wait for a writer beside it
-    // (another file's registration in an inbox pass): it fails at once.
-    let tx = store
-        .conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql_err)?;
+    let tx = store.conn.transaction().map_err(sql_err)?;
     {
         let mut set_state = tx
             .prepare_cached(

@@ -290,14 +290,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        // Immediate: each row is read before it is written, and a
-        // transaction that reads first cannot wait for the write lock that
-        // another connection (a run's writer beside this registration)
-        // holds.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = self.conn.transaction().map_err(err)?;
         let mut moves = Moves::default();
         for row in rows {
             insert_one(&tx, run_id, row, &mut moves).map_err(err)?;

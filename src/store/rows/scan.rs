@@ -275,10 +275,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = self.conn.transaction().map_err(err)?;
         {
             let mut own = tx
                 .prepare(
